@@ -1,0 +1,211 @@
+"""Training settings: one dataclass, presets, JSON config files and the argument parser shared by scripts/.
+
+Precedence, lowest to highest: the preset (``fast`` by default, or ``official``),
+a ``--config`` JSON file (e.g. ``best_hyperparameters.json`` from ``scripts/tune.py``),
+then flags given on the command line.
+"""
+
+import argparse
+import dataclasses
+import json
+import os
+
+from amr_keras.data import DATASETS
+from amr_keras.mixers import MIXERS
+from amr_keras.model import RECON_LOSSES
+
+STRATEGIES = ("default", "mirrored", "multiworker")
+SCHEDULES = ("cosine", "constant")
+
+
+@dataclasses.dataclass
+class Config:
+    """Every setting of a training run. ``None`` fields are filled from the preset."""
+
+    dataset: str = "mnist_sample"
+    data_dir: str = None
+    tfds_data_dir: str = None
+    preset: str = "fast"
+    mixer: str = "mixup"
+    k: int = 2
+    lamb: float = None
+    beta: float = 0.0
+    recon: str = "l1"
+    lr: float = None
+    d_lr: float = None
+    probe_lr: float = None
+    schedule: str = None
+    batch_size: int = None
+    epochs: int = None
+    update_g_every: int = None
+    depth: int = None
+    slope: float = None
+    seed: int = 0
+    out: str = None
+    resume: bool = False
+    strategy: str = "default"
+    mixed_precision: bool = False
+    jit_compile: bool = False
+    linear_eval: bool = True
+    export: bool = True
+    epoch_figures: bool = False
+    verbose: int = None
+
+
+# Settings that define a run: a --resume folder must have been made with the same ones.
+RUN_KEYS = ("dataset", "data_dir", "preset", "mixer", "k", "lamb", "beta", "recon", "lr", "d_lr", "probe_lr",
+            "schedule", "batch_size", "epochs", "update_g_every", "depth", "slope", "seed", "mixed_precision")
+
+PRESETS = {
+    # Follows the reference code: Adam 1e-4 everywhere, constant rate, the
+    # autoencoder updated every 5th step, LeakyReLU slope 0.01 (PyTorch default).
+    "official": dict(lamb=10.0, lr=1e-4, d_lr=1e-4, probe_lr=1e-4, schedule="constant", batch_size=64,
+                     epochs=20, update_g_every=5, depth=16, slope=0.01),
+    # Default recipe for a few minutes on a CPU (departures from the reference are listed in the README).
+    "fast": dict(lamb=10.0, lr=5e-4, d_lr=5e-4, probe_lr=1e-3, schedule="cosine", batch_size=64,
+                 epochs=12, update_g_every=1, depth=16, slope=0.2),
+}
+
+# Keys a --config file may set (the tuner writes a subset of them).
+CONFIG_FILE_KEYS = tuple(f.name for f in dataclasses.fields(Config) if f.name not in ("out", "resume", "verbose"))
+
+
+class ConfigError(ValueError):
+    """A setting that is out of range or a malformed config file; the message says what is accepted."""
+
+
+def validate(cfg):
+    """Check every setting, raising ``ConfigError`` with what was wrong and what is accepted."""
+    if cfg.dataset not in DATASETS:
+        raise ConfigError(f"Unknown dataset {cfg.dataset!r}. Choose one of: {', '.join(DATASETS)}.")
+    if cfg.mixer not in MIXERS:
+        raise ConfigError(f"Unknown mixer {cfg.mixer!r}. Choose one of: {', '.join(MIXERS)}.")
+    if cfg.preset not in PRESETS:
+        raise ConfigError(f"Unknown preset {cfg.preset!r}. Choose one of: {', '.join(PRESETS)}.")
+    if cfg.recon not in RECON_LOSSES:
+        raise ConfigError(f"Unknown reconstruction loss {cfg.recon!r}. Choose one of: {', '.join(RECON_LOSSES)}.")
+    if cfg.strategy not in STRATEGIES:
+        raise ConfigError(f"Unknown strategy {cfg.strategy!r}. Choose one of: {', '.join(STRATEGIES)}.")
+    if cfg.schedule not in SCHEDULES:
+        raise ConfigError(f"Unknown schedule {cfg.schedule!r}. Choose one of: {', '.join(SCHEDULES)}.")
+    if not isinstance(cfg.k, int) or cfg.k < 2:
+        raise ConfigError(f"k (codes per mix) must be an integer >= 2, got {cfg.k!r}.")
+    for name in ("lamb", "lr", "d_lr", "probe_lr"):
+        value = getattr(cfg, name)
+        if not isinstance(value, (int, float)) or not value > 0:
+            raise ConfigError(f"{name} must be a number > 0, got {value!r}.")
+    if not isinstance(cfg.beta, (int, float)) or cfg.beta < 0:
+        raise ConfigError(f"beta must be a number >= 0, got {cfg.beta!r}.")
+    for name in ("batch_size", "epochs", "update_g_every", "depth"):
+        value = getattr(cfg, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"{name} must be an integer >= 1, got {value!r}.")
+    if cfg.batch_size < cfg.k:
+        raise ConfigError(f"batch_size ({cfg.batch_size}) must be at least k ({cfg.k}): mixes pair codes of one batch.")
+    if cfg.data_dir is not None and not os.path.isdir(cfg.data_dir):
+        raise ConfigError(f"--data-dir {cfg.data_dir!r} does not exist or is not a folder.")
+    if cfg.dataset == "mnist_sample" and cfg.data_dir is not None:
+        raise ConfigError("mnist_sample ships with the package: drop --data-dir, or use --dataset mnist with it.")
+    return cfg
+
+
+def resolve(cfg):
+    """Fill ``None`` fields from the preset and pick the output folder; returns a new, validated Config."""
+    if cfg.preset not in PRESETS:
+        raise ConfigError(f"Unknown preset {cfg.preset!r}. Choose one of: {', '.join(PRESETS)}.")
+    filled = {k: v for k, v in PRESETS[cfg.preset].items() if getattr(cfg, k) is None}
+    cfg = dataclasses.replace(cfg, **filled)
+    if cfg.d_lr is None:
+        cfg = dataclasses.replace(cfg, d_lr=cfg.lr)
+    if cfg.out is None:
+        cfg = dataclasses.replace(cfg, out=os.path.join("runs", default_run_name(cfg)))
+    return validate(cfg)
+
+
+def default_run_name(cfg):
+    """Run folder name from the settings that distinguish runs, e.g. ``mnist_sample-mixup-k2-lamb10-s0``."""
+    return f"{cfg.dataset}-{cfg.mixer}-k{cfg.k}-lamb{cfg.lamb:g}-{cfg.preset}-s{cfg.seed}"
+
+
+def load_config_file(path):
+    """Read a JSON settings file (a flat object of Config fields; tuner output also has a "values" key)."""
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except FileNotFoundError as e:
+        raise ConfigError(f"Config file {path} does not exist.") from e
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"Config file {path} is not valid JSON: {e}.") from e
+    if isinstance(data, dict) and isinstance(data.get("values"), dict):
+        data = data["values"]
+    if not isinstance(data, dict):
+        raise ConfigError(f"Config file {path} must hold a JSON object of settings, got {type(data).__name__}.")
+    unknown = sorted(set(data) - set(CONFIG_FILE_KEYS))
+    if unknown:
+        raise ConfigError(
+            f"Config file {path} has unknown settings {unknown}. Accepted: {', '.join(CONFIG_FILE_KEYS)}."
+        )
+    types = {f.name: f.type for f in dataclasses.fields(Config)}
+    for key, value in data.items():
+        kind = types[key]
+        ok = (
+            value is None
+            or (kind is float and isinstance(value, (int, float)) and not isinstance(value, bool))
+            or (kind is int and isinstance(value, int) and not isinstance(value, bool))
+            or (kind is bool and isinstance(value, bool))
+            or (kind is str and isinstance(value, str))
+        )
+        if not ok:
+            raise ConfigError(f"Config file {path}: {key} must be {kind.__name__}, got {value!r}.")
+    return data
+
+
+def build_parser(description="Train AMR."):
+    """The argument parser of scripts/fit.py (defaults are None so that explicit flags can be told apart)."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    d = p.add_argument_group("data")
+    d.add_argument("--dataset", choices=DATASETS, help="dataset (default mnist_sample, shipped with the package)")
+    d.add_argument("--data-dir", help="folder with the official raw files (offline); otherwise tensorflow-datasets")
+    d.add_argument("--tfds-data-dir", help="where tensorflow-datasets keeps its data")
+    m = p.add_argument_group("method")
+    m.add_argument("--preset", choices=tuple(PRESETS), help="base settings: fast (default) or official")
+    m.add_argument("--mixer", choices=MIXERS, help="how codes are mixed (default mixup)")
+    m.add_argument("--k", type=int, help="codes per mix (default 2)")
+    m.add_argument("--lamb", type=float, help="weight of the reconstruction loss")
+    m.add_argument("--beta", type=float, help="weight of the consistency loss (default 0: off)")
+    m.add_argument("--recon", choices=RECON_LOSSES, help="reconstruction loss (default l1)")
+    m.add_argument("--depth", type=int, help="channels of the first scale of every network")
+    o = p.add_argument_group("optimisation")
+    o.add_argument("--lr", type=float, help="learning rate of the autoencoder (and discriminator unless --d-lr)")
+    o.add_argument("--d-lr", type=float, help="learning rate of the discriminator")
+    o.add_argument("--probe-lr", type=float, help="learning rate of the linear probe")
+    o.add_argument("--schedule", choices=SCHEDULES, help="learning-rate schedule of autoencoder and discriminator")
+    o.add_argument("--batch-size", type=int, help="global batch size")
+    o.add_argument("--epochs", type=int, help="training epochs")
+    o.add_argument("--update-g-every", type=int, help="update the autoencoder every this many steps")
+    o.add_argument("--seed", type=int, help="seed of weights, data order and mixing (default 0)")
+    r = p.add_argument_group("run")
+    r.add_argument("--out", help="output folder (default runs/<dataset>-<mixer>-k<k>-lamb<lamb>-<preset>-s<seed>)")
+    r.add_argument("--resume", action="store_true", default=None, help="continue the run in --out from its last checkpoint")
+    r.add_argument("--config", help="JSON file of settings (e.g. best_hyperparameters.json of scripts/tune.py)")
+    r.add_argument("--strategy", choices=STRATEGIES, help="tf.distribute strategy (multiworker reads TF_CONFIG)")
+    r.add_argument("--mixed-precision", action="store_true", default=None, help="mixed_float16 compute")
+    r.add_argument("--jit-compile", action="store_true", default=None, help="compile the train step with XLA")
+    r.add_argument("--no-linear-eval", dest="linear_eval", action="store_false", default=None,
+                   help="skip the post-hoc linear evaluation at the end")
+    r.add_argument("--no-export", dest="export", action="store_false", default=None,
+                   help="skip the SavedModel export and figures at the end")
+    r.add_argument("--epoch-figures", action="store_true", default=None, help="write an interpolation figure every epoch")
+    r.add_argument("--verbose", type=int, choices=(0, 1, 2), help="Keras progress output (default: bar on a terminal)")
+    return p
+
+
+def config_from_args(argv=None):
+    """Parse ``argv`` into a resolved, validated ``Config`` (preset < --config file < explicit flags)."""
+    args = vars(build_parser().parse_args(argv))
+    values = {}
+    config_path = args.pop("config")
+    if config_path:
+        values.update(load_config_file(config_path))
+    values.update({k: v for k, v in args.items() if v is not None})
+    return resolve(Config(**values))

@@ -1,0 +1,423 @@
+"""Datasets -> ``tf.data`` pipelines of ``(image, label)`` at 32x32, scaled to [-1, 1].
+
+Sources, in the order they are tried:
+
+1. ``data_dir``: a folder with the official raw files (no network needed):
+   MNIST / Fashion-MNIST / KMNIST as IDX (``train-images-idx3-ubyte.gz`` ...),
+   KMNIST also as ``kmnist-{train,test}-{imgs,labels}.npz``, SVHN as
+   ``{train,test}_32x32.mat``. A folder without test files gives train and
+   validation only.
+2. ``mnist_sample``: real MNIST images shipped inside the package (first
+   10,000 training images + the official 10,000 test images).
+3. tensorflow-datasets (``mnist``, ``kmnist``, ``svhn_cropped``,
+   ``fashion_mnist``), which downloads once into its data dir.
+
+Validation data is carved out of the training split with a fixed seed:
+
+| dataset | train / validation | test |
+|---|---|---|
+| mnist, kmnist, fashion_mnist | 50,000 / 10,000 of the official 60,000 training images | official 10,000 |
+| svhn | 90% / 10% of the official 73,257 training images (no ``extra``) | official 26,032 |
+| mnist_sample | 9,000 / 1,000 of the first 10,000 training images | official 10,000 |
+
+For a raw folder with another number of training images, MNIST-like datasets
+keep 1/6 for validation and SVHN 10%.
+"""
+
+import dataclasses
+import glob
+import gzip
+import hashlib
+import os
+import socket
+import struct
+import warnings
+import zlib
+
+import numpy as np
+import tensorflow as tf
+
+from amr_keras.networks import IMAGE_SIZE
+
+DATASETS = ("mnist", "kmnist", "fashion_mnist", "svhn", "mnist_sample")
+TFDS_NAMES = {"mnist": "mnist", "kmnist": "kmnist", "fashion_mnist": "fashion_mnist", "svhn": "svhn_cropped"}
+SOURCE_SHAPES = {"mnist": (28, 28, 1), "kmnist": (28, 28, 1), "fashion_mnist": (28, 28, 1),
+                 "svhn": (32, 32, 3), "mnist_sample": (28, 28, 1)}
+VAL_FRACTION = {"mnist": 1 / 6, "kmnist": 1 / 6, "fashion_mnist": 1 / 6, "svhn": 0.1, "mnist_sample": 0.1}
+SPLIT_SEED = 1234
+SAMPLE_DIR = os.path.join(os.path.dirname(__file__), "sample_data", "mnist")
+
+# md5 of the official files (as listed by their publishers and torchvision).
+OFFICIAL_MD5 = {
+    "mnist": {
+        "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+        "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
+        "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+        "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
+    },
+    "fashion_mnist": {
+        "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+        "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
+        "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
+        "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
+    },
+    "kmnist": {
+        "train-images-idx3-ubyte.gz": "bdb82020997e1d708af4cf47b453dcf7",
+        "train-labels-idx1-ubyte.gz": "e144d726b3acfaa3e44228e80efcd344",
+        "t10k-images-idx3-ubyte.gz": "5c965bf0a639b31b8f53240b1b52f4d7",
+        "t10k-labels-idx1-ubyte.gz": "7320c461ea6c1c855c0b718fb2a4b134",
+    },
+    "svhn": {
+        "train_32x32.mat": "e26dedcc434d2e4c54c9b2d4a06d8373",
+        "test_32x32.mat": "eb5a983be6a315427106f1b0b7a7e4d5",
+    },
+}
+
+
+class DataError(ValueError):
+    """Data that cannot be read or reached; the message says why and what to do."""
+
+
+OFFLINE_HELP = (
+    "To run offline, pass --data-dir DIR with the official raw files "
+    "(IDX .gz for MNIST/Fashion-MNIST/KMNIST, kmnist-*.npz, SVHN train_32x32.mat/test_32x32.mat), "
+    "or use --dataset mnist_sample (real MNIST images shipped with the package)."
+)
+
+
+@dataclasses.dataclass
+class DatasetInfo:
+    """What a loaded dataset is: its name, sizes and where it came from."""
+
+    name: str
+    source: str
+    image_shape: tuple
+    num_classes: int
+    num_train: int
+    num_val: int
+    num_test: int  # 0 when there is no test split
+
+    @property
+    def colors(self):
+        return self.image_shape[-1]
+
+
+@dataclasses.dataclass
+class Splits:
+    """Train / validation / test pipelines (``test`` is None without a test split) and their info."""
+
+    train: tf.data.Dataset
+    val: tf.data.Dataset
+    test: tf.data.Dataset
+    info: DatasetInfo
+    arrays: dict = dataclasses.field(repr=False, default_factory=dict)
+
+
+def check_dataset(name):
+    """Raise ``ValueError`` for an unknown dataset name, listing the known ones."""
+    if name not in DATASETS:
+        raise ValueError(f"Unknown dataset {name!r}. Choose one of: {', '.join(DATASETS)}.")
+    return name
+
+
+# --------------------------------------------------------------------------- raw readers
+def _open(path):
+    with open(path, "rb") as f:
+        raw = f.read()
+    if path.endswith(".gz"):
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as e:
+            raise DataError(f"{path} is not a valid gzip file ({e}); download it again.") from e
+    return raw
+
+
+def read_idx(path):
+    """Read an IDX file (optionally gzipped) into a uint8 array, checking magic number and size.
+
+    Args:
+        path: ``*-idx3-ubyte[.gz]`` (images, N x rows x cols) or ``*-idx1-ubyte[.gz]`` (labels).
+
+    Returns:
+        ``np.ndarray`` of dtype uint8.
+    """
+    raw = _open(path)
+    if len(raw) < 8:
+        raise DataError(f"{path} is truncated: {len(raw)} bytes, not even an IDX header.")
+    zero, dtype, ndim = struct.unpack(">HBB", raw[:4])
+    if zero != 0 or dtype != 0x08 or ndim not in (1, 3):
+        raise DataError(
+            f"{path} is not an IDX file of unsigned bytes (magic {raw[:4].hex()}, expected 00000801 or 00000803)."
+        )
+    shape = struct.unpack(">" + "I" * ndim, raw[4 : 4 + 4 * ndim])
+    offset = 4 + 4 * ndim
+    expected = int(np.prod(shape))
+    if len(raw) - offset != expected:
+        raise DataError(
+            f"{path} is truncated or corrupt: header says shape {shape} ({expected} bytes), "
+            f"file holds {len(raw) - offset}. Download it again."
+        )
+    return np.frombuffer(raw, np.uint8, offset=offset).reshape(shape)
+
+
+def read_npz(path):
+    """Read the single array of a KMNIST ``.npz`` file."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return f[f.files[0]]
+    except (OSError, ValueError, zlib.error, KeyError, IndexError) as e:
+        raise DataError(f"{path} is not a readable .npz file ({e}); download it again.") from e
+
+
+def read_svhn_mat(path):
+    """Read an SVHN ``*_32x32.mat`` file into (uint8 images N x 32 x 32 x 3, int labels 0-9)."""
+    import scipy.io
+
+    try:
+        mat = scipy.io.loadmat(path)
+        x, y = mat["X"], mat["y"]
+    except Exception as e:  # scipy raises several types for damaged files
+        raise DataError(f"{path} is not a readable SVHN .mat file ({e}); download it again.") from e
+    if x.ndim != 4 or x.shape[:3] != (32, 32, 3) or x.shape[3] != y.shape[0]:
+        raise DataError(f"{path}: expected X of shape (32, 32, 3, N) and y of N labels, got {x.shape}, {y.shape}.")
+    labels = y.reshape(-1).astype(np.int64)
+    labels[labels == 10] = 0  # SVHN stores digit 0 as label 10
+    return np.ascontiguousarray(np.transpose(x, (3, 0, 1, 2))), labels
+
+
+def _md5(path):
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _verify_checksum(name, path):
+    """Warn when a file with an official name is not byte-identical to the official download.
+
+    Repacked copies (e.g. re-gzipped by a distribution) differ in md5 but hold
+    the same images; the structural checks of the readers (magic number,
+    header, size) decide whether the content is usable.
+    """
+    expected = OFFICIAL_MD5.get(name, {}).get(os.path.basename(path))
+    if expected is not None and _md5(path) != expected:
+        warnings.warn(
+            f"{path} differs from the official {name} file (md5 is not {expected}); reading it anyway "
+            "since its header and size are checked. If results look wrong, download the official file.",
+            stacklevel=3,
+        )
+
+
+def _find(folder, patterns):
+    for pattern in patterns:
+        hits = sorted(glob.glob(os.path.join(folder, pattern)))
+        if hits:
+            return hits[0]
+    return None
+
+
+def _read_pair(name, folder, split):
+    """(images, labels) of ``split`` ("train" or "test") from a raw folder, or None when absent."""
+    if name == "svhn":
+        path = _find(folder, [f"{split}_32x32.mat"])
+        if path is None:
+            return None
+        _verify_checksum(name, path)
+        return read_svhn_mat(path)
+    prefix = "train" if split == "train" else "t10k"
+    img = _find(folder, [f"{prefix}-images-idx3-ubyte.gz", f"{prefix}-images-idx3-ubyte",
+                         f"{prefix}-images*-idx3-ubyte.gz", f"{prefix}-images*-idx3-ubyte"])
+    if img is not None:
+        stem = os.path.basename(img).replace("images", "labels").replace("idx3", "idx1")
+        lab = os.path.join(folder, stem)
+        if not os.path.exists(lab):
+            raise DataError(f"Found {img} but not its labels {lab}.")
+        _verify_checksum(name, img)
+        _verify_checksum(name, lab)
+        x, y = read_idx(img), read_idx(lab)
+    elif name == "kmnist" and _find(folder, [f"kmnist-{split}-imgs.npz"]):
+        x = read_npz(os.path.join(folder, f"kmnist-{split}-imgs.npz"))
+        y = read_npz(os.path.join(folder, f"kmnist-{split}-labels.npz"))
+    else:
+        return None
+    if x.ndim != 3 or x.shape[1:] != (28, 28) or x.shape[0] != y.shape[0]:
+        raise DataError(f"{folder}: expected N x 28 x 28 images and N labels for {name}, got {x.shape} and {y.shape}.")
+    return x[..., None], y.astype(np.int64)
+
+
+def load_raw_folder(name, folder):
+    """Read the official raw files of ``name`` from ``folder``: dict of (images, labels) per split."""
+    if not os.path.isdir(folder):
+        raise DataError(f"--data-dir {folder!r} does not exist or is not a folder.")
+    out = {}
+    for split in ("train", "test"):
+        pair = _read_pair(name, folder, split)
+        if pair is not None:
+            out[split] = pair
+    if "train" not in out:
+        expected = {
+            "svhn": "train_32x32.mat",
+            "kmnist": "train-images-idx3-ubyte.gz + train-labels-idx1-ubyte.gz or kmnist-train-imgs.npz + kmnist-train-labels.npz",
+        }.get(name, "train-images-idx3-ubyte.gz + train-labels-idx1-ubyte.gz")
+        raise DataError(f"No training files for {name} in {folder}: expected {expected}.")
+    return out
+
+
+# --------------------------------------------------------------------------- tfds
+def _network_available(host="storage.googleapis.com", port=443, timeout=3.0):
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def load_tfds(name, tfds_data_dir=None):
+    """Load a whole dataset with tensorflow-datasets as numpy arrays per split."""
+    import tensorflow_datasets as tfds
+
+    tfds_name = TFDS_NAMES[name]
+    builder = tfds.builder(tfds_name, data_dir=tfds_data_dir)
+    prepared = tf.io.gfile.exists(os.path.join(builder.data_dir, "dataset_info.json"))
+    if not prepared and not _network_available():
+        raise DataError(
+            f"tensorflow-datasets cannot download {tfds_name!r}: no network, and it is not prepared in "
+            f"{builder.data_dir}. " + OFFLINE_HELP
+        )
+    out = {}
+    for split in ("train", "test"):
+        try:
+            ds = tfds.load(tfds_name, split=split, as_supervised=True, data_dir=tfds_data_dir)
+            chunks = list(tfds.as_numpy(ds.batch(8192)))
+        except Exception as e:  # download and preparation errors come in many types
+            raise DataError(f"tensorflow-datasets failed to load {tfds_name!r} ({type(e).__name__}: {e}). "
+                            + OFFLINE_HELP) from e
+        if not chunks:
+            continue
+        out[split] = (np.concatenate([c[0] for c in chunks]).astype(np.uint8),
+                      np.concatenate([c[1] for c in chunks]).astype(np.int64))
+    return out
+
+
+# --------------------------------------------------------------------------- pipelines
+def preprocess(images):
+    """uint8 (or float in [0, 255]) images of any supported size -> float32 32x32 in [-1, 1].
+
+    28x28 images are zero-padded by 2 pixels on each side (background stays
+    black); other sizes are resized.
+    """
+    x = tf.cast(images, tf.float32)
+    h, w = x.shape[-3], x.shape[-2]
+    if (h, w) == (28, 28):
+        x = tf.pad(x, [[0, 0], [2, 2], [2, 2], [0, 0]])
+    elif (h, w) != (IMAGE_SIZE, IMAGE_SIZE):
+        x = tf.image.resize(x, (IMAGE_SIZE, IMAGE_SIZE))
+    return x / 127.5 - 1.0
+
+
+def make_pipeline(images, labels, batch_size, shuffle, drop_remainder, seed=0):
+    """Batched, prefetched ``tf.data`` pipeline from uint8 arrays.
+
+    Preprocessing runs once per batch (vectorised), after batching.
+    """
+    ds = tf.data.Dataset.from_tensor_slices((images, labels.astype(np.int32)))
+    if shuffle:
+        ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    ds = ds.map(lambda x, y: (preprocess(x), y), num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def train_pipeline(images, labels, batch_size, seed=0, start_epoch=0):
+    """Endless training pipeline whose epoch ``e`` is a shuffle seeded by ``(seed, e)``.
+
+    Every epoch is a full pass over the data (the remainder is dropped), so a
+    run resumed at ``start_epoch`` sees exactly the batches an uninterrupted
+    run would have seen. Use it with ``steps_per_epoch = len(images) // batch_size``.
+    """
+    images = tf.constant(images)
+    labels = tf.constant(labels.astype(np.int32))
+    n = int(images.shape[0])
+
+    def one_epoch(epoch):
+        order = tf.random.experimental.stateless_shuffle(tf.range(n), seed=tf.stack([tf.cast(seed, tf.int64), epoch]))
+        return tf.data.Dataset.from_tensor_slices(order)
+
+    ds = tf.data.Dataset.range(start_epoch, 2**62).flat_map(one_epoch)
+    ds = ds.batch(batch_size, drop_remainder=True)
+    ds = ds.map(lambda idx: (preprocess(tf.gather(images, idx)), tf.gather(labels, idx)),
+                num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def split_train_val(images, labels, val_fraction, seed=SPLIT_SEED):
+    """Carve a validation set out of a training split with a fixed permutation."""
+    n = len(images)
+    n_val = int(round(n * val_fraction))
+    if n_val < 1 or n_val >= n:
+        raise DataError(f"Cannot carve a validation set ({val_fraction:.0%}) out of {n} training images.")
+    perm = np.random.default_rng(seed).permutation(n)
+    val, train = perm[:n_val], perm[n_val:]
+    return (images[train], labels[train]), (images[val], labels[val])
+
+
+def load_arrays(name, data_dir=None, tfds_data_dir=None):
+    """Raw uint8 arrays of ``name`` per split plus a description of the source."""
+    check_dataset(name)
+    if name == "mnist_sample":
+        return load_raw_folder("mnist", SAMPLE_DIR), "embedded MNIST sample (first 10k train + official test)"
+    if data_dir is not None:
+        return load_raw_folder(name, data_dir), f"raw files in {data_dir}"
+    return load_tfds(name, tfds_data_dir), "tensorflow-datasets"
+
+
+def load_dataset(name, data_dir=None, batch_size=64, seed=0, tfds_data_dir=None, eval_batch_size=None):
+    """Load ``name`` as train / validation / test ``tf.data`` pipelines.
+
+    Args:
+        name: one of ``DATASETS``.
+        data_dir: folder of official raw files (offline); None uses tfds (or the embedded sample).
+        batch_size: training batch size (training batches drop the remainder,
+            so every step sees a full batch; validation and test keep every image).
+        seed: shuffling seed of the training pipeline.
+        tfds_data_dir: where tensorflow-datasets stores its data (its default when None).
+        eval_batch_size: batch size of validation/test (default: ``batch_size``).
+
+    Returns:
+        ``Splits`` with ``train``, ``val``, ``test`` (None without a test split) and ``info``.
+
+    Example:
+        >>> splits = load_dataset("mnist_sample", batch_size=64)
+        >>> splits.info.num_train, splits.info.num_val, splits.info.num_test
+        (9000, 1000, 10000)
+    """
+    if int(batch_size) != batch_size or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    arrays, source = load_arrays(name, data_dir, tfds_data_dir)
+    (x_tr, y_tr), (x_val, y_val) = split_train_val(*arrays["train"], VAL_FRACTION[name])
+    if len(x_tr) < batch_size:
+        raise ValueError(f"batch_size {batch_size} is larger than the {len(x_tr)} training images.")
+    test = arrays.get("test")
+    eval_bs = eval_batch_size or batch_size
+    classes = int(max(y_tr.max(), y_val.max()) + 1)
+    info = DatasetInfo(
+        name=name, source=source, image_shape=tuple(int(s) for s in x_tr.shape[1:]),
+        num_classes=max(classes, 10), num_train=len(x_tr), num_val=len(x_val),
+        num_test=0 if test is None else len(test[0]),
+    )
+    return Splits(
+        train=make_pipeline(x_tr, y_tr, batch_size, shuffle=True, drop_remainder=True, seed=seed),
+        val=make_pipeline(x_val, y_val, eval_bs, shuffle=False, drop_remainder=False),
+        test=None if test is None else make_pipeline(*test, eval_bs, shuffle=False, drop_remainder=False),
+        info=info,
+        arrays={"train": (x_tr, y_tr), "val": (x_val, y_val), **({"test": test} if test is not None else {})},
+    )
+
+
+def synthetic_dataset(num=256, batch_size=32, colors=1, size=28, num_classes=10, seed=0):
+    """Tiny random ``(image, label)`` pipeline for tests and benchmarks (images in [-1, 1])."""
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 256, (num, size, size, colors), dtype=np.uint8)
+    y = rng.integers(0, num_classes, num)
+    return make_pipeline(x, y, batch_size, shuffle=False, drop_remainder=True)

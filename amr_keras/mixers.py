@@ -1,0 +1,114 @@
+"""Mixing functions for codes: mixup, Bernoulli (per feature map), their k-way versions, and none.
+
+Every mixer pairs each code of a batch with ``k - 1`` partners drawn by random
+permutations of the *same* batch (under ``tf.distribute`` that is the replica's
+own batch) and combines them with weights ``w`` of shape ``(k, batch, 1, 1, C')``
+that are non-negative and sum to one over ``k``:
+
+- ``mixup``: one weight vector per example, ``C' = 1``; for k=2, ``a ~ U(0, 1)``;
+  for k > 2, ``w ~ Dirichlet(1, ..., 1)``.
+- ``bernoulli``: one 0/1 choice per example and per feature map, ``C' = C``;
+  for k=2 a mask ``m ~ Bernoulli(p)`` with one ``p ~ U(0, 1)`` per batch (as the
+  reference code's feature-map mixer); for k > 2 each feature map is taken
+  whole from one of the k codes, chosen uniformly.
+- ``none``: no mixing (the AE + GAN baseline); ``mix_codes`` returns ``None``.
+
+Reference:
+    C. Beckham et al. On Adversarial Mixup Resynthesis. NeurIPS 2019, Sec. 2.
+"""
+
+import keras
+from keras import ops
+
+MIXERS = ("mixup", "bernoulli", "none")
+
+
+def check_mixer(mixer, k=2):
+    """Validate a mixer name and ``k``; raise ``ValueError`` saying what is accepted."""
+    if mixer not in MIXERS:
+        raise ValueError(f"Unknown mixer {mixer!r}. Choose one of: {', '.join(MIXERS)}.")
+    if int(k) != k or k < 2:
+        raise ValueError(f"k (codes mixed together) must be an integer >= 2, got {k!r}.")
+    return mixer, int(k)
+
+
+def mixing_weights(mixer, k, batch, channels, seed):
+    """Draw mixing weights of shape ``(k, batch, 1, 1, 1 or channels)``.
+
+    Args:
+        mixer: ``"mixup"`` or ``"bernoulli"``.
+        k: number of codes mixed together (>= 2).
+        batch: batch size (a Python int or scalar tensor).
+        channels: feature maps of the code.
+        seed: a ``keras.random.SeedGenerator``.
+
+    Returns:
+        Non-negative float32 weights summing to 1 over the first axis.
+    """
+    if mixer == "mixup":
+        if k == 2:
+            a = keras.random.uniform((batch, 1, 1, 1), seed=seed)
+            return ops.stack([a, 1.0 - a])
+        # Dirichlet(1, ..., 1) as normalised Exponential(1) draws.
+        e = -ops.log(keras.random.uniform((k, batch, 1, 1, 1), minval=1e-7, maxval=1.0, seed=seed))
+        return e / ops.sum(e, axis=0, keepdims=True)
+    if mixer == "bernoulli":
+        if k == 2:
+            p = keras.random.uniform((), seed=seed)
+            m = ops.cast(keras.random.uniform((batch, 1, 1, channels), seed=seed) < p, "float32")
+            return ops.stack([m, 1.0 - m])
+        choice = keras.random.randint((batch, 1, 1, channels), 0, k, seed=seed)
+        # one_hot puts the k axis last; move it to the front.
+        return ops.moveaxis(ops.one_hot(choice, k, dtype="float32"), -1, 0)
+    raise ValueError(f"mixing_weights needs 'mixup' or 'bernoulli', got {mixer!r}.")
+
+
+def partners(codes, k, seed):
+    """Stack ``codes`` with ``k - 1`` random permutations of it: shape ``(k, batch, ...)``."""
+    batch = ops.shape(codes)[0]
+    stack = [codes]
+    for _ in range(k - 1):
+        perm = ops.argsort(keras.random.uniform((batch,), seed=seed))
+        stack.append(ops.take(codes, perm, axis=0))
+    return ops.stack(stack)
+
+
+def mix_codes(codes, mixer, k, seed, return_weights=False):
+    """Mix each code of a batch with ``k - 1`` others of the same batch.
+
+    Args:
+        codes: ``(batch, H, W, C)`` code maps.
+        mixer: one of ``MIXERS``.
+        k: number of codes per mix (>= 2).
+        seed: a ``keras.random.SeedGenerator`` (its state advances on each call).
+        return_weights: also return the sources and weights (for tests and plots).
+
+    Returns:
+        The mixed codes, same shape as ``codes`` (or ``None`` for ``"none"``);
+        with ``return_weights``, a tuple ``(mixed, sources, weights)``.
+
+    Example:
+        >>> seed = keras.random.SeedGenerator(0)
+        >>> mixed = mix_codes(keras.ops.ones((8, 4, 4, 2)), "mixup", 2, seed)
+    """
+    check_mixer(mixer, k)
+    if mixer == "none":
+        return (None, None, None) if return_weights else None
+    sources = partners(codes, k, seed)
+    weights = ops.cast(mixing_weights(mixer, k, ops.shape(codes)[0], codes.shape[-1], seed), codes.dtype)
+    mixed = ops.sum(weights * sources, axis=0)
+    return (mixed, sources, weights) if return_weights else mixed
+
+
+def mix_pair(codes_a, codes_b, weight):
+    """Mix two batches of codes with given weights: ``weight * a + (1 - weight) * b``.
+
+    ``weight`` of shape ``(batch,)`` is mixup (one weight per example); of shape
+    ``(batch, C)`` it is a per-feature-map mask (Bernoulli when 0/1).
+    """
+    weight = ops.cast(weight, codes_a.dtype)
+    if len(weight.shape) == 1:
+        weight = ops.reshape(weight, (-1, 1, 1, 1))
+    else:
+        weight = ops.reshape(weight, (-1, 1, 1, weight.shape[-1]))
+    return weight * codes_a + (1.0 - weight) * codes_b

@@ -1,0 +1,377 @@
+"""The AMR model: autoencoder + discriminator + mixer + stop-gradient linear probe in one ``keras.Model``.
+
+Reference:
+    C. Beckham, S. Honari, V. Verma, A. Lamb, F. Ghadiri, R. D. Hjelm,
+    Y. Bengio, C. Pal. On Adversarial Mixup Resynthesis. NeurIPS 2019.
+"""
+
+import keras
+import tensorflow as tf
+from keras import layers, ops
+
+from amr_keras.mixers import check_mixer, mix_codes, mix_pair
+from amr_keras.networks import code_dim
+
+RECON_LOSSES = ("l1", "l2")
+
+
+def default_optimizer(learning_rate=1e-4, name=None):
+    """Adam as in the reference code: betas (0.5, 0.99), weight decay 1e-5.
+
+    Keras applies weight decay decoupled from the gradient (AdamW style); the
+    reference adds it to the gradient (PyTorch ``Adam(weight_decay=...)``).
+    At 1e-5 both are negligible next to the losses.
+    """
+    return keras.optimizers.Adam(
+        learning_rate=learning_rate, beta_1=0.5, beta_2=0.99, weight_decay=1e-5, name=name
+    )
+
+
+def _bce_with_logits(logits, target):
+    """Mean binary cross-entropy of sigmoid(logits) against a constant 0/1 target."""
+    labels = ops.full_like(logits, target)
+    return ops.mean(ops.binary_crossentropy(labels, logits, from_logits=True))
+
+
+@keras.saving.register_keras_serializable(package="amr_keras")
+class AMR(keras.Model):
+    """Adversarial Mixup Resynthesis with an online linear probe.
+
+    Each training step:
+
+    1. encodes the batch, decodes the codes (reconstructions) and decodes mixes
+       of the codes (``mixer``, ``k`` codes per mix);
+    2. runs the discriminator once on ``[x, reconstructions, mixes]`` and uses
+       that single forward pass for both players (the reference computes the
+       same values in five separate passes: the discriminator's and the
+       autoencoder's losses are both taken at the current weights);
+    3. updates the discriminator on ``BCE(D(x),1) + BCE(D(x_rec),0) + BCE(D(x_mix),0)``;
+    4. every ``update_g_every``-th step, updates encoder and decoder on
+       ``lamb * recon(x, x_rec) + BCE(D(x_rec),1) + BCE(D(x_mix),1)``
+       (+ ``beta * |f(x_mix) - z_mix|``);
+    5. updates the linear probe on ``stop_gradient(code)`` with its own optimizer.
+
+    Losses are averaged over the global batch, so ``N`` replicas of a
+    ``tf.distribute`` strategy take the same step as one device with the same
+    global batch. Mixing partners are drawn within each replica's batch.
+
+    Args:
+        encoder: image (32x32xC, in [-1, 1]) -> code map.
+        decoder: code map -> image.
+        discriminator: image -> one logit per image.
+        num_classes: classes of the linear probe.
+        mixer: ``"mixup"``, ``"bernoulli"`` or ``"none"``.
+        k: codes per mix (>= 2).
+        lamb: weight of the reconstruction loss (> 0).
+        beta: weight of the optional consistency loss (>= 0; 0 turns it off).
+        recon: ``"l1"`` or ``"l2"`` reconstruction loss.
+        update_g_every: update the autoencoder every this many steps (>= 1).
+        seed: seed of the mixing randomness.
+
+    Example:
+        >>> enc, dec, disc = amr_keras.networks.build_networks()
+        >>> model = AMR(enc, dec, disc, mixer="mixup")
+        >>> model.compile()
+        >>> model.fit(train_ds, validation_data=val_ds, epochs=3)
+
+    Reference:
+        Beckham et al. On Adversarial Mixup Resynthesis. NeurIPS 2019.
+    """
+
+    def __init__(
+        self,
+        encoder,
+        decoder,
+        discriminator,
+        num_classes=10,
+        mixer="mixup",
+        k=2,
+        lamb=10.0,
+        beta=0.0,
+        recon="l1",
+        update_g_every=5,
+        seed=0,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        check_mixer(mixer, k)
+        if not lamb > 0:
+            raise ValueError(f"lamb (weight of the reconstruction loss) must be > 0, got {lamb!r}.")
+        if not beta >= 0:
+            raise ValueError(f"beta (consistency weight) must be >= 0, got {beta!r}.")
+        if recon not in RECON_LOSSES:
+            raise ValueError(f"Unknown reconstruction loss {recon!r}. Choose one of: {', '.join(RECON_LOSSES)}.")
+        if int(update_g_every) != update_g_every or update_g_every < 1:
+            raise ValueError(f"update_g_every must be an integer >= 1, got {update_g_every!r}.")
+        if int(num_classes) != num_classes or num_classes < 2:
+            raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}.")
+        self.encoder = encoder
+        self.decoder = decoder
+        self.discriminator = discriminator
+        self.num_classes = int(num_classes)
+        self.mixer = mixer
+        self.k = int(k)
+        self.lamb = float(lamb)
+        self.beta = float(beta)
+        self.recon = recon
+        self.update_g_every = int(update_g_every)
+        self.seed = int(seed)
+        self.seed_generator = keras.random.SeedGenerator(self.seed, name="mix_seed")
+        # The probe standardises the code with running statistics (no trainable
+        # parameters) before its Dense layer: still one linear function of the
+        # code, but it keeps up with a code whose scale and offset drift.
+        self.probe_norm = layers.BatchNormalization(center=False, scale=False, momentum=0.9, name="probe_norm")
+        self.probe = layers.Dense(self.num_classes, name="probe")
+        self.probe_norm.build((None, code_dim(encoder)))
+        self.probe.build((None, code_dim(encoder)))
+        self.recon_tracker = keras.metrics.Mean(name="recon_loss")
+        self.d_tracker = keras.metrics.Mean(name="d_loss")
+        self.g_tracker = keras.metrics.Mean(name="g_loss")
+        self.probe_loss_tracker = keras.metrics.Mean(name="probe_loss")
+        self.probe_acc_tracker = keras.metrics.SparseCategoricalAccuracy(name="probe_accuracy")
+        self.ae_optimizer = None
+        self.d_optimizer = None
+        self.probe_optimizer = None
+        self.built = True
+
+    # ----------------------------------------------------------------- compile
+    def compile(self, ae_optimizer=None, d_optimizer=None, probe_optimizer=None, **kwargs):
+        """Set the three optimizers (reference defaults when omitted) and compile.
+
+        Args:
+            ae_optimizer: updates encoder + decoder. Default Adam 1e-4, betas (0.5, 0.99), wd 1e-5.
+            d_optimizer: updates the discriminator. Same default.
+            probe_optimizer: updates the linear probe. Same default.
+            **kwargs: passed to ``keras.Model.compile`` (e.g. ``jit_compile``,
+                ``steps_per_execution``). ``optimizer``/``loss`` are not used.
+        """
+        for bad in ("optimizer", "loss"):
+            if kwargs.get(bad) is not None:
+                raise ValueError(
+                    f"AMR.compile takes ae_optimizer, d_optimizer and probe_optimizer, not {bad}=."
+                )
+            kwargs.pop(bad, None)
+        super().compile(optimizer=None, **kwargs)
+        opts = []
+        for opt, name in ((ae_optimizer, "ae_adam"), (d_optimizer, "d_adam"), (probe_optimizer, "probe_adam")):
+            opt = default_optimizer(name=name) if opt is None else keras.optimizers.get(opt)
+            if keras.mixed_precision.global_policy().compute_dtype == "float16" and not isinstance(
+                opt, keras.optimizers.LossScaleOptimizer
+            ):
+                opt = keras.optimizers.LossScaleOptimizer(opt)
+            opts.append(opt)
+        self.ae_optimizer, self.d_optimizer, self.probe_optimizer = opts
+        # Build now: variables cannot be created inside the traced step's branches.
+        self.ae_optimizer.build(self.ae_variables)
+        self.d_optimizer.build(self.discriminator.trainable_variables)
+        self.probe_optimizer.build(self.probe.trainable_variables)
+        self._amr_compile_args = {k: v for k, v in kwargs.items() if k in ("jit_compile", "steps_per_execution")}
+
+    def get_compile_config(self):
+        if self.ae_optimizer is None:
+            return {}
+        return {
+            "ae_optimizer": keras.saving.serialize_keras_object(self.ae_optimizer),
+            "d_optimizer": keras.saving.serialize_keras_object(self.d_optimizer),
+            "probe_optimizer": keras.saving.serialize_keras_object(self.probe_optimizer),
+            **getattr(self, "_amr_compile_args", {}),
+        }
+
+    def compile_from_config(self, config):
+        # Restores the three optimizers; their states are then loaded from the file.
+        config = dict(config)
+        for key in ("ae_optimizer", "d_optimizer", "probe_optimizer"):
+            config[key] = keras.saving.deserialize_keras_object(config[key])
+        self.compile(**config)
+
+    # ----------------------------------------------------------------- config
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            encoder=keras.saving.serialize_keras_object(self.encoder),
+            decoder=keras.saving.serialize_keras_object(self.decoder),
+            discriminator=keras.saving.serialize_keras_object(self.discriminator),
+            num_classes=self.num_classes,
+            mixer=self.mixer,
+            k=self.k,
+            lamb=self.lamb,
+            beta=self.beta,
+            recon=self.recon,
+            update_g_every=self.update_g_every,
+            seed=self.seed,
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        for key in ("encoder", "decoder", "discriminator"):
+            config[key] = keras.saving.deserialize_keras_object(config[key])
+        return cls(**config)
+
+    # ----------------------------------------------------------------- parts
+    @property
+    def ae_variables(self):
+        return self.encoder.trainable_variables + self.decoder.trainable_variables
+
+    @property
+    def metrics(self):
+        return [self.recon_tracker, self.d_tracker, self.g_tracker, self.probe_loss_tracker, self.probe_acc_tracker]
+
+    def call(self, inputs, training=False):
+        """Reconstruct ``inputs`` (images in [-1, 1])."""
+        return self.decoder(self.encoder(inputs, training=training), training=training)
+
+    def encode(self, images):
+        """Codes of images in [-1, 1]."""
+        return self.encoder(images, training=False)
+
+    def decode(self, codes):
+        """Images in [-1, 1] (approximately) from codes."""
+        return self.decoder(codes, training=False)
+
+    def classify(self, images):
+        """Class probabilities of the linear probe."""
+        return ops.softmax(self.probe_logits(self.encode(images)))
+
+    def probe_logits(self, codes, training=False):
+        """Logits of the linear probe for (batch, H, W, C) codes."""
+        flat = ops.reshape(ops.cast(codes, "float32"), (ops.shape(codes)[0], -1))
+        return ops.cast(self.probe(self.probe_norm(flat, training=training)), "float32")
+
+    def mix(self, images_a, images_b, weight):
+        """Decode mixes of the codes of two batches (see ``mixers.mix_pair``)."""
+        return self.decode(mix_pair(self.encode(images_a), self.encode(images_b), weight))
+
+    # ----------------------------------------------------------------- losses
+    def _recon_loss(self, x, rec):
+        diff = ops.cast(x, "float32") - ops.cast(rec, "float32")
+        return ops.mean(ops.abs(diff)) if self.recon == "l1" else ops.mean(ops.square(diff))
+
+    def _forward(self, x, training):
+        """Shared forward pass: codes, reconstructions, mixes and discriminator logits.
+
+        Returns:
+            dict of code, mixed codes, mixes, and the losses (float32 scalars).
+        """
+        batch = ops.shape(x)[0]
+        code = self.encoder(x, training=training)
+        rec = self.decoder(code, training=training)
+        z_mix = mix_codes(code, self.mixer, self.k, self.seed_generator)
+        fakes = [rec]
+        x_mix = None
+        if z_mix is not None:
+            x_mix = self.decoder(z_mix, training=training)
+            fakes.append(x_mix)
+        logits = ops.cast(self.discriminator(ops.concatenate([x] + fakes, axis=0), training=training), "float32")
+        real_logits, fake_logits = logits[:batch], logits[batch:]
+        groups = len(fakes)
+        # Each fake group (reconstructions, mixes) is a mean over the batch, summed over groups.
+        d_loss = _bce_with_logits(real_logits, 1.0) + groups * _bce_with_logits(fake_logits, 0.0)
+        adv = groups * _bce_with_logits(fake_logits, 1.0)
+        recon_loss = self._recon_loss(x, rec)
+        g_loss = self.lamb * recon_loss + adv
+        if self.beta > 0 and z_mix is not None:
+            consistency = ops.mean(ops.abs(ops.cast(self.encoder(x_mix, training=training) - z_mix, "float32")))
+            g_loss = g_loss + self.beta * consistency
+        return dict(code=code, recon_loss=recon_loss, d_loss=d_loss, g_loss=g_loss)
+
+    def _probe_loss(self, code, y, training):
+        logits = self.probe_logits(ops.stop_gradient(code), training=training)
+        loss = ops.mean(ops.sparse_categorical_crossentropy(y, logits, from_logits=True))
+        return logits, loss
+
+    def _update_metrics(self, out, y, probe_logits, probe_loss):
+        self.recon_tracker.update_state(out["recon_loss"])
+        self.d_tracker.update_state(out["d_loss"])
+        self.g_tracker.update_state(out["g_loss"])
+        self.probe_loss_tracker.update_state(probe_loss)
+        self.probe_acc_tracker.update_state(y, probe_logits)
+        return {m.name: m.result() for m in self.metrics}
+
+    @staticmethod
+    def _unpack(data):
+        if not isinstance(data, (tuple, list)) or len(data) < 2:
+            raise ValueError(
+                "AMR trains on (images, labels) batches: labels feed only the linear probe. "
+                "Got a dataset without labels."
+            )
+        return data[0], data[1]
+
+    # ----------------------------------------------------------------- steps
+    def make_train_function(self, force=False):
+        if self.train_function is not None and not force:
+            return self.train_function
+        with self.distribute_strategy.scope():
+            distributed = tf.distribute.has_strategy()
+        if self.update_g_every == 1 or not distributed:
+            return super().make_train_function(force)
+        # Under tf.distribute an optimizer update cannot sit inside a traced
+        # conditional (it synchronises replicas), so two step functions are
+        # traced, with and without the autoencoder update, and picked per step.
+        if self.steps_per_execution > 1:
+            raise ValueError(
+                "With a tf.distribute strategy and update_g_every > 1, use steps_per_execution=1."
+            )
+        with_ae = self._make_function(lambda data: self._train_step(data, ae_update=True))
+        without_ae = self._make_function(lambda data: self._train_step(data, ae_update=False))
+
+        def train_function(iterator):
+            step = int(self.d_optimizer.iterations.numpy())
+            return (with_ae if step % self.update_g_every == 0 else without_ae)(iterator)
+
+        self.train_function = train_function
+        return train_function
+
+    def train_step(self, data):
+        return self._train_step(data, ae_update=None)
+
+    def _train_step(self, data, ae_update):
+        """One AMR step; ``ae_update`` None decides in-graph, True/False is fixed at trace time."""
+        x, y = self._unpack(data)
+        # Losses are per-replica means; dividing by the replica count makes the
+        # summed (all-reduced) gradients those of the global-batch mean.
+        replicas = tf.distribute.get_replica_context().num_replicas_in_sync if tf.distribute.has_strategy() else 1
+        with tf.GradientTape(persistent=True) as tape:
+            out = self._forward(x, training=True)
+            probe_logits, probe_loss = self._probe_loss(out["code"], y, training=True)
+            d_scaled = self.d_optimizer.scale_loss(out["d_loss"] / replicas)
+            g_scaled = self.ae_optimizer.scale_loss(out["g_loss"] / replicas)
+            p_scaled = self.probe_optimizer.scale_loss(probe_loss / replicas)
+
+        # Train the autoencoder (every update_g_every-th step, counted by the
+        # discriminator's optimizer before its own update).
+        def update_autoencoder():
+            grads = tape.gradient(g_scaled, self.ae_variables)
+            self.ae_optimizer.apply_gradients(zip(grads, self.ae_variables))
+
+        if self.update_g_every == 1 or ae_update:
+            update_autoencoder()
+        elif ae_update is False:
+            pass
+        else:
+            ops.cond(
+                ops.equal(self.d_optimizer.iterations % self.update_g_every, 0),
+                update_autoencoder,
+                lambda: None,
+            )
+
+        # Train the discriminator.
+        d_vars = self.discriminator.trainable_variables
+        self.d_optimizer.apply_gradients(zip(tape.gradient(d_scaled, d_vars), d_vars))
+
+        # Train the linear probe on the stop-gradient code.
+        p_vars = self.probe.trainable_variables
+        self.probe_optimizer.apply_gradients(zip(tape.gradient(p_scaled, p_vars), p_vars))
+        del tape
+        return self._update_metrics(out, y, probe_logits, probe_loss)
+
+    def test_step(self, data):
+        x, y = self._unpack(data)
+        out = self._forward(x, training=False)
+        probe_logits, probe_loss = self._probe_loss(out["code"], y, training=False)
+        return self._update_metrics(out, y, probe_logits, probe_loss)
+
+    def predict_step(self, data):
+        x = data[0] if isinstance(data, (tuple, list)) else data
+        return self(x, training=False)

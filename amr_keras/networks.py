@@ -1,0 +1,187 @@
+"""Encoder, decoder and discriminator of AMR (ACAI-style convolutional networks).
+
+The layout follows the reference implementation of Beckham et al. (2019), which
+reuses the ACAI architecture (Berthelot et al., 2018): a 32x32 image goes through
+a 1x1 convolution (zero padded to 34x34), ``scales`` blocks of two
+[conv3x3 -> InstanceNorm -> LeakyReLU] followed by 2x2 average pooling
+(34 -> 17 -> 8 -> 4), one more conv stage, and a 3x3 convolution down to
+``code_channels`` feature maps: the code is 4x4x2 = 32 values by default. The
+decoder mirrors it with nearest-neighbour upsampling and a linear output. The
+discriminator is the encoder without normalisation, with spectral norm on its
+3x3 convolutions; its output map is averaged to one logit per image.
+
+Reference:
+    C. Beckham, S. Honari, V. Verma, A. Lamb, F. Ghadiri, R. D. Hjelm,
+    Y. Bengio, C. Pal. On Adversarial Mixup Resynthesis. NeurIPS 2019.
+    D. Berthelot, C. Raffel, A. Roy, I. Goodfellow. Understanding and Improving
+    Interpolation in Autoencoders via an Adversarial Regularizer. ICLR 2019.
+"""
+
+import math
+
+import keras
+from keras import layers
+
+IMAGE_SIZE = 32
+
+
+@keras.saving.register_keras_serializable(package="amr_keras")
+class MeanLogit(layers.Layer):
+    """Average a (batch, H, W, C) map over positions and channels to one value per image."""
+
+    def call(self, inputs):
+        return keras.ops.mean(inputs, axis=(1, 2, 3))
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0],)
+
+
+def _check(colors, depth, scales, code_channels, image_size):
+    if colors not in (1, 3):
+        raise ValueError(f"colors must be 1 (grey) or 3 (RGB), got {colors}.")
+    for name, value in (("depth", depth), ("scales", scales), ("code_channels", code_channels)):
+        if int(value) != value or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+    if image_size != IMAGE_SIZE:
+        raise ValueError(
+            f"The networks take {IMAGE_SIZE}x{IMAGE_SIZE} images, got {image_size}; "
+            "amr_keras.data pads or resizes every dataset to 32x32."
+        )
+
+
+def code_size(scales, image_size=IMAGE_SIZE):
+    """Spatial size of the code map: the padded input (size + 2) halved ``scales`` times."""
+    size = image_size + 2
+    for _ in range(scales):
+        size //= 2
+    return size
+
+
+def _init():
+    # Scaled normal as in the reference (std = 1 / sqrt((1 + 0.2^2) * fan_in)).
+    return keras.initializers.VarianceScaling(
+        scale=1.0 / (1.0 + 0.2**2), mode="fan_in", distribution="untruncated_normal"
+    )
+
+
+def _conv(filters, kernel, name, spectral=False):
+    conv = layers.Conv2D(filters, kernel, padding="same", kernel_initializer=_init(), name=name)
+    if spectral:
+        return layers.SpectralNormalization(conv, power_iterations=1, name=f"{name}_sn")
+    return conv
+
+
+def _stage(x, filters, name, norm, spectral, slope):
+    """conv3x3 -> [InstanceNorm] -> LeakyReLU."""
+    x = _conv(filters, 3, name, spectral)(x)
+    if norm:
+        # groups=-1 gives one group per channel: instance normalisation.
+        x = layers.GroupNormalization(groups=-1, epsilon=1e-5, name=f"{name}_in")(x)
+    return layers.LeakyReLU(negative_slope=slope, name=f"{name}_act")(x)
+
+
+def _encoder_body(inputs, depth, scales, out_channels, norm, spectral, slope):
+    x = layers.ZeroPadding2D(1, name="pad")(inputs)
+    x = _conv(depth, 1, "stem")(x)
+    for s in range(scales):
+        width = depth << s
+        x = _stage(x, width, f"s{s}_a", norm, spectral, slope)
+        x = _stage(x, width, f"s{s}_b", norm, spectral, slope)
+        x = layers.AveragePooling2D(2, name=f"s{s}_pool")(x)
+    x = _stage(x, depth << scales, "top", norm, spectral, slope)
+    return _conv(out_channels, 3, "out", spectral)(x)
+
+
+def build_encoder(colors=1, depth=16, scales=3, code_channels=2, slope=0.2, image_size=IMAGE_SIZE):
+    """Build the encoder ``f``: image in [-1, 1] -> code map.
+
+    Args:
+        colors: 1 for grey images, 3 for RGB.
+        depth: channels of the first scale; scale ``s`` has ``depth * 2**s``.
+        scales: number of downsampling blocks (3 gives a 4x4 code from 32x32).
+        code_channels: feature maps of the code (2 gives 4x4x2 = 32 values).
+        slope: negative slope of the LeakyReLU activations.
+        image_size: input height and width (must be 32).
+
+    Returns:
+        A functional ``keras.Model`` named ``encoder``.
+
+    Example:
+        >>> enc = build_encoder()
+        >>> enc.output_shape
+        (None, 4, 4, 2)
+    """
+    _check(colors, depth, scales, code_channels, image_size)
+    inputs = keras.Input((image_size, image_size, colors), name="image")
+    code = _encoder_body(inputs, depth, scales, code_channels, True, False, slope)
+    return keras.Model(inputs, code, name="encoder")
+
+
+def build_decoder(colors=1, depth=16, scales=3, code_channels=2, slope=0.2, image_size=IMAGE_SIZE):
+    """Build the decoder ``g``: code map -> image (linear output, trained towards [-1, 1]).
+
+    The code map is upsampled ``scales`` times; when that does not give
+    ``image_size`` exactly (4 * 2**3 = 32 here, so it does), the result is resized.
+
+    Args:
+        colors: 1 or 3 output channels.
+        depth: channels of the finest scale (mirrors the encoder).
+        scales: number of upsampling blocks.
+        code_channels: feature maps of the code.
+        slope: negative slope of the LeakyReLU activations.
+        image_size: output height and width.
+
+    Returns:
+        A functional ``keras.Model`` named ``decoder``.
+    """
+    _check(colors, depth, scales, code_channels, image_size)
+    side = code_size(scales, image_size)
+    inputs = keras.Input((side, side, code_channels), name="code")
+    x = inputs
+    for s in reversed(range(scales)):
+        width = depth << s
+        x = _stage(x, width, f"s{s}_a", True, False, slope)
+        x = _stage(x, width, f"s{s}_b", True, False, slope)
+        x = layers.UpSampling2D(2, interpolation="nearest", name=f"s{s}_up")(x)
+    if side * 2**scales != image_size:
+        x = layers.Resizing(image_size, image_size, interpolation="nearest", name="fit")(x)
+    x = _stage(x, depth, "top", True, False, slope)
+    outputs = _conv(colors, 3, "out")(x)
+    return keras.Model(inputs, outputs, name="decoder")
+
+
+def build_discriminator(colors=1, depth=16, scales=3, code_channels=2, slope=0.2, image_size=IMAGE_SIZE):
+    """Build the discriminator ``D``: image -> one logit per image (real vs. generated).
+
+    Same body as the encoder without normalisation and with spectral norm on
+    the 3x3 convolutions; the output map is averaged to a single logit (the
+    reference averages and applies a sigmoid; the loss here takes logits,
+    which is the same function computed stably).
+
+    Args:
+        colors: 1 or 3 input channels.
+        depth: channels of the first scale.
+        scales: number of downsampling blocks.
+        code_channels: channels of the output map before averaging.
+        slope: negative slope of the LeakyReLU activations.
+        image_size: input height and width (must be 32).
+
+    Returns:
+        A functional ``keras.Model`` named ``discriminator`` with output shape ``(None,)``.
+    """
+    _check(colors, depth, scales, code_channels, image_size)
+    inputs = keras.Input((image_size, image_size, colors), name="image")
+    x = _encoder_body(inputs, depth, scales, code_channels, False, True, slope)
+    logit = MeanLogit(name="logit")(x)
+    return keras.Model(inputs, logit, name="discriminator")
+
+
+def build_networks(colors=1, depth=16, scales=3, code_channels=2, slope=0.2):
+    """Build ``(encoder, decoder, discriminator)`` with matching settings."""
+    kw = dict(colors=colors, depth=depth, scales=scales, code_channels=code_channels, slope=slope)
+    return build_encoder(**kw), build_decoder(**kw), build_discriminator(**kw)
+
+
+def code_dim(encoder):
+    """Number of values in the code of ``encoder`` (e.g. 32 for 4x4x2)."""
+    return int(math.prod(encoder.output_shape[1:]))

@@ -1,0 +1,261 @@
+"""Train one AMR run from a ``Config``: data, model, callbacks, resume, final scores, export.
+
+``scripts/fit.py`` is a thin wrapper over :func:`run`.
+"""
+
+import contextlib
+import csv
+import dataclasses
+import json
+import math
+import os
+import shlex
+import sys
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from amr_keras import callbacks as cbs
+from amr_keras.cli import RUN_KEYS, ConfigError, resolve
+from amr_keras.data import load_dataset, train_pipeline
+from amr_keras.model import AMR, default_optimizer
+from amr_keras.networks import build_networks
+
+
+def make_strategy(name):
+    """The ``tf.distribute`` strategy called ``name`` (default, mirrored, multiworker)."""
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multiworker":
+        if "TF_CONFIG" not in os.environ:
+            raise ConfigError(
+                "--strategy multiworker needs the TF_CONFIG environment variable describing the cluster "
+                "(see 'Scaling out' in the README)."
+            )
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    raise ConfigError(f"Unknown strategy {name!r}. Choose one of: default, mirrored, multiworker.")
+
+
+def make_optimizers(cfg, steps_per_epoch):
+    """(autoencoder, discriminator, probe) optimizers for ``cfg``; the schedule spans the whole run."""
+    total = cfg.epochs * steps_per_epoch
+
+    def rate(lr, steps):
+        if cfg.schedule == "cosine":
+            return keras.optimizers.schedules.CosineDecay(lr, decay_steps=max(1, steps))
+        return lr
+
+    ae = default_optimizer(rate(cfg.lr, math.ceil(total / cfg.update_g_every)), name="ae_adam")
+    d = default_optimizer(rate(cfg.d_lr, total), name="d_adam")
+    # The probe keeps a constant rate so that it can follow the code to the end.
+    probe = default_optimizer(cfg.probe_lr, name="probe_adam")
+    return ae, d, probe
+
+
+def build_model(cfg, colors, num_classes, steps_per_epoch):
+    """Networks + AMR + optimizers for ``cfg``, compiled (call inside the strategy's scope)."""
+    enc, dec, disc = build_networks(colors=colors, depth=cfg.depth, slope=cfg.slope)
+    model = AMR(enc, dec, disc, num_classes=num_classes, mixer=cfg.mixer, k=cfg.k, lamb=cfg.lamb, beta=cfg.beta,
+                recon=cfg.recon, update_g_every=cfg.update_g_every, seed=cfg.seed)
+    ae, d, probe = make_optimizers(cfg, steps_per_epoch)
+    model.compile(ae_optimizer=ae, d_optimizer=d, probe_optimizer=probe, jit_compile=cfg.jit_compile)
+    return model
+
+
+def read_log(path):
+    """Rows of a CSVLogger file as dicts of floats (empty list when absent)."""
+    if not os.path.exists(path):
+        return []
+    with open(path, newline="") as f:
+        return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
+
+
+def _check_resume(cfg, out):
+    saved_path = os.path.join(out, "config.json")
+    if not os.path.exists(saved_path):
+        raise ConfigError(f"--resume: {out} holds no run (no config.json). Start it without --resume.")
+    with open(saved_path) as f:
+        saved = json.load(f)
+    diffs = [f"{k}: run has {saved.get(k)!r}, now {getattr(cfg, k)!r}" for k in RUN_KEYS
+             if saved.get(k) != getattr(cfg, k)]
+    if diffs:
+        raise ConfigError(
+            f"--resume: {out} was trained with other settings ({'; '.join(diffs)}). "
+            "Resume with the same settings, or start a new run with another --out."
+        )
+
+
+@contextlib.contextmanager
+def _precision(mixed):
+    previous = keras.mixed_precision.global_policy()
+    if mixed:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+def run(cfg, argv=None):
+    """Train, pick the best-validation epoch, score it, and write the run folder.
+
+    Writes into ``cfg.out``: ``config.json``, ``log.csv`` (one row per epoch),
+    ``logs/`` (TensorBoard), ``checkpoint/last.keras`` (every epoch, for
+    ``--resume``), ``best.keras`` (best validation probe accuracy),
+    ``results.json``, ``export/`` (SavedModel) and ``interpolations.png``.
+
+    Args:
+        cfg: a ``Config`` (resolved here if it still has preset fields unset).
+        argv: the command line, recorded in the results.
+
+    Returns:
+        The results dict (also in ``results.json``).
+    """
+    cfg = resolve(cfg)
+    out = cfg.out
+    ckpt_dir = os.path.join(out, "checkpoint")
+    if cfg.resume:
+        _check_resume(cfg, out)
+    elif os.path.exists(os.path.join(out, "config.json")):
+        raise ConfigError(f"{out} already holds a run. Pass --resume to continue it, or choose another --out.")
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "config.json"), "w") as f:
+        json.dump(dataclasses.asdict(cfg), f, indent=2)
+
+    strategy = make_strategy(cfg.strategy)
+    replicas = strategy.num_replicas_in_sync
+    if cfg.batch_size % replicas:
+        raise ConfigError(f"batch_size {cfg.batch_size} is not divisible by the {replicas} replicas of the strategy.")
+    if cfg.batch_size // replicas < cfg.k:
+        raise ConfigError(
+            f"Each of the {replicas} replicas gets {cfg.batch_size // replicas} images, fewer than k={cfg.k}: "
+            "raise --batch-size."
+        )
+    keras.utils.set_random_seed(cfg.seed)
+    splits = load_dataset(cfg.dataset, data_dir=cfg.data_dir, batch_size=cfg.batch_size, seed=cfg.seed,
+                          tfds_data_dir=cfg.tfds_data_dir, eval_batch_size=max(cfg.batch_size, 256))
+    info = splits.info
+    steps = info.num_train // cfg.batch_size
+    ckpt = cbs.ResumableCheckpoint(ckpt_dir)
+    initial_epoch = ckpt.epochs_done() if cfg.resume else 0
+    if cfg.resume and initial_epoch == 0:
+        print(f"--resume: no finished epoch in {ckpt_dir}; starting from the beginning.")
+    log_path = os.path.join(out, "log.csv")
+    if cfg.resume:
+        # Drop log rows of epochs after the checkpoint (a crash between the two writes).
+        rows = read_log(log_path)[:initial_epoch]
+        _rewrite_log(log_path, rows)
+    else:
+        rows = []
+        if os.path.exists(log_path):
+            os.remove(log_path)
+
+    with _precision(cfg.mixed_precision):
+        with strategy.scope():
+            if initial_epoch:
+                model = keras.saving.load_model(ckpt.model_path)
+                if cfg.jit_compile:
+                    model.jit_compile = True
+            else:
+                model = build_model(cfg, info.colors, info.num_classes, steps)
+        best_path = os.path.join(out, "best.keras")
+        prev_best = max((r.get("val_probe_accuracy", -1.0) for r in rows), default=None)
+        callbacks = [
+            cbs.NonFiniteLossGuard(f"The last good checkpoint is {ckpt.model_path}. "),
+            cbs.EpochTimer(cfg.batch_size),
+            keras.callbacks.ModelCheckpoint(best_path, monitor="val_probe_accuracy", mode="max", save_best_only=True,
+                                            initial_value_threshold=prev_best),
+            keras.callbacks.CSVLogger(log_path, append=bool(rows)),
+            keras.callbacks.TensorBoard(os.path.join(out, "logs")),
+            ckpt,
+        ]
+        if cfg.epoch_figures:
+            from amr_keras.plots import InterpolationCallback
+
+            pairs = _figure_pairs(splits, 6, cfg.seed)
+            callbacks.append(InterpolationCallback(pairs[0], pairs[1], os.path.join(out, "figures")))
+        verbose = cfg.verbose if cfg.verbose is not None else (1 if sys.stdout.isatty() else 2)
+        train_ds = train_pipeline(*splits.arrays["train"], cfg.batch_size, seed=cfg.seed, start_epoch=initial_epoch)
+        if initial_epoch < cfg.epochs:
+            model.fit(train_ds, steps_per_epoch=steps, epochs=cfg.epochs, initial_epoch=initial_epoch,
+                      validation_data=splits.val, callbacks=callbacks, verbose=verbose)
+
+        # Score the best-validation epoch; the test split is used once, here.
+        rows = read_log(log_path)
+        best_epoch = int(np.argmax([r["val_probe_accuracy"] for r in rows])) + 1
+        model.load_weights(best_path)
+        test_acc = None
+        if splits.test is not None:
+            test_acc = float(model.evaluate(splits.test, verbose=0, return_dict=True)["probe_accuracy"])
+        results = {
+            "dataset": cfg.dataset,
+            "source": info.source,
+            "image_shape": list(info.image_shape),
+            "num_train": info.num_train, "num_val": info.num_val, "num_test": info.num_test,
+            "mixer": cfg.mixer, "k": cfg.k, "lamb": cfg.lamb, "preset": cfg.preset, "lr": cfg.lr,
+            "d_lr": cfg.d_lr, "probe_lr": cfg.probe_lr, "schedule": cfg.schedule, "batch_size": cfg.batch_size,
+            "update_g_every": cfg.update_g_every, "depth": cfg.depth, "seed": cfg.seed,
+            "epochs": len(rows),
+            "best_epoch": best_epoch,
+            "best_val_probe_accuracy": rows[best_epoch - 1]["val_probe_accuracy"],
+            "test_probe_accuracy": test_acc,
+            "train_seconds": round(sum(r.get("epoch_seconds", 0.0) for r in rows), 2),
+            "images_per_second": round(steps * cfg.batch_size * len(rows)
+                                       / max(sum(r.get("epoch_seconds", 0.0) for r in rows), 1e-9), 1),
+            "images_per_second_after_first_epoch": (
+                round(float(np.median([r["images_per_second"] for r in rows[1:]])), 1) if len(rows) > 1 else None),
+            "replicas": replicas,
+            "command": " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv)),
+        }
+        if cfg.linear_eval:
+            from amr_keras.evaluate import evaluate_codes
+
+            t0 = time.perf_counter()
+            results.update(evaluate_codes(model.encode, splits.arrays, seed=cfg.seed))
+            results["linear_eval_seconds"] = round(time.perf_counter() - t0, 1)
+        _write_json(os.path.join(out, "results.json"), results)
+        if cfg.export:
+            _export_and_draw(model, splits, results, out, cfg.seed)
+    return results
+
+
+def _figure_pairs(splits, n, seed):
+    """``n`` fixed pairs of images in [0, 1] (source size) from the test split, or validation without one."""
+    x, _ = splits.arrays.get("test", splits.arrays["val"])
+    idx = np.random.default_rng(seed).choice(len(x), size=2 * n, replace=False)
+    imgs = x[idx].astype("float32") / 255.0
+    return imgs[:n], imgs[n:]
+
+
+def _export_and_draw(model, splits, results, out, seed):
+    from amr_keras.export import export_model, load_export
+    from amr_keras.plots import interpolation_grid
+
+    export_dir = os.path.join(out, "export")
+    export_model(model, export_dir, tuple(results["image_shape"]), metadata=results)
+    a, b = _figure_pairs(splits, 6, seed)
+    interpolation_grid(load_export(export_dir), a, b, os.path.join(out, "interpolations.png"))
+
+
+def _write_json(path, data):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2)
+    os.replace(tmp, path)
+
+
+def _rewrite_log(path, rows):
+    if not rows:
+        if os.path.exists(path):
+            os.remove(path)
+        return
+    keys = list(rows[0])
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["epoch"] + [k for k in keys if k != "epoch"])
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({**row, "epoch": int(row["epoch"])})

@@ -1,0 +1,49 @@
+"""Post-hoc linear evaluation and k-NN accuracy of a trained AMR encoder's frozen codes.
+
+Usage:
+    python scripts/evaluate.py runs/RUN_DIR --dataset mnist [--data-dir DIR] [--seed N] [--json OUT.json]
+    python scripts/evaluate.py runs/RUN_DIR/export --dataset mnist_sample
+
+The first argument is a run folder (``best.keras`` or ``export/``), a ``.keras``
+file, or a SavedModel export with an ``encode`` endpoint.
+"""
+
+import argparse
+import json
+import sys
+
+from amr_keras.data import DATASETS, DataError
+from amr_keras.evaluate import evaluate_saved
+
+
+def _fmt(value):
+    return "n/a (no test split)" if value is None else f"{value:.4f}"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("path", help="run folder, .keras file or SavedModel export folder")
+    parser.add_argument("--dataset", required=True, choices=DATASETS)
+    parser.add_argument("--data-dir", default=None, help="folder of official raw files (offline)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--k", type=int, default=10, help="neighbours of the k-NN vote")
+    parser.add_argument("--json", default=None, help="also write the results to this JSON file")
+    args = parser.parse_args(argv)
+
+    try:
+        results = evaluate_saved(args.path, args.dataset, data_dir=args.data_dir, seed=args.seed, k=args.k)
+    except (FileNotFoundError, DataError, ValueError) as e:
+        parser.exit(2, f"error: {e}\n")
+    print(f"linear evaluation (L2 = {results['linear_eval_l2']:g}): "
+          f"validation {_fmt(results['linear_eval_val_accuracy'])}, test {_fmt(results['linear_eval_test_accuracy'])}")
+    print(f"k-NN (k = {args.k}, cosine): "
+          f"validation {_fmt(results['knn_val_accuracy'])}, test {_fmt(results['knn_test_accuracy'])}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

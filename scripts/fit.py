@@ -1,0 +1,43 @@
+"""Train AMR and write a run folder (logs, checkpoints, results.json, SavedModel, figure).
+
+Examples:
+    python scripts/fit.py                                   # embedded MNIST sample, offline, a few minutes
+    python scripts/fit.py --dataset svhn --mixer bernoulli  # tensorflow-datasets
+    python scripts/fit.py --dataset fashion_mnist --data-dir DIR   # official raw files, offline
+    python scripts/fit.py --out runs/x --resume             # continue a stopped run
+"""
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from amr_keras.callbacks import NonFiniteLossError  # noqa: E402
+from amr_keras.cli import ConfigError, config_from_args  # noqa: E402
+from amr_keras.data import DataError  # noqa: E402
+from amr_keras.train import run  # noqa: E402
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        cfg = config_from_args(argv)
+        results = run(cfg, argv=["scripts/fit.py", *argv])
+    except (ConfigError, DataError, NonFiniteLossError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    test = results["test_probe_accuracy"]
+    print(f"\nbest epoch {results['best_epoch']}: validation probe accuracy {results['best_val_probe_accuracy']:.4f}, "
+          f"test probe accuracy {'n/a (no test split)' if test is None else f'{test:.4f}'}")
+    if "linear_eval_test_accuracy" in results:
+        lt = results["linear_eval_test_accuracy"]
+        print(f"post-hoc linear evaluation: validation {results['linear_eval_val_accuracy']:.4f}, "
+              f"test {'n/a' if lt is None else f'{lt:.4f}'}")
+    print(f"{results['train_seconds']:.0f} s of training, {results['images_per_second']:.0f} images/s")
+    print(f"outputs in {cfg.out}: results.json, log.csv, logs/ (TensorBoard), best.keras, checkpoint/"
+          + (", export/ (SavedModel), interpolations.png" if cfg.export else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,220 @@
+"""SavedModel export: endpoints reloaded in a fresh process match the eager model; errors speak to the user."""
+
+import json
+import pathlib
+import runpy
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from amr_keras.export import (
+    ENDPOINTS,
+    Endpoints,
+    export_run,
+    from_model_output,
+    load_export,
+    load_metadata,
+    to_model_input,
+)
+from amr_keras.model import AMR
+from amr_keras.networks import build_networks
+
+SCRIPTS = pathlib.Path(__file__).resolve().parents[1] / "scripts"
+BATCHES = (1, 5)
+ATOL = 1e-4
+
+# Runs in a fresh interpreter that imports only numpy and tensorflow (which itself loads parts of keras),
+# never amr_keras: the export must not need the package.
+CLIENT = textwrap.dedent(
+    """
+    import sys
+    import numpy as np
+    import tensorflow as tf
+
+    model = tf.saved_model.load(sys.argv[1])
+    inp = np.load(sys.argv[2])
+    out = {}
+    for n in %r:
+        a, b = inp[f"a{n}"], inp[f"b{n}"]
+        out[f"encode{n}"] = model.encode(a).numpy()
+        out[f"decode{n}"] = model.decode(inp[f"codes{n}"]).numpy()
+        out[f"reconstruct{n}"] = model.reconstruct(a).numpy()
+        out[f"mix{n}"] = model.mix(a, b, inp[f"weight{n}"]).numpy()
+        out[f"mix_alpha{n}"] = model.mix_alpha(a, b, inp[f"alpha{n}"]).numpy()
+        out[f"classify{n}"] = model.classify(a).numpy()
+    out["standalone"] = np.array(not any(m.split(".")[0] == "amr_keras" for m in sys.modules))
+    np.savez(sys.argv[3], **out)
+    """
+    % (BATCHES,)
+)
+
+
+def _inputs(n, seed, shape=(28, 28, 1), channels=2):
+    rng = np.random.default_rng(seed)
+    return {
+        f"a{n}": rng.random((n, *shape), np.float32),
+        f"b{n}": rng.random((n, *shape), np.float32),
+        f"codes{n}": rng.normal(size=(n, 4, 4, channels)).astype(np.float32),
+        f"weight{n}": (rng.random((n, channels)) < 0.5).astype(np.float32),
+        f"alpha{n}": rng.random((n,), np.float32),
+    }
+
+
+def test_fresh_process_matches_eager_model(tiny_export, tmp_path):
+    inputs = {}
+    for i, n in enumerate(BATCHES):
+        inputs.update(_inputs(n, seed=i))
+    np.savez(tmp_path / "in.npz", **inputs)
+    (tmp_path / "client.py").write_text(CLIENT)
+    proc = subprocess.run(
+        [sys.executable, "client.py", str(tiny_export.path), "in.npz", "out.npz"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = np.load(tmp_path / "out.npz")
+    assert out["standalone"], "loading the export imported amr_keras"
+
+    eager = Endpoints(tiny_export.model, tiny_export.source_shape)
+    for n in BATCHES:
+        a, b = inputs[f"a{n}"], inputs[f"b{n}"]
+        expected = {
+            "encode": eager.encode(a),
+            "decode": eager.decode(inputs[f"codes{n}"]),
+            "reconstruct": eager.reconstruct(a),
+            "mix": eager.mix(a, b, inputs[f"weight{n}"]),
+            "mix_alpha": eager.mix_alpha(a, b, inputs[f"alpha{n}"]),
+            "classify": eager.classify(a),
+        }
+        for name in ENDPOINTS:
+            got = out[f"{name}{n}"]
+            assert got.dtype == np.float32, name
+            np.testing.assert_allclose(got, np.asarray(expected[name]), atol=ATOL, err_msg=f"{name}, batch {n}")
+        assert out[f"encode{n}"].shape == (n, 4, 4, 2)
+        assert out[f"classify{n}"].shape == (n, 10)
+        for name in ("decode", "reconstruct", "mix", "mix_alpha"):
+            assert out[f"{name}{n}"].shape == (n, 28, 28, 1), name
+            assert out[f"{name}{n}"].min() >= 0.0 and out[f"{name}{n}"].max() <= 1.0, name
+
+
+def test_reconstruct_is_decoder_of_padded_input_cropped(tiny_export):
+    # Independent of to_model_input / from_model_output: pad 2 px, scale to [-1, 1], crop back.
+    model = tiny_export.model
+    x = np.random.default_rng(3).random((2, 28, 28, 1), np.float32)
+    padded = np.pad(x, ((0, 0), (2, 2), (2, 2), (0, 0))) * 2.0 - 1.0
+    raw = np.asarray(model.decoder(model.encoder(padded)))
+    expected = np.clip((raw + 1.0) / 2.0, 0.0, 1.0)[:, 2:30, 2:30]
+    got = np.asarray(Endpoints(model, (28, 28, 1)).reconstruct(x))
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_mix_with_weight_one_and_zero_reproduces_reconstructions(loaded_export):
+    inp = _inputs(4, seed=7)
+    a, b = inp["a4"], inp["b4"]
+    rec_a, rec_b = loaded_export.reconstruct(a).numpy(), loaded_export.reconstruct(b).numpy()
+    ones, zeros = np.ones((4, 2), np.float32), np.zeros((4, 2), np.float32)
+    np.testing.assert_allclose(loaded_export.mix(a, b, ones).numpy(), rec_a, atol=1e-5)
+    np.testing.assert_allclose(loaded_export.mix(a, b, zeros).numpy(), rec_b, atol=1e-5)
+    np.testing.assert_allclose(loaded_export.mix_alpha(a, b, ones[:, 0]).numpy(), rec_a, atol=1e-5)
+    np.testing.assert_allclose(loaded_export.mix_alpha(a, b, zeros[:, 0]).numpy(), rec_b, atol=1e-5)
+    # A mixup weight repeated over the code channels is mix_alpha.
+    alpha = np.array([0.1, 0.3, 0.5, 0.9], np.float32)
+    repeated = np.repeat(alpha[:, None], 2, axis=1)
+    np.testing.assert_allclose(
+        loaded_export.mix(a, b, repeated).numpy(), loaded_export.mix_alpha(a, b, alpha).numpy(), atol=1e-5
+    )
+    # A half mix is neither endpoint.
+    assert np.abs(loaded_export.mix_alpha(a, b, alpha).numpy() - rec_a).max() > 1e-3
+
+
+def test_classify_rows_sum_to_one(loaded_export):
+    probs = loaded_export.classify(_inputs(6, seed=1)["a6"]).numpy()
+    assert probs.shape == (6, 10)
+    assert probs.min() >= 0.0
+    np.testing.assert_allclose(probs.sum(axis=1), np.ones(6), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "images, received",
+    [
+        (np.zeros((1, 32, 32, 1), np.float32), "shape=(1, 32, 32, 1)"),
+        (np.zeros((28, 28, 1), np.float32), "shape=(28, 28, 1)"),
+        (tf.zeros((2, 28, 28, 1), tf.float64), "dtype=tf.float64"),
+    ],
+    ids=["wrong-size", "wrong-rank", "float64-tensor"],
+)
+def test_wrong_input_names_received_and_expected(loaded_export, images, received):
+    with pytest.raises(TypeError) as err:
+        loaded_export.encode(images)
+    first_line = str(err.value).splitlines()[0]
+    assert received in first_line
+    assert "TensorSpec(shape=(None, 28, 28, 1), dtype=tf.float32, name='images')" in first_line
+
+
+def test_wrong_weight_shape_names_weight(loaded_export):
+    x = np.zeros((3, 28, 28, 1), np.float32)
+    with pytest.raises(TypeError, match=r"TensorSpec\(shape=\(None, 2\), dtype=tf.float32, name='weight'\)"):
+        loaded_export.mix(x, x, np.ones((3,), np.float32))
+
+
+def test_uint8_range_images_are_refused(loaded_export):
+    # A loaded endpoint converts a numpy uint8 array to float32 silently; the range check catches it.
+    x = np.full((2, 28, 28, 1), 255, np.uint8)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="divide uint8 images by 255"):
+        loaded_export.reconstruct(x)
+
+
+def test_metadata(tiny_export):
+    meta = load_metadata(tiny_export.path)
+    assert meta["dataset"] == "mnist_sample"
+    assert meta["image_shape"] == [28, 28, 1]
+    assert meta["code_shape"] == [4, 4, 2]
+    assert meta["num_classes"] == 10
+    assert meta["endpoints"] == list(ENDPOINTS)
+    assert (meta["mixer"], meta["k"], meta["lamb"]) == ("bernoulli", 2, 5.0)
+    assert meta["inputs"]["mix"][2] == {"name": "weight", "shape": [None, 2], "dtype": "float32"}
+    assert meta["run_results"]["test_probe_accuracy"] == 0.1
+    with open(tiny_export.path + "/metadata.json") as f:
+        assert json.load(f) == meta
+
+
+def test_load_export_of_a_folder_without_savedmodel(tmp_path):
+    with pytest.raises(FileNotFoundError, match="holds no saved_model.pb"):
+        load_export(tmp_path)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_metadata(tmp_path / "nowhere")
+
+
+def test_export_run_needs_best_keras(tmp_path):
+    (tmp_path / "results.json").write_text('{"dataset": "mnist"}')
+    with pytest.raises(FileNotFoundError, match="best.keras is missing"):
+        export_run(tmp_path)
+
+
+def test_export_script_reports_missing_run(tmp_path):
+    main = runpy.run_path(str(SCRIPTS / "export.py"), run_name="export_script")["main"]
+    with pytest.raises(FileNotFoundError, match="best.keras is missing"):
+        main([str(tmp_path)])
+
+
+@pytest.mark.parametrize("shape", [(28, 28, 1), (32, 32, 3), (20, 20, 1)])
+def test_model_input_and_output_conversions(shape):
+    # A smooth image, so that resizing there and back is close to the identity.
+    ramp = np.linspace(0.0, 1.0, shape[0], dtype=np.float32)
+    x = np.broadcast_to(np.add.outer(ramp, ramp)[None, :, :, None] / 2.0, (2, *shape)).copy()
+    model_in = to_model_input(x).numpy()
+    assert model_in.shape == (2, 32, 32, shape[-1])
+    assert model_in.min() >= -1.0 and model_in.max() <= 1.0
+    back = from_model_output(model_in, shape).numpy()
+    assert back.shape == x.shape
+    # Pad + crop and the 32x32 identity invert exactly; a resize round trip only approximately.
+    np.testing.assert_allclose(back, x, atol=1e-6 if shape[0] in (28, 32) else 0.05)
+
+
+def test_source_shape_must_match_model_channels():
+    model = AMR(*build_networks(depth=4), num_classes=10)
+    with pytest.raises(ValueError, match="3 channel.*encoder takes 1"):
+        Endpoints(model, (32, 32, 3))
