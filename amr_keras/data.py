@@ -397,7 +397,7 @@ def load_dataset(name, data_dir=None, batch_size=64, seed=0, tfds_data_dir=None,
     arrays, source = load_arrays(name, data_dir, tfds_data_dir)
     (x_tr, y_tr), (x_val, y_val) = split_train_val(*arrays["train"], VAL_FRACTION[name])
     if len(x_tr) < batch_size:
-        raise ValueError(f"batch_size {batch_size} is larger than the {len(x_tr)} training images.")
+        raise DataError(f"batch_size {batch_size} is larger than the {len(x_tr)} training images: lower --batch-size.")
     test = arrays.get("test")
     eval_bs = eval_batch_size or batch_size
     classes = int(max(y_tr.max(), y_val.max()) + 1)

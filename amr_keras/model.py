@@ -27,6 +27,12 @@ def default_optimizer(learning_rate=1e-4, name=None):
     )
 
 
+def _multi_worker(strategy):
+    """Whether ``strategy`` spans several workers (the case Keras reduces step outputs with ``axis=0``)."""
+    return (isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+            and strategy.extended._in_multi_worker_mode())
+
+
 def _bce_with_logits(logits, target):
     """Mean binary cross-entropy of sigmoid(logits) against a constant 0/1 target."""
     labels = ops.full_like(logits, target)
@@ -120,7 +126,9 @@ class AMR(keras.Model):
         # The probe standardises the code with running statistics (no trainable
         # parameters) before its Dense layer: still one linear function of the
         # code, but it keeps up with a code whose scale and offset drift.
-        self.probe_norm = layers.BatchNormalization(center=False, scale=False, momentum=0.9, name="probe_norm")
+        # Synchronized: under tf.distribute the statistics are those of the global batch.
+        self.probe_norm = layers.BatchNormalization(center=False, scale=False, momentum=0.9, synchronized=True,
+                                                    name="probe_norm")
         self.probe = layers.Dense(self.num_classes, name="probe")
         self.probe_norm.build((None, code_dim(encoder)))
         self.probe.build((None, code_dim(encoder)))
@@ -218,17 +226,18 @@ class AMR(keras.Model):
     def metrics(self):
         return [self.recon_tracker, self.d_tracker, self.g_tracker, self.probe_loss_tracker, self.probe_acc_tracker]
 
+    # Outputs are float32 also under mixed precision (the networks then compute in float16).
     def call(self, inputs, training=False):
         """Reconstruct ``inputs`` (images in [-1, 1])."""
-        return self.decoder(self.encoder(inputs, training=training), training=training)
+        return ops.cast(self.decoder(self.encoder(inputs, training=training), training=training), "float32")
 
     def encode(self, images):
         """Codes of images in [-1, 1]."""
-        return self.encoder(images, training=False)
+        return ops.cast(self.encoder(images, training=False), "float32")
 
     def decode(self, codes):
         """Images in [-1, 1] (approximately) from codes."""
-        return self.decoder(codes, training=False)
+        return ops.cast(self.decoder(codes, training=False), "float32")
 
     def classify(self, images):
         """Class probabilities of the linear probe."""
@@ -287,7 +296,12 @@ class AMR(keras.Model):
         self.g_tracker.update_state(out["g_loss"])
         self.probe_loss_tracker.update_state(probe_loss)
         self.probe_acc_tracker.update_state(y, probe_logits)
-        return {m.name: m.result() for m in self.metrics}
+        results = {m.name: m.result() for m in self.metrics}
+        if _multi_worker(tf.distribute.get_strategy()):
+            # Keras reduces step outputs across workers along axis 0, which fails
+            # on scalars (keras-team/keras#20585): give them that axis.
+            results = {name: ops.reshape(value, (1,)) for name, value in results.items()}
+        return results
 
     @staticmethod
     def _unpack(data):
@@ -322,6 +336,14 @@ class AMR(keras.Model):
 
         self.train_function = train_function
         return train_function
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras' version first reduces a batch across replicas, which fails under
+        # MultiWorkerMirroredStrategy (keras-team/keras#20585). Every variable of
+        # AMR exists after __init__ and compile(): there is nothing to build.
+        if all(layer.built for layer in self._flatten_layers()):
+            return
+        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     def train_step(self, data):
         return self._train_step(data, ae_update=None)

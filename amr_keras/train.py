@@ -10,6 +10,7 @@ import json
 import math
 import os
 import shlex
+import shutil
 import sys
 import time
 
@@ -89,6 +90,41 @@ def _check_resume(cfg, out):
         )
 
 
+def worker_folder(strategy, out, resume):
+    """Where this worker writes: ``out`` on the chief (or a single machine), ``out/.worker-N`` elsewhere.
+
+    Every worker of a ``MultiWorkerMirroredStrategy`` must run the same saves
+    (they may read variables collectively), so the other workers save into a
+    private folder, removed at the end of the run. On ``--resume`` it starts as
+    a copy of the chief's config, log and checkpoints (the run folder must then
+    be on a file system that every worker sees).
+    """
+    if strategy.extended.should_checkpoint:
+        return out
+    folder = os.path.join(out, f".worker-{strategy.cluster_resolver.task_id}")
+    shutil.rmtree(folder, ignore_errors=True)
+    os.makedirs(folder)
+    for name in ("config.json", "log.csv", "best.keras", "checkpoint") if resume else ():
+        src = os.path.join(out, name)
+        if os.path.isdir(src):
+            shutil.copytree(src, os.path.join(folder, name))
+        elif os.path.exists(src):
+            shutil.copy2(src, folder)
+    return folder
+
+
+def _read_checkpoint(path, read):
+    """``read()``, turning any failure into a ``ConfigError`` that names the damaged file."""
+    try:
+        return read()
+    except Exception as e:  # a damaged file fails in many ways (zip, JSON, HDF5, missing keys)
+        cause = (str(e).strip().splitlines() or [""])[0]
+        raise ConfigError(
+            f"checkpoint {path} is unreadable ({type(e).__name__}: {cause}); delete it to restart the run "
+            "from the beginning, or restore a backup."
+        ) from e
+
+
 @contextlib.contextmanager
 def _precision(mixed):
     previous = keras.mixed_precision.global_policy()
@@ -116,16 +152,7 @@ def run(cfg, argv=None):
         The results dict (also in ``results.json``).
     """
     cfg = resolve(cfg)
-    out = cfg.out
-    ckpt_dir = os.path.join(out, "checkpoint")
-    if cfg.resume:
-        _check_resume(cfg, out)
-    elif os.path.exists(os.path.join(out, "config.json")):
-        raise ConfigError(f"{out} already holds a run. Pass --resume to continue it, or choose another --out.")
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "config.json"), "w") as f:
-        json.dump(dataclasses.asdict(cfg), f, indent=2)
-
+    # Before any other TensorFlow op: MultiWorkerMirroredStrategy configures the runtime.
     strategy = make_strategy(cfg.strategy)
     replicas = strategy.num_replicas_in_sync
     if cfg.batch_size % replicas:
@@ -135,13 +162,26 @@ def run(cfg, argv=None):
             f"Each of the {replicas} replicas gets {cfg.batch_size // replicas} images, fewer than k={cfg.k}: "
             "raise --batch-size."
         )
+    if cfg.jit_compile and replicas > 1 and not tf.config.list_physical_devices("GPU"):
+        # XLA has no collective operations on CPUs: a replicated step cannot be compiled.
+        print(f"note: {replicas} CPU replicas of --strategy {cfg.strategy}: training without XLA (--jit-compile).")
+        cfg = dataclasses.replace(cfg, jit_compile=False)
+    out = worker_folder(strategy, cfg.out, cfg.resume)
+    ckpt_dir = os.path.join(out, "checkpoint")
+    if cfg.resume:
+        _check_resume(cfg, out)
+    elif os.path.exists(os.path.join(out, "config.json")):
+        raise ConfigError(f"{out} already holds a run. Pass --resume to continue it, or choose another --out.")
     keras.utils.set_random_seed(cfg.seed)
     splits = load_dataset(cfg.dataset, data_dir=cfg.data_dir, batch_size=cfg.batch_size, seed=cfg.seed,
                           tfds_data_dir=cfg.tfds_data_dir, eval_batch_size=max(cfg.batch_size, 256))
+    # Written once the settings and the data are known to be good, so a failed start leaves no run behind.
+    os.makedirs(out, exist_ok=True)
+    _write_json(os.path.join(out, "config.json"), dataclasses.asdict(cfg))
     info = splits.info
     steps = info.num_train // cfg.batch_size
     ckpt = cbs.ResumableCheckpoint(ckpt_dir)
-    initial_epoch = ckpt.epochs_done() if cfg.resume else 0
+    initial_epoch = _read_checkpoint(ckpt.state_path, ckpt.epochs_done) if cfg.resume else 0
     if cfg.resume and initial_epoch == 0:
         print(f"--resume: no finished epoch in {ckpt_dir}; starting from the beginning.")
     log_path = os.path.join(out, "log.csv")
@@ -157,9 +197,8 @@ def run(cfg, argv=None):
     with _precision(cfg.mixed_precision):
         with strategy.scope():
             if initial_epoch:
-                model = keras.saving.load_model(ckpt.model_path)
-                if cfg.jit_compile:
-                    model.jit_compile = True
+                model = _read_checkpoint(ckpt.model_path, lambda: keras.saving.load_model(ckpt.model_path))
+                model.jit_compile = cfg.jit_compile  # the checkpoint's own setting otherwise
             else:
                 model = build_model(cfg, info.colors, info.num_classes, steps)
         best_path = os.path.join(out, "best.keras")
@@ -220,6 +259,8 @@ def run(cfg, argv=None):
         _write_json(os.path.join(out, "results.json"), results)
         if cfg.export:
             _export_and_draw(model, splits, results, out, cfg.seed)
+    if out != cfg.out:
+        shutil.rmtree(out, ignore_errors=True)
     return results
 
 
@@ -254,8 +295,10 @@ def _rewrite_log(path, rows):
             os.remove(path)
         return
     keys = list(rows[0])
-    with open(path, "w", newline="") as f:
+    tmp = path + ".tmp"  # replaced whole: other workers may be copying it (see worker_folder)
+    with open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["epoch"] + [k for k in keys if k != "epoch"])
         writer.writeheader()
         for row in rows:
             writer.writerow({**row, "epoch": int(row["epoch"])})
+    os.replace(tmp, path)

@@ -1,8 +1,11 @@
 """scripts/fit.py run in-process on a tiny raw-file dataset: outputs, resume, bad settings."""
 
+import contextlib
 import importlib.util
+import io
 import json
 import os
+import re
 
 import pytest
 
@@ -26,9 +29,14 @@ def tiny_data(tmp_path_factory):
     return write_mnist_folder(str(tmp_path_factory.mktemp("mnist")), n_train=96, n_test=32)
 
 
+def error_lines(err):
+    """The ``error:`` lines of stderr (warnings, e.g. about non-official files, may come before them)."""
+    return [line for line in err.splitlines() if line.startswith("error:")]
+
+
 def tiny_args(data_dir, out, *extra):
     return ["--dataset", "mnist", "--data-dir", data_dir, "--depth", "4", "--batch-size", "16", "--epochs", "2",
-            "--out", out, "--verbose", "0", *extra]
+            "--no-jit-compile", "--out", out, "--verbose", "0", *extra]
 
 
 def test_fit_writes_results_export_and_figure(tiny_data, tmp_path):
@@ -89,8 +97,145 @@ def test_resume_with_other_settings_is_refused(tiny_data, tmp_path, capsys):
     (["--lamb", "0"], "lamb must be"),
     (["--batch-size", "2", "--k", "3"], "at least k"),
     (["--config", "/nonexistent.json"], "does not exist"),
+    (["--batch-size", "128"], "batch_size 128 is larger than the 80 training images"),
 ])
 def test_bad_settings_fail_with_one_line(tiny_data, tmp_path, capsys, extra, message):
     assert load_script("fit").main(tiny_args(tiny_data, str(tmp_path / "r"), *extra)) == 2
     err = capsys.readouterr().err
-    assert message in err and err.startswith("error:")
+    assert len(error_lines(err)) == 1 and message in error_lines(err)[0]
+
+
+@pytest.mark.parametrize("flag, value, accepted", [
+    ("--dataset", "cifar10", ("mnist", "kmnist", "fashion_mnist", "svhn", "mnist_sample")),
+    ("--mixer", "cutmix", ("mixup", "bernoulli", "none")),
+])
+def test_unknown_choice_lists_the_accepted_values(tmp_path, capsys, flag, value, accepted):
+    with pytest.raises(SystemExit) as exit_info:
+        load_script("fit").main(["--out", str(tmp_path / "r"), flag, value])
+    assert exit_info.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"error: argument {flag}: invalid choice: '{value}'" in last
+    assert all(name in last for name in accepted)
+
+
+def _corrupt(folder, how):
+    path = os.path.join(folder, "train-images-idx3-ubyte.gz")
+    raw = open(path, "rb").read()
+    with open(path, "wb") as f:
+        f.write(b"not a gzip file" if how == "corrupt" else raw[: len(raw) // 2])
+    return path
+
+
+@pytest.mark.parametrize("problem, message", [
+    ("missing", "does not exist or is not a folder"),
+    ("corrupt", "is not a valid gzip file"),
+    ("truncated", "is not a valid gzip file"),
+])
+def test_bad_data_dir_fails_with_one_line_and_leaves_no_run(tmp_path, capsys, problem, message):
+    folder = str(tmp_path / "data")
+    if problem != "missing":
+        write_mnist_folder(folder, n_train=48, n_test=16)
+        path = _corrupt(folder, problem)
+        message = f"{path} {message}"
+    out = str(tmp_path / "r")
+    assert load_script("fit").main(tiny_args(folder, out)) == 2
+    err = capsys.readouterr().err
+    assert len(error_lines(err)) == 1 and message in error_lines(err)[0] and "Traceback" not in err
+    # Nothing written: the same command works once the data is fixed.
+    assert not os.path.exists(os.path.join(out, "config.json"))
+
+
+def test_no_network_for_tfds_fails_with_one_line(tmp_path, capsys, monkeypatch):
+    from amr_keras import data
+
+    monkeypatch.setattr(data, "_network_available", lambda *a, **k: False)
+    args = ["--dataset", "svhn", "--tfds-data-dir", str(tmp_path / "tfds"), "--out", str(tmp_path / "r")]
+    assert load_script("fit").main(args) == 2
+    err = capsys.readouterr().err
+    assert len(error_lines(err)) == 1 and "no network" in err and "--data-dir" in err and "mnist_sample" in err
+
+
+class FakeStrategy:
+    """Stands in for a strategy with several replicas (this process has one device)."""
+
+    def __init__(self, replicas):
+        self.num_replicas_in_sync = replicas
+
+
+@pytest.mark.parametrize("replicas, message", [
+    (3, "batch_size 16 is not divisible by the 3 replicas"),
+    (16, "Each of the 16 replicas gets 1 images, fewer than k=2"),
+])
+def test_batch_size_must_suit_the_replicas(tiny_data, tmp_path, capsys, monkeypatch, replicas, message):
+    from amr_keras import train
+
+    monkeypatch.setattr(train, "make_strategy", lambda name: FakeStrategy(replicas))
+    assert load_script("fit").main(tiny_args(tiny_data, str(tmp_path / "r"))) == 2
+    err = capsys.readouterr().err
+    assert len(error_lines(err)) == 1 and message in error_lines(err)[0]
+
+
+def test_multiworker_needs_tf_config(tiny_data, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    assert load_script("fit").main(tiny_args(tiny_data, str(tmp_path / "r"), "--strategy", "multiworker")) == 2
+    assert "needs the TF_CONFIG environment variable" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def nan_run(tiny_data, tmp_path_factory):
+    """A run whose input turns NaN in epoch 2 (5 steps per epoch), and the checkpoint of epoch 1 as written."""
+    import tensorflow as tf
+
+    from amr_keras import callbacks, data, train
+
+    out = str(tmp_path_factory.mktemp("nan") / "run")
+    saved = {}
+    original = callbacks.ResumableCheckpoint.on_epoch_end
+
+    def record(self, epoch, logs=None):
+        original(self, epoch, logs)
+        saved[epoch] = (open(self.model_path, "rb").read(), os.stat(self.model_path).st_mtime_ns)
+
+    def nan_from_step_6(*args, **kwargs):
+        ds = data.train_pipeline(*args, **kwargs).enumerate()
+        return ds.map(lambda i, b: (tf.where(i >= 5, float("nan"), b[0]), b[1]))
+
+    stderr = io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stderr(stderr):
+        mp.setattr(callbacks.ResumableCheckpoint, "on_epoch_end", record)
+        mp.setattr(train, "train_pipeline", nan_from_step_6)
+        code = load_script("fit").main(tiny_args(tiny_data, out, "--no-export", "--no-linear-eval"))
+    return out, code, saved, stderr.getvalue()
+
+
+def test_nan_loss_stops_with_loss_and_step_and_keeps_the_last_checkpoint(nan_run):
+    import keras
+
+    out, code, saved, err = nan_run
+    assert code == 2 and list(saved) == [0]
+    path = os.path.join(out, "checkpoint", "last.keras")
+    assert len(error_lines(err)) == 1 and "Traceback" not in err
+    assert re.match(r"error: (recon|d|g|probe)_loss became nan at step 6 \(epoch 2, batch 1\); training stopped\. "
+                    rf"The last good checkpoint is {re.escape(path)}\.", error_lines(err)[0]), err
+    # The checkpoint of epoch 1 is untouched, and loads: it is the last good state.
+    assert open(path, "rb").read() == saved[0][0] and os.stat(path).st_mtime_ns == saved[0][1]
+    model = keras.saving.load_model(path)
+    assert int(model.d_optimizer.iterations) == 5
+    with open(os.path.join(out, "checkpoint", "state.json")) as f:
+        assert json.load(f)["epochs_done"] == 1
+
+
+@pytest.mark.parametrize("damaged", ["last.keras", "state.json"])
+def test_unreadable_checkpoint_on_resume_names_the_file(nan_run, tiny_data, tmp_path, capsys, damaged):
+    import shutil
+
+    out = str(tmp_path / "run")
+    shutil.copytree(nan_run[0], out)
+    path = os.path.join(out, "checkpoint", damaged)
+    raw = open(path, "rb").read()
+    with open(path, "wb") as f:
+        f.write(raw[: len(raw) // 2])
+    assert load_script("fit").main(tiny_args(tiny_data, out, "--no-export", "--no-linear-eval", "--resume")) == 2
+    err = capsys.readouterr().err
+    assert error_lines(err)[0].startswith(f"error: checkpoint {path} is unreadable (") and "delete it to restart" in err
+    assert len(error_lines(err)) == 1 and "Traceback" not in err

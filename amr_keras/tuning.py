@@ -1,0 +1,372 @@
+"""Hyper-parameter search over AMR with KerasTuner: the hypermodel, the search and its reports.
+
+``scripts/tune.py`` is a thin wrapper over :func:`search`. A search folder holds:
+
+- ``amr_search/``: KerasTuner's project (oracle state, one ``trial_*`` folder per trial with its
+  best-epoch weights); a search run again with the same folder continues from it;
+- ``search.json``: the settings of the search (a rerun must use the same ones);
+- ``logs/``: TensorBoard logs, one folder per trial (HParams dashboard);
+- ``best_hyperparameters.json``: a flat object of ``Config`` fields, for ``scripts/fit.py --config``;
+- ``trials.md``: every trial ranked by its best ``val_probe_accuracy``.
+"""
+
+import contextlib
+import dataclasses
+import json
+import os
+import sys
+
+import keras
+import keras_tuner
+
+from amr_keras.callbacks import NonFiniteLossError, NonFiniteLossGuard
+from amr_keras.cli import RUN_KEYS, ConfigError, resolve, validate
+from amr_keras.data import load_dataset, train_pipeline
+from amr_keras.mixers import MIXERS
+from amr_keras.train import build_model
+
+OBJECTIVE = "val_probe_accuracy"
+TUNERS = ("random", "bayesian", "hyperband")
+# Always searched: lamb and lr (the discriminator uses the same rate). Optional ones:
+SEARCHABLE = ("mixer", "k", "update_g_every")
+LAMB_RANGE = (1.0, 100.0)
+LR_RANGE = (1e-5, 1e-2)
+K_RANGE = (2, 3)
+UPDATE_G_EVERY_RANGE = (1, 5)
+PROJECT_NAME = "amr_search"
+# A high learning rate may make a trial diverge (it is then marked FAILED); a setup
+# that is broken fails every trial, and the search stops after this many in a row.
+MAX_CONSECUTIVE_FAILED_TRIALS = 5
+# Settings of a search that a rerun in the same folder must keep (max_trials and the data folder may change).
+SEARCH_KEYS = ("tuner", "search_space", "dataset", "preset", "depth", "batch_size", "epochs", "seed")
+
+
+class SearchError(RuntimeError):
+    """A search that could not give a result (e.g. every trial failed); the message says why."""
+
+
+def objective():
+    """The tuner objective: the best validation accuracy of the linear probe over a trial's epochs."""
+    return keras_tuner.Objective(OBJECTIVE, direction="max")
+
+
+def parse_search_space(search_space):
+    """Optional hyper-parameters to search, from a comma-separated string or a sequence of names.
+
+    Returns:
+        A tuple of names of ``SEARCHABLE``, in that order.
+
+    Example:
+        >>> parse_search_space("k,mixer")
+        ('mixer', 'k')
+    """
+    if search_space is None:
+        return ()
+    names = search_space.split(",") if isinstance(search_space, str) else list(search_space)
+    names = [n.strip() for n in names if n.strip()]
+    unknown = [n for n in names if n not in SEARCHABLE]
+    if unknown:
+        raise ConfigError(
+            f"Cannot search {', '.join(map(repr, unknown))}. Searchable besides lamb and lr: "
+            f"{', '.join(SEARCHABLE)} (e.g. --search mixer,k)."
+        )
+    return tuple(n for n in SEARCHABLE if n in names)
+
+
+class AMRHyperModel(keras_tuner.HyperModel):
+    """AMR models for KerasTuner: a base ``Config`` with some settings drawn from ``hp``.
+
+    Always searched: ``lamb`` (log scale, 1 to 100) and ``lr`` (log scale, 1e-5 to 1e-2; the
+    discriminator uses the same rate). Optionally (``search_space``): ``mixer`` (mixup, bernoulli,
+    none), ``k`` (2 to 3, only for mixers that mix) and ``update_g_every`` (1 to 5). Every other
+    setting comes from the base config; the cosine schedule spans ``cfg.epochs`` epochs.
+
+    Every model starts from the same weights (``cfg.seed``), so that trials differ only by their
+    hyper-parameters.
+
+    Args:
+        cfg: base ``Config`` (resolved here: preset values fill unset fields).
+        colors: image channels of the dataset.
+        num_classes: classes of the linear probe.
+        steps_per_epoch: training steps per epoch (sets the length of the learning-rate schedule).
+        search_space: optional names of ``SEARCHABLE`` (sequence or comma-separated string).
+        name: name of the hypermodel.
+
+    Example:
+        >>> hypermodel = AMRHyperModel(Config(dataset="mnist_sample"), 1, 10, 140, search_space="mixer")
+        >>> tuner = keras_tuner.RandomSearch(hypermodel, objective=objective(), max_trials=10,
+        ...                                  directory="runs/search", project_name="amr_search")
+        >>> tuner.search(train_ds, steps_per_epoch=140, epochs=12, validation_data=val_ds)
+    """
+
+    def __init__(self, cfg, colors, num_classes, steps_per_epoch, search_space=(), name="amr"):
+        super().__init__(name=name)
+        self.cfg = resolve(cfg)
+        self.colors = int(colors)
+        self.num_classes = int(num_classes)
+        self.steps_per_epoch = int(steps_per_epoch)
+        self.search_space = parse_search_space(search_space)
+        if "k" in self.search_space:
+            if "mixer" not in self.search_space and self.cfg.mixer == "none":
+                raise ConfigError("Searching k needs a mixer that mixes: the base mixer is 'none'.")
+            # The largest k must fit in a batch.
+            validate(dataclasses.replace(self.cfg, k=K_RANGE[1]))
+
+    def sample(self, hp):
+        """The settings drawn from ``hp``, as ``Config`` fields (declares them in ``hp`` if new)."""
+        lamb = hp.Float("lamb", *LAMB_RANGE, sampling="log")
+        lr = hp.Float("lr", *LR_RANGE, sampling="log")
+        values = {"lamb": lamb, "lr": lr, "d_lr": lr}
+        mixer = self.cfg.mixer
+        if "mixer" in self.search_space:
+            mixer = values["mixer"] = hp.Choice("mixer", list(MIXERS))
+        if "k" in self.search_space:
+            # k means nothing without mixing: when the mixer is searched, k is drawn only for mixers that mix.
+            scope = (hp.conditional_scope("mixer", [m for m in MIXERS if m != "none"])
+                     if "mixer" in self.search_space else contextlib.nullcontext())
+            with scope:
+                k = hp.Int("k", *K_RANGE)
+            if k is not None and mixer != "none":
+                values["k"] = k
+        if "update_g_every" in self.search_space:
+            values["update_g_every"] = hp.Int("update_g_every", *UPDATE_G_EVERY_RANGE)
+        return values
+
+    def config(self, hp):
+        """The base ``Config`` with the settings drawn from ``hp``."""
+        return dataclasses.replace(self.cfg, **self.sample(hp))
+
+    def build(self, hp):
+        """A compiled AMR for the settings drawn from ``hp`` (see ``amr_keras.train.build_model``)."""
+        cfg = self.config(hp)
+        keras.utils.set_random_seed(cfg.seed)
+        return build_model(cfg, self.colors, self.num_classes, self.steps_per_epoch)
+
+    def fit(self, hp, model, *args, **kwargs):
+        """``model.fit(*args, **kwargs)``, callbacks of the tuner included.
+
+        A loss that becomes NaN or infinite (with ``NonFiniteLossGuard`` among the callbacks)
+        fails the trial without retrying it: the same settings would diverge again.
+        """
+        try:
+            return model.fit(*args, **kwargs)
+        except NonFiniteLossError as e:
+            raise keras_tuner.errors.FailedTrialError(str(e)) from e
+
+
+def make_tuner(name, hypermodel, directory, max_trials, seed=0):
+    """A KerasTuner tuner over ``hypermodel`` that continues the search found in ``directory``.
+
+    Args:
+        name: ``"random"``, ``"bayesian"`` or ``"hyperband"``.
+        hypermodel: an ``AMRHyperModel``.
+        directory: the search folder (the project is ``directory/amr_search``).
+        max_trials: most trials in all. Hyperband runs brackets up to ``hypermodel.cfg.epochs``
+            epochs and stops at ``max_trials`` trials (continued trials count).
+        seed: seed of the tuner's draws.
+    """
+    common = dict(objective=objective(), seed=seed, directory=directory, project_name=PROJECT_NAME,
+                  overwrite=False, max_consecutive_failed_trials=MAX_CONSECUTIVE_FAILED_TRIALS)
+    if name == "random":
+        return keras_tuner.RandomSearch(hypermodel, max_trials=max_trials, **common)
+    if name == "bayesian":
+        try:
+            return keras_tuner.BayesianOptimization(hypermodel, max_trials=max_trials, **common)
+        except ImportError as e:
+            raise ConfigError(f"--tuner bayesian needs scikit-learn and scipy ({e}): pip install scikit-learn, "
+                              "or use --tuner random or hyperband.") from e
+    if name == "hyperband":
+        tuner = keras_tuner.Hyperband(hypermodel, max_epochs=hypermodel.cfg.epochs, factor=3, **common)
+        # Hyperband has no trial budget of its own; the oracle stops creating trials at max_trials.
+        tuner.oracle.max_trials = max_trials
+        return tuner
+    raise ConfigError(f"Unknown tuner {name!r}. Choose one of: {', '.join(TUNERS)}.")
+
+
+def best_config(hypermodel, trial):
+    """Settings of ``trial`` as a flat dict of ``Config`` fields (what ``scripts/fit.py --config`` reads).
+
+    It holds the settings that define a run (``amr_keras.cli.RUN_KEYS``) that are set, plus
+    ``tfds_data_dir`` when given.
+    """
+    cfg = hypermodel.config(trial.hyperparameters.copy())
+    keys = RUN_KEYS + ("tfds_data_dir",)
+    return {k: getattr(cfg, k) for k in keys if getattr(cfg, k) is not None}
+
+
+def _in_start_order(oracle):
+    order = {trial_id: i for i, trial_id in enumerate(oracle.start_order)}
+    return sorted(oracle.trials.values(), key=lambda t: (order.get(t.trial_id, len(order)), t.trial_id))
+
+
+def ranked_trials(oracle):
+    """Completed trials, best score first; ties go to the trial started first."""
+    completed = [t for t in _in_start_order(oracle) if t.status == "COMPLETED" and t.score is not None]
+    return sorted(completed, key=lambda t: t.score, reverse=True)  # stable: start order breaks ties
+
+
+def trials_table(tuner):
+    """Markdown table of every trial, best ``val_probe_accuracy`` first (unscored trials last)."""
+    oracle = tuner.oracle
+    names = [hp.name for hp in oracle.get_space().space if not hp.name.startswith("tuner/")]
+    hyperband = isinstance(tuner, keras_tuner.Hyperband)
+    scored = ranked_trials(oracle)
+    others = [t for t in _in_start_order(oracle) if t not in scored]
+    # Hyperband trains the best trials of a round further, starting from the weights of an earlier trial.
+    extra = ["epochs", "continues"] if hyperband else []
+    header = ["rank", "trial"] + names + extra + [f"best {OBJECTIVE}", "status"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    notes = []
+    for rank, t in enumerate(scored + others, start=1):
+        values = t.hyperparameters.values
+        row = [str(rank) if t in scored else "-", t.trial_id] + [_cell(values.get(n)) for n in names]
+        if hyperband:
+            row += [_cell(values.get("tuner/epochs")), _cell(values.get("tuner/trial_id"))]
+        row += [f"{t.score:.4f}" if t in scored else "-", t.status]
+        lines.append("| " + " | ".join(row) + " |")
+        if t.status != "COMPLETED" and t.message:
+            notes.append(f"- trial {t.trial_id}: {_last_line(t.message)}")
+    title = f"# Hyper-parameter search ({_tuner_name(tuner)}), objective {OBJECTIVE} (max)"
+    return "\n".join([title, ""] + lines + ([""] + notes if notes else [])) + "\n"
+
+
+def _cell(value):
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)
+
+
+def _tuner_name(tuner):
+    return {keras_tuner.Hyperband: "hyperband", keras_tuner.BayesianOptimization: "bayesian"}.get(type(tuner), "random")
+
+
+def _check_search_settings(out, settings):
+    """Refuse to continue the search of ``out`` if it was made with other settings."""
+    path = os.path.join(out, "search.json")
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        saved = json.load(f)
+    diffs = [f"{k}: search has {saved.get(k)!r}, now {settings[k]!r}" for k in SEARCH_KEYS
+             if saved.get(k) != settings[k]]
+    if diffs:
+        raise ConfigError(
+            f"{out} holds a search made with other settings ({'; '.join(diffs)}). Continue it with the "
+            "same settings (only --max-trials and the data folder may change), or start a new search "
+            "with another --out."
+        )
+
+
+def _write_json(path, data):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def write_reports(tuner, hypermodel, out):
+    """Write ``trials.md`` and, when a trial completed, ``best_hyperparameters.json``.
+
+    Returns:
+        ``(best trial or None, its settings dict or None)``.
+    """
+    with open(os.path.join(out, "trials.md"), "w") as f:
+        f.write(trials_table(tuner))
+    ranked = ranked_trials(tuner.oracle)
+    if not ranked:
+        return None, None
+    settings = best_config(hypermodel, ranked[0])
+    _write_json(os.path.join(out, "best_hyperparameters.json"), settings)
+    return ranked[0], settings
+
+
+def search(cfg, tuner="random", max_trials=10, search_space=(), verbose=None):
+    """Search hyper-parameters of AMR on ``cfg.dataset``, continuing the search found in ``cfg.out``.
+
+    Each trial trains ``cfg.epochs`` epochs (Hyperband: up to that many) on the training split and
+    is scored by its best validation probe accuracy; the test split is not used.
+
+    Args:
+        cfg: base ``Config``; ``cfg.out`` is the search folder (required).
+        tuner: ``"random"``, ``"bayesian"`` or ``"hyperband"``.
+        max_trials: most trials in all, finished ones of an earlier run included.
+        search_space: optional names of ``SEARCHABLE`` to search besides lamb and lr.
+        verbose: Keras and KerasTuner progress output (default: bar on a terminal).
+
+    Returns:
+        dict with ``best_trial``, ``best_score``, ``best_config`` (as written to
+        ``best_hyperparameters.json``), ``best_values`` (the searched values only),
+        ``trials`` and ``completed`` (counts), and ``out``.
+
+    Raises:
+        ConfigError: bad settings, or ``cfg.out`` holds a search made with other settings.
+        SearchError: no trial completed, or too many trials failed in a row.
+    """
+    if cfg.out is None:
+        raise ConfigError("A search needs an output folder: pass --out DIR (rerun with the same DIR to continue).")
+    if tuner not in TUNERS:
+        raise ConfigError(f"Unknown tuner {tuner!r}. Choose one of: {', '.join(TUNERS)}.")
+    if not isinstance(max_trials, int) or isinstance(max_trials, bool) or max_trials < 1:
+        raise ConfigError(f"max_trials must be an integer >= 1, got {max_trials!r}.")
+    search_space = parse_search_space(search_space)
+    if cfg.data_dir is not None:
+        cfg = dataclasses.replace(cfg, data_dir=os.path.abspath(cfg.data_dir))
+    cfg = resolve(cfg)
+    out = cfg.out
+    settings = dict(tuner=tuner, search_space=list(search_space), max_trials=max_trials,
+                    **{k: getattr(cfg, k) for k in SEARCH_KEYS if k not in ("tuner", "search_space")})
+    _check_search_settings(out, settings)
+
+    splits = load_dataset(cfg.dataset, data_dir=cfg.data_dir, batch_size=cfg.batch_size, seed=cfg.seed,
+                          tfds_data_dir=cfg.tfds_data_dir, eval_batch_size=max(cfg.batch_size, 256))
+    info = splits.info
+    steps = info.num_train // cfg.batch_size
+    hypermodel = AMRHyperModel(cfg, info.colors, info.num_classes, steps, search_space=search_space)
+    os.makedirs(out, exist_ok=True)
+    _write_json(os.path.join(out, "search.json"), settings)
+    kt_tuner = make_tuner(tuner, hypermodel, out, max_trials, seed=cfg.seed)
+    # Every trial sees the same batches in the same order (epoch e is a shuffle seeded by (seed, e)).
+    train_ds = train_pipeline(*splits.arrays["train"], cfg.batch_size, seed=cfg.seed)
+    callbacks = [NonFiniteLossGuard(), keras.callbacks.TensorBoard(os.path.join(out, "logs"))]
+    verbose = verbose if verbose is not None else (1 if sys.stdout.isatty() else 2)
+    try:
+        kt_tuner.search(train_ds, steps_per_epoch=steps, epochs=cfg.epochs, validation_data=splits.val,
+                        callbacks=callbacks, verbose=verbose)
+    except RuntimeError as e:
+        # KerasTuner stops the search with a bare RuntimeError after too many failed trials in a row.
+        failed = _failed_in_a_row(kt_tuner.oracle)
+        if failed < MAX_CONSECUTIVE_FAILED_TRIALS:
+            raise
+        raise SearchError(f"{failed} trials in a row failed, so the search stopped; the last one: "
+                          f"{_last_line(str(e))} See {os.path.join(out, 'trials.md')}.") from e
+    finally:
+        best, best_settings = write_reports(kt_tuner, hypermodel, out)
+    if best is None:
+        raise SearchError(f"No trial completed; see {os.path.join(out, 'trials.md')} for why they failed.")
+    trials = list(kt_tuner.oracle.trials.values())
+    return {
+        "best_trial": best.trial_id,
+        "best_score": float(best.score),
+        "best_config": best_settings,
+        "best_values": {k: v for k, v in best.hyperparameters.values.items() if not k.startswith("tuner/")},
+        "trials": len(trials),
+        "completed": sum(t.status == "COMPLETED" for t in trials),
+        "out": out,
+    }
+
+
+def _failed_in_a_row(oracle):
+    count = 0
+    for trial_id in reversed(oracle.end_order):
+        if oracle.trials[trial_id].status != "FAILED":
+            break
+        count += 1
+    return count
+
+
+def _last_line(text):
+    lines = [line.strip() for line in (text or "").strip().splitlines() if line.strip()]
+    return lines[-1] if lines else ""

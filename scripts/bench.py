@@ -1,0 +1,142 @@
+"""Train-step throughput of AMR on synthetic data: images/second, one JSON line per setting.
+
+Each setting builds the reference networks, runs warm-up steps (tracing and
+compilation), then ``--repeats`` timed blocks of ``--steps`` steps through
+``model.make_train_function()`` (what ``model.fit`` runs) and reports the
+median images/second and the peak resident memory of the process.
+
+With ``--torch-ref PATH`` (a PyTorch re-implementation of the reference step
+that prints one JSON line with ``images_per_second``) and torch installed,
+the same settings are run there in the same invocation and the ratio is printed.
+
+Examples:
+    python scripts/bench.py                                  # batch 64 and 256, XLA off/on, G every 1 and 5
+    python scripts/bench.py --batch-sizes 64 --jit off --update-g-every 5 --torch-ref ../shared/bench/torch_ref.py
+"""
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _busy():
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except OSError:
+        return None
+    return sum(fields[:8]) - fields[3] - fields[4], os.sysconf("SC_CLK_TCK")
+
+
+def bench_keras(batch_size, jit, update_g_every, steps, warmup, repeats, depth, mixer, mixed_precision=False):
+    import keras
+    import tensorflow as tf
+
+    from amr_keras.model import AMR
+    from amr_keras.networks import build_networks
+
+    keras.utils.set_random_seed(0)
+    if mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    model = AMR(*build_networks(depth=depth), mixer=mixer, update_g_every=update_g_every)
+    model.compile(jit_compile=jit)
+    # A few fixed batches, cycled, so that data creation is not timed.
+    rng = tf.random.Generator.from_seed(0)
+    pool = [(rng.uniform((batch_size, 32, 32, 1), -1, 1), rng.uniform((batch_size,), 0, 10, dtype=tf.int32))
+            for _ in range(8)]
+    data = tf.data.Dataset.from_tensors(pool[0]).concatenate(
+        tf.data.Dataset.from_tensor_slices(tuple(tf.stack(t) for t in zip(*pool[1:])))).repeat()
+    iterator = iter(data.prefetch(2))
+    model.make_train_function()
+    step = model.train_function
+    t0 = time.perf_counter()
+    for _ in range(warmup):
+        logs = step(iterator)
+    float(logs["d_loss"])
+    warmup_s = time.perf_counter() - t0
+    rates, other = [], []
+    for _ in range(repeats):
+        b0 = _busy()
+        c0 = time.process_time()
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            logs = step(iterator)
+        float(logs["d_loss"])  # wait for the last step
+        elapsed = time.perf_counter() - t0
+        b1 = _busy()
+        rates.append(steps * batch_size / elapsed)
+        if b0 and b1:
+            mine = time.process_time() - c0
+            other.append(round(max(0.0, (b1[0] - b0[0]) / b1[1] - mine) / elapsed, 2))
+    keras.mixed_precision.set_global_policy("float32")
+    return {
+        "impl": "amr_keras", "images_per_second": round(statistics.median(rates), 1),
+        "images_per_second_repeats": [round(r, 1) for r in rates], "batch_size": batch_size,
+        "jit_compile": jit, "update_g_every": update_g_every, "mixed_precision": mixed_precision,
+        "mixer": mixer, "depth": depth, "steps": steps, "warmup": warmup, "warmup_seconds": round(warmup_s, 1),
+        "repeats": repeats, "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "other_processes_cores": other, "device": tf.config.list_logical_devices()[-1].device_type,
+        "tensorflow": tf.__version__, "keras": keras.__version__, "python": platform.python_version(),
+    }
+
+
+def bench_torch(path, batch_size, update_g_every, steps, warmup, repeats, mixer, threads):
+    cmd = [sys.executable, path, "--batch-size", str(batch_size), "--update-g-every", str(update_g_every),
+           "--steps", str(steps), "--warmup", str(warmup), "--repeats", str(repeats), "--mixer", mixer,
+           "--threads", str(threads)]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        return {"impl": "torch_ref", "error": out.stderr.strip().splitlines()[-1] if out.stderr else "failed"}
+    line = [ln for ln in out.stdout.splitlines() if ln.startswith("{")][-1]
+    return {"impl": "torch_ref", **json.loads(line)}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[64, 256])
+    p.add_argument("--jit", choices=["off", "on", "both"], default="both")
+    p.add_argument("--update-g-every", type=int, nargs="+", default=[1, 5])
+    p.add_argument("--mixer", default="mixup", choices=["mixup", "bernoulli"])
+    p.add_argument("--depth", type=int, default=16)
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--mixed-precision", action="store_true")
+    p.add_argument("--torch-ref", help="path of a PyTorch reference step script to compare against")
+    p.add_argument("--threads", type=int, default=os.cpu_count())
+    args = p.parse_args(argv)
+    jits = {"off": [False], "on": [True], "both": [False, True]}[args.jit]
+    torch_ok = False
+    if args.torch_ref:
+        try:
+            import torch  # noqa: F401
+
+            torch_ok = os.path.exists(args.torch_ref)
+        except ImportError:
+            print(json.dumps({"impl": "torch_ref", "skipped": "torch is not installed"}))
+    for bs in args.batch_sizes:
+        for every in args.update_g_every:
+            ref = None
+            if torch_ok:
+                ref = bench_torch(args.torch_ref, bs, every, args.steps, args.warmup, args.repeats, args.mixer,
+                                  args.threads)
+                print(json.dumps(ref), flush=True)
+            for jit in jits:
+                res = bench_keras(bs, jit, every, args.steps, args.warmup, args.repeats, args.depth, args.mixer,
+                                  args.mixed_precision)
+                if ref and "images_per_second" in ref:
+                    res["torch_ref_images_per_second"] = ref["images_per_second"]
+                    res["ratio_vs_torch_ref"] = round(res["images_per_second"] / ref["images_per_second"], 2)
+                print(json.dumps(res), flush=True)
+
+
+if __name__ == "__main__":
+    main()

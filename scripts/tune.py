@@ -1,0 +1,72 @@
+"""Search AMR hyper-parameters with KerasTuner; train the best ones with scripts/fit.py --config.
+
+Always searched: lamb (1..100, log scale) and lr (1e-5..1e-2, log scale; the discriminator uses the same rate).
+--search adds mixer (mixup/bernoulli/none), k (2..3) and/or update_g_every (1..5). Trials are scored by their best
+validation probe accuracy. Run the same command again to continue a stopped search (finished trials are kept).
+
+Examples:
+    python scripts/tune.py --out runs/search --max-trials 10 --epochs 4               # embedded MNIST sample
+    python scripts/tune.py --out runs/search-svhn --dataset svhn --tuner bayesian --search mixer,k
+    python scripts/fit.py --config runs/search/best_hyperparameters.json --epochs 20    # train the best settings
+"""
+
+import argparse
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from amr_keras.cli import PRESETS, Config, ConfigError  # noqa: E402
+from amr_keras.data import DATASETS, DataError  # noqa: E402
+from amr_keras.tuning import SEARCHABLE, TUNERS, SearchError, search  # noqa: E402
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", required=True, help="search folder; run again with the same folder to continue")
+    p.add_argument("--dataset", choices=DATASETS, default="mnist_sample", help="dataset (default mnist_sample)")
+    p.add_argument("--data-dir", help="folder with the official raw files (offline); otherwise tensorflow-datasets")
+    p.add_argument("--tfds-data-dir", help="where tensorflow-datasets keeps its data")
+    p.add_argument("--tuner", choices=TUNERS, default="random", help="search algorithm (default random)")
+    p.add_argument("--max-trials", type=int, default=10, help="most trials in all, finished ones included (default 10)")
+    p.add_argument("--epochs", type=int, help="epochs per trial (hyperband: at most; default: the preset's)")
+    p.add_argument("--search", default="",
+                   help=f"comma-separated hyper-parameters to search besides lamb and lr: {','.join(SEARCHABLE)}")
+    p.add_argument("--preset", choices=tuple(PRESETS), default="fast",
+                   help="base settings of every trial (default fast)")
+    p.add_argument("--depth", type=int, help="channels of the first scale of every network (default: the preset's)")
+    p.add_argument("--batch-size", type=int, help="batch size (default: the preset's)")
+    p.add_argument("--jit-compile", action="store_true", default=None,
+                   help="compile the train step with XLA (default: the preset's; XLA takes a while to compile "
+                        "each trial's model, which matters for short trials)")
+    p.add_argument("--no-jit-compile", dest="jit_compile", action="store_false", default=None,
+                   help="run the train step without XLA")
+    p.add_argument("--seed", type=int, default=0, help="seed of the weights, the data order and the draws (default 0)")
+    p.add_argument("--verbose", type=int, choices=(0, 1, 2), help="progress output (default: bar on a terminal)")
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    cfg = Config(dataset=args.dataset, data_dir=args.data_dir, tfds_data_dir=args.tfds_data_dir, preset=args.preset,
+                 depth=args.depth, batch_size=args.batch_size, epochs=args.epochs, seed=args.seed,
+                 jit_compile=args.jit_compile, out=args.out)
+    try:
+        result = search(cfg, tuner=args.tuner, max_trials=args.max_trials, search_space=args.search,
+                        verbose=args.verbose)
+    except (ConfigError, DataError, SearchError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    searched = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                         for k, v in result["best_values"].items())
+    out = result["out"]
+    print(f"\n{result['completed']} of {result['trials']} trials completed; best: trial {result['best_trial']}, "
+          f"val_probe_accuracy {result['best_score']:.4f} ({searched})")
+    print(f"outputs in {out}: best_hyperparameters.json, trials.md, search.json, logs/ (TensorBoard), "
+          "amr_search/ (KerasTuner)")
+    print(f"train with them: python scripts/fit.py --config {os.path.join(out, 'best_hyperparameters.json')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

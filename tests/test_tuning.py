@@ -1,0 +1,213 @@
+"""Hyper-parameter search: scripts/tune.py in-process on a tiny raw-file dataset, resume, outputs, fit --config."""
+
+import json
+import os
+import types
+
+import keras_tuner
+import numpy as np
+import pytest
+
+from test_data import write_mnist_folder
+from test_fit import load_script
+
+from amr_keras import tuning
+from amr_keras.cli import CONFIG_FILE_KEYS, Config, ConfigError
+from amr_keras.mixers import MIXERS
+from amr_keras.model import AMR
+
+SEARCH = "mixer,k,update_g_every"
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    return write_mnist_folder(str(tmp_path_factory.mktemp("mnist")), n_train=96, n_test=32)
+
+
+def tune_args(data_dir, out, *extra):
+    # Without XLA: compiling each trial's model would take most of the test time.
+    return ["--dataset", "mnist", "--data-dir", data_dir, "--depth", "4", "--batch-size", "16", "--epochs", "1",
+            "--tuner", "random", "--max-trials", "2", "--search", SEARCH, "--out", out, "--verbose", "0",
+            "--no-jit-compile", *extra]
+
+
+def base_config(data_dir, out):
+    """The base Config of ``tune_args`` (as scripts/tune.py makes it)."""
+    return Config(dataset="mnist", data_dir=data_dir, depth=4, batch_size=16, epochs=1, jit_compile=False, out=out)
+
+
+def run_recording_fits(argv, interrupt_at=None):
+    """Run scripts/tune.py, returning (exit code, hyper-parameter values of every trial trained).
+
+    With ``interrupt_at=n``, the n-th trial is interrupted (KeyboardInterrupt) before it trains.
+    """
+    calls = []
+    original = tuning.AMRHyperModel.fit
+
+    def recording_fit(self, hp, model, *args, **kwargs):
+        calls.append(dict(hp.values))
+        if len(calls) == interrupt_at:
+            raise KeyboardInterrupt("simulated interruption")
+        return original(self, hp, model, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(tuning.AMRHyperModel, "fit", recording_fit)
+        if interrupt_at is None:
+            return load_script("tune").main(argv), calls
+        with pytest.raises(KeyboardInterrupt):
+            load_script("tune").main(argv)
+        return None, calls
+
+
+@pytest.fixture(scope="module")
+def search_run(tiny_data, tmp_path_factory):
+    """A two-trial random search interrupted in its second trial, then run again to the end."""
+    out = str(tmp_path_factory.mktemp("search") / "s")
+    _, interrupted = run_recording_fits(tune_args(tiny_data, out), interrupt_at=2)
+    code, resumed = run_recording_fits(tune_args(tiny_data, out))
+    return types.SimpleNamespace(out=out, data=tiny_data, interrupted=interrupted, resumed=resumed, code=code)
+
+
+def read_best(out):
+    with open(os.path.join(out, "best_hyperparameters.json")) as f:
+        return json.load(f)
+
+
+def read_table(out):
+    """Rows of trials.md as dicts keyed by the header."""
+    with open(os.path.join(out, "trials.md")) as f:
+        lines = [line for line in f.read().splitlines() if line.startswith("|")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    return [dict(zip(header, (c.strip() for c in line.strip("|").split("|")))) for line in lines[2:]]
+
+
+def error_line(err):
+    """The one ``error: ...`` line of a script's stderr (other lines may be warnings of the libraries)."""
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def test_interrupted_search_resumes_only_the_unfinished_trial(search_run):
+    assert search_run.code == 0
+    assert len(search_run.interrupted) == 2
+    # The rerun trains the interrupted trial again, with the values drawn for it, and nothing else.
+    assert search_run.resumed == [search_run.interrupted[1]]
+
+
+def test_rerun_of_a_finished_search_trains_nothing(search_run):
+    before = read_best(search_run.out)
+    code, calls = run_recording_fits(tune_args(search_run.data, search_run.out))
+    assert code == 0 and calls == []
+    assert read_best(search_run.out) == before and len(read_table(search_run.out)) == 2
+
+
+def test_best_hyperparameters_lie_in_the_search_space(search_run):
+    best = read_best(search_run.out)
+    assert set(best) <= set(CONFIG_FILE_KEYS)
+    assert isinstance(best["lamb"], float) and tuning.LAMB_RANGE[0] <= best["lamb"] <= tuning.LAMB_RANGE[1]
+    assert isinstance(best["lr"], float) and tuning.LR_RANGE[0] <= best["lr"] <= tuning.LR_RANGE[1]
+    assert best["d_lr"] == best["lr"]
+    assert best["mixer"] in MIXERS and best["k"] in (2, 3) and best["update_g_every"] in range(1, 6)
+    base = (best["dataset"], best["preset"], best["epochs"], best["depth"], best["batch_size"])
+    assert base == ("mnist", "fast", 1, 4, 16)
+    assert best["data_dir"] == os.path.abspath(search_run.data)
+
+
+def test_trials_table_ranks_every_trial(search_run):
+    rows = read_table(search_run.out)
+    assert len(rows) == 2
+    assert [r["rank"] for r in rows] == ["1", "2"] and {r["trial"] for r in rows} == {"0", "1"}
+    assert all(r["status"] == "COMPLETED" for r in rows)
+    scores = [float(r["best val_probe_accuracy"]) for r in rows]
+    assert scores[0] >= scores[1] and all(0.0 <= s <= 1.0 for s in scores)
+    # The first row is the trial written to best_hyperparameters.json.
+    best = read_best(search_run.out)
+    assert rows[0]["mixer"] == best["mixer"] and float(rows[0]["lamb"]) == pytest.approx(best["lamb"], rel=1e-2)
+
+
+def test_tuner_checkpoint_of_the_best_trial_reloads(search_run):
+    hypermodel = tuning.AMRHyperModel(base_config(search_run.data, search_run.out), 1, 10, 5, search_space=SEARCH)
+    tuner = tuning.make_tuner("random", hypermodel, search_run.out, max_trials=2)
+    trial = tuning.ranked_trials(tuner.oracle)[0]
+    trained = tuner.load_model(trial)  # rebuilds the model and loads the trial's best-epoch weights
+    fresh = hypermodel.build(trial.hyperparameters.copy())
+    best = read_best(search_run.out)
+    assert isinstance(trained, AMR) and trained.lamb == pytest.approx(best["lamb"]) and trained.mixer == best["mixer"]
+    assert any(not np.array_equal(a, b) for a, b in zip(trained.get_weights(), fresh.get_weights()))
+
+
+def test_fit_trains_with_the_best_hyperparameters(search_run, tmp_path):
+    best_path = os.path.join(search_run.out, "best_hyperparameters.json")
+    out = str(tmp_path / "run")
+    argv = ["--config", best_path, "--data-dir", search_run.data, "--depth", "4", "--epochs", "1", "--out", out,
+            "--no-export", "--no-linear-eval", "--verbose", "0", "--no-jit-compile"]
+    assert load_script("fit").main(argv) == 0
+    with open(os.path.join(out, "results.json")) as f:
+        results = json.load(f)
+    best = read_best(search_run.out)
+    for key in ("lamb", "lr", "d_lr", "mixer", "k", "update_g_every", "batch_size"):
+        assert results[key] == best[key], key
+
+
+@pytest.mark.parametrize("content, message", [
+    ('{"lamb": 10.0,', "is not valid JSON"),
+    ('{"lamb": 10.0, "learning_rate": 0.001}', "unknown settings ['learning_rate']"),
+    ('{"lamb": "10"}', "lamb must be float"),
+    ('{"epochs": 2.5}', "epochs must be int"),
+])
+def test_malformed_config_file_is_a_one_line_error(tmp_path, capsys, content, message):
+    path = tmp_path / "best_hyperparameters.json"
+    path.write_text(content)
+    assert load_script("fit").main(["--config", str(path), "--out", str(tmp_path / "run")]) == 2
+    assert message in error_line(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--search", "mixer,slope"], "Cannot search 'slope'"),
+    (["--max-trials", "0"], "max_trials must be an integer >= 1"),
+    (["--seed", "1"], "other settings (seed: search has 0, now 1)"),
+    (["--tuner", "hyperband"], "other settings (tuner: search has 'random', now 'hyperband')"),
+])
+def test_bad_search_settings_fail_with_one_line(search_run, capsys, extra, message):
+    code, calls = run_recording_fits(tune_args(search_run.data, search_run.out, *extra))
+    assert code == 2 and calls == []
+    assert message in error_line(capsys.readouterr().err)
+
+
+def test_hypermodel_draws_lamb_and_lr_and_keeps_base_k_without_mixing():
+    base = Config(dataset="mnist_sample", depth=4, batch_size=16, k=2, jit_compile=False)
+    hypermodel = tuning.AMRHyperModel(base, 1, 10, 5, search_space="k,mixer")
+    assert hypermodel.search_space == ("mixer", "k")
+    hp = keras_tuner.HyperParameters()
+    hp.values = {"lamb": 5.0, "lr": 3e-4, "mixer": "none", "k": 3}
+    cfg = hypermodel.config(hp)
+    assert (cfg.lamb, cfg.lr, cfg.d_lr, cfg.mixer, cfg.k) == (5.0, 3e-4, 3e-4, "none", 2)
+    model = hypermodel.build(hp)
+    assert isinstance(model, AMR) and model.built and (model.lamb, model.mixer) == (5.0, "none")
+    assert float(model.d_optimizer.learning_rate) == pytest.approx(3e-4)
+
+
+def test_k_search_needs_batches_of_three():
+    with pytest.raises(ConfigError, match="at least k"):
+        tuning.AMRHyperModel(Config(dataset="mnist_sample", depth=4, batch_size=2), 1, 10, 5, search_space="k")
+
+
+def test_diverging_trials_are_failed_and_stop_the_search(tiny_data, tmp_path, capsys, monkeypatch):
+    from amr_keras.callbacks import NonFiniteLossError
+
+    def diverge(self, *args, **kwargs):
+        raise NonFiniteLossError("d_loss became nan at step 3")
+
+    monkeypatch.setattr(AMR, "fit", diverge)
+    monkeypatch.setattr(tuning, "MAX_CONSECUTIVE_FAILED_TRIALS", 2)
+    out = str(tmp_path / "s")
+    assert load_script("tune").main(tune_args(tiny_data, out, "--max-trials", "3")) == 2
+    line = error_line(capsys.readouterr().err)
+    assert line.startswith("error: 2 trials in a row failed") and "d_loss became nan" in line
+    # Both trials are listed, unranked and FAILED (not retried), with the reason under the table.
+    rows = read_table(out)
+    assert [(r["rank"], r["status"]) for r in rows] == [("-", "FAILED"), ("-", "FAILED")]
+    with open(os.path.join(out, "trials.md")) as f:
+        assert f.read().count("d_loss became nan at step 3") == 2
+    assert not os.path.exists(os.path.join(out, "best_hyperparameters.json"))
