@@ -266,10 +266,9 @@ def run(cfg, argv=None):
 
 def _figure_pairs(splits, n, seed):
     """``n`` fixed pairs of images in [0, 1] (source size) from the test split, or validation without one."""
-    x, _ = splits.arrays.get("test", splits.arrays["val"])
-    idx = np.random.default_rng(seed).choice(len(x), size=2 * n, replace=False)
-    imgs = x[idx].astype("float32") / 255.0
-    return imgs[:n], imgs[n:]
+    from amr_keras.plots import pick_pairs
+
+    return pick_pairs(splits.arrays.get("test", splits.arrays["val"])[0], n, seed)
 
 
 def _export_and_draw(model, splits, results, out, seed):
