@@ -316,17 +316,22 @@ class AMR(keras.Model):
     def make_train_function(self, force=False):
         if self.train_function is not None and not force:
             return self.train_function
+        if self.update_g_every == 1:
+            return super().make_train_function(force)
         with self.distribute_strategy.scope():
             distributed = tf.distribute.has_strategy()
-        if self.update_g_every == 1 or not distributed:
-            return super().make_train_function(force)
-        # Under tf.distribute an optimizer update cannot sit inside a traced
-        # conditional (it synchronises replicas), so two step functions are
-        # traced, with and without the autoencoder update, and picked per step.
         if self.steps_per_execution > 1:
-            raise ValueError(
-                "With a tf.distribute strategy and update_g_every > 1, use steps_per_execution=1."
-            )
+            if distributed:
+                raise ValueError(
+                    "With a tf.distribute strategy and update_g_every > 1, use steps_per_execution=1."
+                )
+            # Several steps per call: the autoencoder update is decided in-graph (a cond).
+            return super().make_train_function(force)
+        # Two step functions are traced, with and without the autoencoder
+        # update, and picked per step. Under tf.distribute an optimizer update
+        # cannot sit inside a traced conditional (it synchronises replicas), and
+        # under XLA a conditional holding a whole update runs several times
+        # slower than either branch alone.
         with_ae = self._make_function(lambda data: self._train_step(data, ae_update=True))
         without_ae = self._make_function(lambda data: self._train_step(data, ae_update=False))
 

@@ -12,6 +12,14 @@ the same settings are run there in the same invocation and the ratio is printed.
 Examples:
     python scripts/bench.py                                  # batch 64 and 256, XLA off/on, G every 1 and 5
     python scripts/bench.py --batch-sizes 64 --jit off --update-g-every 5 --torch-ref ../shared/bench/torch_ref.py
+    python scripts/bench.py --batch-sizes 64 --jit on --update-g-every 1 --profile runs/profile   # + op profile
+
+With ``--profile DIR`` each setting is also traced with the TensorFlow
+profiler (``tensorboard --logdir DIR``, Profile tab with
+tensorboard-plugin-profile) and a summary is printed as JSON: the share of
+the profiled time in each kind of op (convolution backprop, XLA clusters,
+input pipeline, ...). ``traces_during_timing`` counts step functions traced
+after warm-up (0: no retracing).
 """
 
 import argparse
@@ -36,7 +44,59 @@ def _busy():
     return sum(fields[:8]) - fields[3] - fields[4], os.sysconf("SC_CLK_TCK")
 
 
-def bench_keras(batch_size, jit, update_g_every, steps, warmup, repeats, depth, mixer, mixed_precision=False):
+def summarize_profile(logdir, top=12):
+    """Where the time of the newest profile under ``logdir`` goes: op types, networks, input pipeline.
+
+    Kernel times are summed over TensorFlow's compute threads (so shares are of
+    kernel time, not wall time); the input-pipeline share is the time the step
+    waited in ``IteratorGetNext`` over the wall time of the profiled steps.
+    """
+    import glob
+
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    files = sorted(glob.glob(os.path.join(logdir, "plugins", "profile", "*", "*.xplane.pb")), key=os.path.getmtime)
+    if not files:
+        return {"error": f"no profile under {logdir}"}
+    space = xplane_pb2.XSpace()
+    with open(files[-1], "rb") as f:
+        space.ParseFromString(f.read())
+    ops, parts = {}, {}
+    steps_ps = wait_ps = 0
+    for plane in space.planes:
+        for line in plane.lines:
+            for event in line.events:
+                name = plane.event_metadata[event.metadata_id].name
+                if line.name == "python" and name == "multi_step_on_iterator":
+                    steps_ps += event.duration_ps
+                elif line.name.startswith("tf_data_iterator_get_next") and name == "IteratorGetNextOp::DoCompute":
+                    wait_ps += event.duration_ps
+                elif line.name.startswith("tf_Compute") and ":" in name and "::" not in name:
+                    path, kind = name.rsplit(":", 1)
+                    ops[kind] = ops.get(kind, 0) + event.duration_ps
+                    names = [p for p in path.split("/") if p and not p.startswith("StatefulPartitionedCall")]
+                    grad = "gradient_tape" in names
+                    names = [p for p in names if p != "gradient_tape"]
+                    net = names[0].rsplit("_", 1)[0] if names and names[0][-1:].isdigit() else (names or ["?"])[0]
+                    key = f"{net} ({'backward' if grad else 'forward'})"
+                    parts[key] = parts.get(key, 0) + event.duration_ps
+    whole = sum(ops.values()) or 1
+
+    def ranked(d, n):
+        return [{"name": k, "ms": round(v / 1e9, 1), "share": round(v / whole, 3)}
+                for k, v in sorted(d.items(), key=lambda kv: -kv[1])[:n]]
+
+    return {
+        "profile": files[-1],
+        "kernel_ms": round(whole / 1e9, 1),
+        "top_ops": ranked(ops, top),
+        "by_network": ranked(parts, top),
+        "input_wait_share_of_step_time": round(wait_ps / steps_ps, 4) if steps_ps else None,
+    }
+
+
+def bench_keras(batch_size, jit, update_g_every, steps, warmup, repeats, depth, mixer, mixed_precision=False,
+                profile=None):
     import keras
     import tensorflow as tf
 
@@ -55,6 +115,14 @@ def bench_keras(batch_size, jit, update_g_every, steps, warmup, repeats, depth, 
     data = tf.data.Dataset.from_tensors(pool[0]).concatenate(
         tf.data.Dataset.from_tensor_slices(tuple(tf.stack(t) for t in zip(*pool[1:])))).repeat()
     iterator = iter(data.prefetch(2))
+    traces = [0]
+    train_step = model._train_step
+
+    def counting_step(*args, **kwargs):  # runs once per trace of a step function
+        traces[0] += 1
+        return train_step(*args, **kwargs)
+
+    model._train_step = counting_step
     model.make_train_function()
     step = model.train_function
     t0 = time.perf_counter()
@@ -62,6 +130,7 @@ def bench_keras(batch_size, jit, update_g_every, steps, warmup, repeats, depth, 
         logs = step(iterator)
     float(logs["d_loss"])
     warmup_s = time.perf_counter() - t0
+    traced_in_warmup = traces[0]
     rates, other = [], []
     for _ in range(repeats):
         b0 = _busy()
@@ -76,6 +145,16 @@ def bench_keras(batch_size, jit, update_g_every, steps, warmup, repeats, depth, 
         if b0 and b1:
             mine = time.process_time() - c0
             other.append(round(max(0.0, (b1[0] - b0[0]) / b1[1] - mine) / elapsed, 2))
+    traces_during_timing = traces[0] - traced_in_warmup
+    profile_summary = None
+    if profile:
+        name = f"b{batch_size}-jit{int(jit)}-g{update_g_every}"
+        tf.profiler.experimental.start(os.path.join(profile, name))
+        for _ in range(steps):
+            logs = step(iterator)
+        float(logs["d_loss"])
+        tf.profiler.experimental.stop()
+        profile_summary = summarize_profile(os.path.join(profile, name))
     keras.mixed_precision.set_global_policy("float32")
     return {
         "impl": "amr_keras", "images_per_second": round(statistics.median(rates), 1),
@@ -85,6 +164,8 @@ def bench_keras(batch_size, jit, update_g_every, steps, warmup, repeats, depth, 
         "repeats": repeats, "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "other_processes_cores": other, "device": tf.config.list_logical_devices()[-1].device_type,
         "tensorflow": tf.__version__, "keras": keras.__version__, "python": platform.python_version(),
+        "traces_during_warmup": traced_in_warmup, "traces_during_timing": traces_during_timing,
+        **({"profile": profile_summary} if profile_summary else {}),
     }
 
 
@@ -112,6 +193,7 @@ def main(argv=None):
     p.add_argument("--mixed-precision", action="store_true")
     p.add_argument("--torch-ref", help="path of a PyTorch reference step script to compare against")
     p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--profile", metavar="DIR", help="also profile each setting into DIR and print an op summary")
     args = p.parse_args(argv)
     jits = {"off": [False], "on": [True], "both": [False, True]}[args.jit]
     torch_ok = False
@@ -131,7 +213,7 @@ def main(argv=None):
                 print(json.dumps(ref), flush=True)
             for jit in jits:
                 res = bench_keras(bs, jit, every, args.steps, args.warmup, args.repeats, args.depth, args.mixer,
-                                  args.mixed_precision)
+                                  args.mixed_precision, args.profile)
                 if ref and "images_per_second" in ref:
                     res["torch_ref_images_per_second"] = ref["images_per_second"]
                     res["ratio_vs_torch_ref"] = round(res["images_per_second"] / ref["images_per_second"], 2)

@@ -111,6 +111,17 @@ def test_fit_and_evaluate_with_standard_callbacks(tmp_path):
     assert int(model.d_optimizer.iterations) == 8 and int(model.ae_optimizer.iterations) == 4
 
 
+@pytest.mark.parametrize("compile_args", [{"jit_compile": True}, {"steps_per_execution": 2}])
+def test_fit_updates_the_autoencoder_every_update_g_every_steps(compile_args):
+    # jit_compile: two traced step functions picked per step; steps_per_execution > 1: an in-graph cond.
+    model = tiny_model(update_g_every=3)
+    model.compile(**compile_args)
+    before = _snapshot(model)
+    model.fit(synthetic_dataset(48, batch_size=8), epochs=1, verbose=0)
+    assert int(model.d_optimizer.iterations) == 6 and int(model.ae_optimizer.iterations) == 2  # steps 0 and 3
+    assert {"encoder", "decoder", "discriminator", "probe"} <= _changed(before, _snapshot(model))
+
+
 def test_keras_round_trip_keeps_outputs_config_and_optimizer_state(tmp_path):
     model = tiny_model(mixer="bernoulli", k=3, lamb=3.0)
     model.compile()
