@@ -29,7 +29,7 @@ OBJECTIVE = "val_probe_accuracy"
 TUNERS = ("random", "bayesian", "hyperband")
 # Always searched: lamb and lr (the discriminator uses the same rate). Optional ones:
 SEARCHABLE = ("mixer", "k", "update_g_every")
-LAMB_RANGE = (1.0, 100.0)
+LAMB_RANGE = (1.0, 1000.0)
 LR_RANGE = (1e-5, 1e-2)
 K_RANGE = (2, 3)
 UPDATE_G_EVERY_RANGE = (1, 5)
@@ -76,7 +76,7 @@ def parse_search_space(search_space):
 class AMRHyperModel(keras_tuner.HyperModel):
     """AMR models for KerasTuner: a base ``Config`` with some settings drawn from ``hp``.
 
-    Always searched: ``lamb`` (log scale, 1 to 100) and ``lr`` (log scale, 1e-5 to 1e-2; the
+    Always searched: ``lamb`` (log scale, 1 to 1000) and ``lr`` (log scale, 1e-5 to 1e-2; the
     discriminator uses the same rate). Optionally (``search_space``): ``mixer`` (mixup, bernoulli,
     none), ``k`` (2 to 3, only for mixers that mix) and ``update_g_every`` (1 to 5). Every other
     setting comes from the base config; the cosine schedule spans ``cfg.epochs`` epochs.
