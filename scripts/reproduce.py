@@ -80,14 +80,14 @@ def main(argv=None):
                   file=sys.stderr)
             return 2
         dirs[name] = folder
-    grid = []
-    for item in args.mixers:
-        mixer, _, k = item.partition(":")
-        if (mixer, int(k or 2) if (k or "2").isdigit() else None) not in GRID:
-            print(f"error: --mixers takes settings among {' '.join(f'{m}:{k}' for m, k in GRID)}, got {item!r}",
-                  file=sys.stderr)
-            return 2
-        grid.append((mixer, int(k or 2)))
+    allowed = {f"{m}:{k}": (m, k) for m, k in GRID}
+    allowed.update({m: (m, 2) for m, k in GRID if k == 2})
+    bad = [item for item in args.mixers if item not in allowed]
+    if bad:
+        print(f"error: --mixers takes settings among {' '.join(f'{m}:{k}' for m, k in GRID)}, got {bad[0]!r}",
+              file=sys.stderr)
+        return 2
+    grid = [allowed[item] for item in args.mixers]
     datasets, seeds, extra = args.datasets, range(args.seeds), {}
     if args.quick:
         datasets, seeds, extra = ["mnist_sample"], range(1), {"epochs": 1, "depth": 4}
