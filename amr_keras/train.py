@@ -37,8 +37,33 @@ def make_strategy(name):
                 "--strategy multiworker needs the TF_CONFIG environment variable describing the cluster "
                 "(see 'Scaling out' in the README)."
             )
+        check_tf_config(os.environ["TF_CONFIG"])
         return tf.distribute.MultiWorkerMirroredStrategy()
     raise ConfigError(f"Unknown strategy {name!r}. Choose one of: default, mirrored, multiworker.")
+
+
+def check_tf_config(text):
+    """Raise ``ConfigError`` naming what is wrong with a ``TF_CONFIG`` value (JSON with cluster and task)."""
+    example = ('e.g. {"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", '
+               '"index": 0}}')
+    try:
+        conf = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"TF_CONFIG is not valid JSON ({e}); {example}.") from e
+    if not isinstance(conf, dict):
+        raise ConfigError(f"TF_CONFIG must be a JSON object with 'cluster' and 'task', {example}.")
+    cluster, task = conf.get("cluster"), conf.get("task")
+    if not isinstance(cluster, dict) or not cluster or not all(
+            isinstance(v, list) and v and all(isinstance(a, str) and ":" in a for a in v) for v in cluster.values()):
+        raise ConfigError(f"TF_CONFIG 'cluster' must map job names to lists of 'host:port' addresses, {example}.")
+    if not isinstance(task, dict) or task.get("type") not in cluster:
+        raise ConfigError(f"TF_CONFIG 'task' must name a job of the cluster ({', '.join(cluster)}) as 'type', {example}.")
+    index = task.get("index")
+    if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(cluster[task["type"]]):
+        raise ConfigError(
+            f"TF_CONFIG 'task' index must be an integer from 0 to {len(cluster[task['type']]) - 1} "
+            f"(the position of this machine in cluster[{task['type']!r}]), got {index!r}."
+        )
 
 
 def make_optimizers(cfg, steps_per_epoch):

@@ -239,3 +239,20 @@ def test_unreadable_checkpoint_on_resume_names_the_file(nan_run, tiny_data, tmp_
     err = capsys.readouterr().err
     assert error_lines(err)[0].startswith(f"error: checkpoint {path} is unreadable (") and "delete it to restart" in err
     assert len(error_lines(err)) == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize("tf_config, message", [
+    ("{not json", "TF_CONFIG is not valid JSON"),
+    ('["worker"]', "must be a JSON object"),
+    ('{"cluster": {"worker": ["localhost"]}, "task": {"type": "worker", "index": 0}}', "'host:port' addresses"),
+    ('{"cluster": {"worker": ["localhost:1"]}, "task": {"type": "chief", "index": 0}}', "must name a job"),
+    ('{"cluster": {"worker": ["localhost:1", "localhost:2"]}, "task": {"type": "worker", "index": 2}}',
+     "integer from 0 to 1"),
+])
+def test_malformed_tf_config_is_named(tiny_data, tmp_path, capsys, monkeypatch, tf_config, message):
+    monkeypatch.setenv("TF_CONFIG", tf_config)
+    out = tmp_path / "r"
+    assert load_script("fit").main(tiny_args(tiny_data, str(out), "--strategy", "multiworker")) == 2
+    err = capsys.readouterr().err
+    assert len(error_lines(err)) == 1 and message in error_lines(err)[0]
+    assert not out.exists()
