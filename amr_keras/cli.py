@@ -62,7 +62,7 @@ PRESETS = {
     "official": dict(lamb=10.0, lr=1e-4, d_lr=1e-4, probe_lr=1e-4, schedule="constant", batch_size=64,
                      epochs=20, update_g_every=5, depth=16, slope=0.01, jit_compile=False),
     # Default recipe for a few minutes on a CPU (departures from the reference are listed in the README).
-    # XLA: about 1.4x the images/s of the plain graph for these narrow networks on a CPU (scripts/bench.py).
+    # XLA: 1.2x the images/s of the plain graph at batch 64 on a 2-core CPU (results/bench_cpu_2core.jsonl).
     # lamb 100: with lamb 10 the adversarial terms win early and the decoder draws one generic digit for every code.
     # Batch 16, lr 1e-3: at a fixed CPU budget more, smaller steps learn the code faster (post-hoc linear
     # accuracy on validation after two epochs: 91.2% at batch 64, lr 5e-4; 95.0% at batch 16, lr 1e-3).
