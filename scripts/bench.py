@@ -14,6 +14,9 @@ Examples:
     python scripts/bench.py --batch-sizes 64 --jit off --update-g-every 5 --torch-ref ../shared/bench/torch_ref.py
     python scripts/bench.py --batch-sizes 64 --jit on --update-g-every 1 --profile runs/profile   # + op profile
 
+TensorFlow's oneDNN CPU kernels are on (``amr_keras`` turns them on); run with
+``TF_ENABLE_ONEDNN_OPTS=0`` to measure without them (the ``onednn`` field says which).
+
 With ``--profile DIR`` each setting is also traced with the TensorFlow
 profiler (``tensorboard --logdir DIR``, Profile tab with
 tensorboard-plugin-profile) and a summary is printed as JSON: the share of
@@ -97,6 +100,7 @@ def summarize_profile(logdir, top=12):
 
 def bench_keras(batch_size, jit, update_g_every, steps, warmup, repeats, depth, mixer, mixed_precision=False,
                 profile=None):
+    import amr_keras  # before tensorflow: it turns on the oneDNN CPU kernels unless TF_ENABLE_ONEDNN_OPTS is set
     import keras
     import tensorflow as tf
 
@@ -163,6 +167,7 @@ def bench_keras(batch_size, jit, update_g_every, steps, warmup, repeats, depth, 
         "mixer": mixer, "depth": depth, "steps": steps, "warmup": warmup, "warmup_seconds": round(warmup_s, 1),
         "repeats": repeats, "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "other_processes_cores": other, "device": tf.config.list_logical_devices()[-1].device_type,
+        "onednn": amr_keras.onednn_enabled(),
         "tensorflow": tf.__version__, "keras": keras.__version__, "python": platform.python_version(),
         "traces_during_warmup": traced_in_warmup, "traces_during_timing": traces_during_timing,
         **({"profile": profile_summary} if profile_summary else {}),

@@ -3,6 +3,7 @@
 import json
 import types
 
+import amr_keras  # noqa: F401  (first: it sets TF_ENABLE_ONEDNN_OPTS before TensorFlow is imported)
 import keras
 import pytest
 

@@ -24,7 +24,7 @@ def test_bench_reports_throughput_no_retracing_and_an_op_profile(tmp_path):
     assert res["traces_during_warmup"] == 2 and res["traces_during_timing"] == 0
     profile = res["profile"]
     ops = [row["name"] for row in profile["top_ops"]]
-    assert any(op.startswith("Conv2DBackprop") for op in ops), ops
+    assert any("Conv2DBackprop" in op for op in ops), ops  # oneDNN names them _MklNative...
     nets = {row["name"] for row in profile["by_network"]}
     assert {"discriminator (backward)", "encoder (forward)"} <= nets, nets
     assert 0.0 <= profile["input_wait_share_of_step_time"] < 1.0
