@@ -245,8 +245,10 @@ def run(cfg, argv=None):
         verbose = cfg.verbose if cfg.verbose is not None else (1 if sys.stdout.isatty() else 2)
         train_ds = train_pipeline(*splits.arrays["train"], cfg.batch_size, seed=cfg.seed, start_epoch=initial_epoch)
         if initial_epoch < cfg.epochs:
+            # shuffle=False: train_ds is already shuffled per epoch (seeded); Keras ignores the flag for
+            # datasets but warns when it is left at True.
             model.fit(train_ds, steps_per_epoch=steps, epochs=cfg.epochs, initial_epoch=initial_epoch,
-                      validation_data=splits.val, callbacks=callbacks, verbose=verbose)
+                      validation_data=splits.val, callbacks=callbacks, verbose=verbose, shuffle=False)
 
         # Score the best-validation epoch; the test split is used once, here.
         rows = read_log(log_path)

@@ -334,7 +334,7 @@ def search(cfg, tuner="random", max_trials=10, search_space=(), verbose=None):
     verbose = verbose if verbose is not None else (1 if sys.stdout.isatty() else 2)
     try:
         kt_tuner.search(train_ds, steps_per_epoch=steps, epochs=cfg.epochs, validation_data=splits.val,
-                        callbacks=callbacks, verbose=verbose)
+                        callbacks=callbacks, verbose=verbose, shuffle=False)
     except RuntimeError as e:
         # KerasTuner stops the search with a bare RuntimeError after too many failed trials in a row.
         failed = _failed_in_a_row(kt_tuner.oracle)
