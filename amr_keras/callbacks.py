@@ -41,7 +41,7 @@ class NonFiniteLossGuard(keras.callbacks.Callback):
                 step = int(self.model.d_optimizer.iterations.numpy()) if getattr(self.model, "d_optimizer", None) else batch
                 raise NonFiniteLossError(
                     f"{name} became {value} at step {step} (epoch {self.epoch + 1}, batch {batch + 1}); training "
-                    f"stopped. {self.checkpoint_hint}Try a lower --lr or --lamb, or drop --mixed-precision."
+                    f"stopped. {self.checkpoint_hint}Try a lower --lr or --lamb, or --precision float32."
                 )
 
 

@@ -13,6 +13,7 @@ import os
 from amr_keras.data import DATASETS
 from amr_keras.mixers import MIXERS
 from amr_keras.model import RECON_LOSSES
+from amr_keras.precision import PRECISIONS
 
 STRATEGIES = ("default", "mirrored", "multiworker")
 SCHEDULES = ("cosine", "constant")
@@ -44,7 +45,7 @@ class Config:
     out: str = None
     resume: bool = False
     strategy: str = "default"
-    mixed_precision: bool = False
+    precision: str = "auto"
     jit_compile: bool = None
     linear_eval: bool = True
     export: bool = True
@@ -54,7 +55,7 @@ class Config:
 
 # Settings that define a run: a --resume folder must have been made with the same ones.
 RUN_KEYS = ("dataset", "data_dir", "preset", "mixer", "k", "lamb", "beta", "recon", "lr", "d_lr", "probe_lr",
-            "schedule", "batch_size", "epochs", "update_g_every", "depth", "slope", "seed", "mixed_precision")
+            "schedule", "batch_size", "epochs", "update_g_every", "depth", "slope", "seed", "precision")
 
 PRESETS = {
     # Follows the reference code: Adam 1e-4 everywhere, constant rate, the
@@ -93,6 +94,8 @@ def validate(cfg):
         raise ConfigError(f"Unknown reconstruction loss {cfg.recon!r}. Choose one of: {', '.join(RECON_LOSSES)}.")
     if cfg.strategy not in STRATEGIES:
         raise ConfigError(f"Unknown strategy {cfg.strategy!r}. Choose one of: {', '.join(STRATEGIES)}.")
+    if cfg.precision not in PRECISIONS:
+        raise ConfigError(f"Unknown precision {cfg.precision!r}. Choose one of: {', '.join(PRECISIONS)}.")
     if cfg.schedule not in SCHEDULES:
         raise ConfigError(f"Unknown schedule {cfg.schedule!r}. Choose one of: {', '.join(SCHEDULES)}.")
     if not isinstance(cfg.k, int) or cfg.k < 2:
@@ -134,6 +137,21 @@ def default_run_name(cfg):
     return f"{cfg.dataset}-{cfg.mixer}-k{cfg.k}-lamb{cfg.lamb:g}-{cfg.preset}-s{cfg.seed}"
 
 
+def upgrade_legacy_settings(values):
+    """Translate settings of older versions: ``mixed_precision`` (a bool) became ``precision``.
+
+    Returns:
+        A new dict; ``mixed_precision: true`` becomes ``precision: "mixed_float16"``, ``false`` becomes
+        ``precision: "float32"`` (what such a run trained in), unless ``precision`` is already set.
+    """
+    values = dict(values)
+    if "mixed_precision" in values:
+        legacy = values.pop("mixed_precision")
+        if values.get("precision") is None and legacy is not None:
+            values["precision"] = "mixed_float16" if legacy else "float32"
+    return values
+
+
 def load_config_file(path):
     """Read a JSON settings file (a flat object of Config fields; tuner output also has a "values" key)."""
     try:
@@ -147,6 +165,7 @@ def load_config_file(path):
         data = data["values"]
     if not isinstance(data, dict):
         raise ConfigError(f"Config file {path} must hold a JSON object of settings, got {type(data).__name__}.")
+    data = upgrade_legacy_settings(data)
     unknown = sorted(set(data) - set(CONFIG_FILE_KEYS))
     if unknown:
         raise ConfigError(
@@ -196,7 +215,11 @@ def build_parser(description="Train AMR."):
     r.add_argument("--resume", action="store_true", default=None, help="continue the run in --out from its last checkpoint")
     r.add_argument("--config", help="JSON file of settings (e.g. best_hyperparameters.json of scripts/tune.py)")
     r.add_argument("--strategy", choices=STRATEGIES, help="tf.distribute strategy (multiworker reads TF_CONFIG)")
-    r.add_argument("--mixed-precision", action="store_true", default=None, help="mixed_float16 compute")
+    r.add_argument("--precision", choices=PRECISIONS,
+                   help="compute precision (default auto: mixed_bfloat16 where the CPU or GPU has bfloat16 units, "
+                        "else float32); variables, losses and the probe stay float32")
+    r.add_argument("--mixed-precision", dest="precision", action="store_const", const="mixed_float16", default=None,
+                   help="the same as --precision mixed_float16")
     r.add_argument("--jit-compile", action="store_true", default=None,
                    help="compile the train step with XLA (off in both presets)")
     r.add_argument("--no-jit-compile", dest="jit_compile", action="store_false", default=None,

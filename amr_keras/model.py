@@ -127,9 +127,11 @@ class AMR(keras.Model):
         # parameters) before its Dense layer: still one linear function of the
         # code, but it keeps up with a code whose scale and offset drift.
         # Synchronized: under tf.distribute the statistics are those of the global batch.
+        # float32 under every precision policy: 32 inputs and 10 outputs cost nothing, and the
+        # standardisation's statistics need float32's precision.
         self.probe_norm = layers.BatchNormalization(center=False, scale=False, momentum=0.9, synchronized=True,
-                                                    name="probe_norm")
-        self.probe = layers.Dense(self.num_classes, name="probe")
+                                                    name="probe_norm", dtype="float32")
+        self.probe = layers.Dense(self.num_classes, name="probe", dtype="float32")
         self.probe_norm.build((None, code_dim(encoder)))
         self.probe.build((None, code_dim(encoder)))
         self.recon_tracker = keras.metrics.Mean(name="recon_loss")
@@ -226,7 +228,7 @@ class AMR(keras.Model):
     def metrics(self):
         return [self.recon_tracker, self.d_tracker, self.g_tracker, self.probe_loss_tracker, self.probe_acc_tracker]
 
-    # Outputs are float32 also under mixed precision (the networks then compute in float16).
+    # Outputs are float32 also under mixed precision (the networks then compute in float16 or bfloat16).
     def call(self, inputs, training=False):
         """Reconstruct ``inputs`` (images in [-1, 1])."""
         return ops.cast(self.decoder(self.encoder(inputs, training=training), training=training), "float32")

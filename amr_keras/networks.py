@@ -36,6 +36,56 @@ class MeanLogit(layers.Layer):
         return (input_shape[0],)
 
 
+@keras.saving.register_keras_serializable(package="amr_keras")
+class LeakyReLU(layers.Layer):
+    """LeakyReLU whose gradient is computed from its output instead of its input.
+
+    For a slope in (0, 1), ``y = leaky_relu(x)`` is positive exactly where ``x``
+    is, so ``dy/dx = 1 if y > 0 else slope`` can be read off ``y``. Keras' own
+    layer runs TensorFlow's ``LeakyReluGrad``, which reads the activation's
+    *input*. In the discriminator that input is a convolution's ``BiasAdd``,
+    which grappler's remapper fuses with the convolution and the activation
+    into one oneDNN kernel; the AMR step differentiates the discriminator twice
+    (for its own loss, and for the autoencoder's through its input), and the
+    second ``LeakyReluGrad`` then points at the fused-away ``BiasAdd``: the
+    remapper fails ("remapper failed: ... fanout ... LeakyReluGrad_1 exist for
+    missing node ... BiasAdd") and skips its fusions for the whole step. Reading
+    the output instead leaves nothing to rewire, so the fusions apply
+    (``results/bench_cpu_2core.jsonl``).
+
+    Args:
+        negative_slope: slope for negative inputs, in (0, 1).
+    """
+
+    def __init__(self, negative_slope=0.2, **kwargs):
+        super().__init__(**kwargs)
+        if not 0 < negative_slope < 1:
+            raise ValueError(f"negative_slope must be in (0, 1), got {negative_slope!r}.")
+        self.negative_slope = float(negative_slope)
+
+    def call(self, inputs):
+        slope = self.negative_slope
+
+        @keras.ops.custom_gradient
+        def leaky_relu(x):
+            y = keras.ops.leaky_relu(x, slope)
+
+            def grad(*args, upstream=None):
+                if upstream is None:
+                    (upstream,) = args
+                return upstream * keras.ops.where(y > 0, keras.ops.ones_like(y), keras.ops.full_like(y, slope))
+
+            return y, grad
+
+        return leaky_relu(inputs)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "negative_slope": self.negative_slope}
+
+
 def _check(colors, depth, scales, code_channels, image_size):
     if colors not in (1, 3):
         raise ValueError(f"colors must be 1 (grey) or 3 (RGB), got {colors}.")
@@ -77,7 +127,7 @@ def _stage(x, filters, name, norm, spectral, slope):
     if norm:
         # groups=-1 gives one group per channel: instance normalisation.
         x = layers.GroupNormalization(groups=-1, epsilon=1e-5, name=f"{name}_in")(x)
-    return layers.LeakyReLU(negative_slope=slope, name=f"{name}_act")(x)
+    return LeakyReLU(negative_slope=slope, name=f"{name}_act")(x)
 
 
 def _encoder_body(inputs, depth, scales, out_channels, norm, spectral, slope):
@@ -172,7 +222,8 @@ def build_discriminator(colors=1, depth=16, scales=3, code_channels=2, slope=0.2
     _check(colors, depth, scales, code_channels, image_size)
     inputs = keras.Input((image_size, image_size, colors), name="image")
     x = _encoder_body(inputs, depth, scales, code_channels, False, True, slope)
-    logit = MeanLogit(name="logit")(x)
+    # float32 average: under a mixed policy one logit is the mean of 32 bfloat16/float16 values.
+    logit = MeanLogit(name="logit", dtype="float32")(x)
     return keras.Model(inputs, logit, name="discriminator")
 
 

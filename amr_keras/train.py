@@ -3,7 +3,6 @@
 ``scripts/fit.py`` is a thin wrapper over :func:`run`.
 """
 
-import contextlib
 import csv
 import dataclasses
 import json
@@ -19,10 +18,11 @@ import numpy as np
 import tensorflow as tf
 
 from amr_keras import callbacks as cbs
-from amr_keras.cli import RUN_KEYS, ConfigError, resolve
+from amr_keras.cli import RUN_KEYS, ConfigError, resolve, upgrade_legacy_settings
 from amr_keras.data import load_dataset, train_pipeline
 from amr_keras.model import AMR, default_optimizer
 from amr_keras.networks import build_networks
+from amr_keras.precision import compute_dtype, native_bfloat16, precision_scope, resolve_precision
 
 
 def make_strategy(name):
@@ -101,11 +101,19 @@ def read_log(path):
 
 
 def _check_resume(cfg, out):
+    """Check that ``out`` holds a run made with ``cfg``'s settings; return ``cfg`` with its precision decided.
+
+    ``precision="auto"`` takes the run's own precision, so a run resumed on
+    another machine continues in the precision it started with.
+    """
     saved_path = os.path.join(out, "config.json")
     if not os.path.exists(saved_path):
         raise ConfigError(f"--resume: {out} holds no run (no config.json). Start it without --resume.")
     with open(saved_path) as f:
-        saved = json.load(f)
+        saved = upgrade_legacy_settings(json.load(f))
+    if cfg.precision == "auto" and saved.get("precision"):
+        cfg = dataclasses.replace(cfg, precision=saved["precision"])
+    cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision))
     diffs = [f"{k}: run has {saved.get(k)!r}, now {getattr(cfg, k)!r}" for k in RUN_KEYS
              if saved.get(k) != getattr(cfg, k)]
     if diffs:
@@ -113,6 +121,7 @@ def _check_resume(cfg, out):
             f"--resume: {out} was trained with other settings ({'; '.join(diffs)}). "
             "Resume with the same settings, or start a new run with another --out."
         )
+    return cfg
 
 
 def worker_folder(strategy, out, resume):
@@ -150,17 +159,6 @@ def _read_checkpoint(path, read):
         ) from e
 
 
-@contextlib.contextmanager
-def _precision(mixed):
-    previous = keras.mixed_precision.global_policy()
-    if mixed:
-        keras.mixed_precision.set_global_policy("mixed_float16")
-    try:
-        yield
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
-
-
 def run(cfg, argv=None):
     """Train, pick the best-validation epoch, score it, and write the run folder.
 
@@ -193,10 +191,15 @@ def run(cfg, argv=None):
         cfg = dataclasses.replace(cfg, jit_compile=False)
     out = worker_folder(strategy, cfg.out, cfg.resume)
     ckpt_dir = os.path.join(out, "checkpoint")
+    asked_precision = cfg.precision
     if cfg.resume:
-        _check_resume(cfg, out)
+        cfg = _check_resume(cfg, out)
     elif os.path.exists(os.path.join(out, "config.json")):
         raise ConfigError(f"{out} already holds a run. Pass --resume to continue it, or choose another --out.")
+    else:
+        cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision))
+    if asked_precision == "auto" and not cfg.resume:
+        print(f"precision: {cfg.precision} (auto: {native_bfloat16()[1]}; --precision float32 to change it)")
     keras.utils.set_random_seed(cfg.seed)
     splits = load_dataset(cfg.dataset, data_dir=cfg.data_dir, batch_size=cfg.batch_size, seed=cfg.seed,
                           tfds_data_dir=cfg.tfds_data_dir, eval_batch_size=max(cfg.batch_size, 256))
@@ -219,7 +222,7 @@ def run(cfg, argv=None):
         if os.path.exists(log_path):
             os.remove(log_path)
 
-    with _precision(cfg.mixed_precision):
+    with precision_scope(cfg.precision):
         with strategy.scope():
             if initial_epoch:
                 model = _read_checkpoint(ckpt.model_path, lambda: keras.saving.load_model(ckpt.model_path))
@@ -265,6 +268,7 @@ def run(cfg, argv=None):
             "mixer": cfg.mixer, "k": cfg.k, "lamb": cfg.lamb, "preset": cfg.preset, "lr": cfg.lr,
             "d_lr": cfg.d_lr, "probe_lr": cfg.probe_lr, "schedule": cfg.schedule, "batch_size": cfg.batch_size,
             "update_g_every": cfg.update_g_every, "depth": cfg.depth, "seed": cfg.seed,
+            "precision": cfg.precision, "compute_dtype": compute_dtype(model),
             "epochs": len(rows),
             "best_epoch": best_epoch,
             "best_val_probe_accuracy": rows[best_epoch - 1]["val_probe_accuracy"],

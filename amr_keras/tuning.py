@@ -23,6 +23,7 @@ from amr_keras.callbacks import NonFiniteLossError, NonFiniteLossGuard
 from amr_keras.cli import RUN_KEYS, ConfigError, resolve, validate
 from amr_keras.data import load_dataset, train_pipeline
 from amr_keras.mixers import MIXERS
+from amr_keras.precision import precision_scope, resolve_precision
 from amr_keras.train import build_model
 
 OBJECTIVE = "val_probe_accuracy"
@@ -38,7 +39,9 @@ PROJECT_NAME = "amr_search"
 # that is broken fails every trial, and the search stops after this many in a row.
 MAX_CONSECUTIVE_FAILED_TRIALS = 5
 # Settings of a search that a rerun in the same folder must keep (max_trials and the data folder may change).
-SEARCH_KEYS = ("tuner", "search_space", "dataset", "preset", "depth", "batch_size", "epochs", "seed")
+SEARCH_KEYS = ("tuner", "search_space", "dataset", "preset", "depth", "batch_size", "epochs", "seed", "precision")
+# What a search.json written before a key existed meant by its absence.
+LEGACY_SEARCH_VALUES = {"precision": "float32"}
 
 
 class SearchError(RuntimeError):
@@ -140,7 +143,8 @@ class AMRHyperModel(keras_tuner.HyperModel):
         """A compiled AMR for the settings drawn from ``hp`` (see ``amr_keras.train.build_model``)."""
         cfg = self.config(hp)
         keras.utils.set_random_seed(cfg.seed)
-        return build_model(cfg, self.colors, self.num_classes, self.steps_per_epoch)
+        with precision_scope(cfg.precision):
+            return build_model(cfg, self.colors, self.num_classes, self.steps_per_epoch)
 
     def fit(self, hp, model, *args, **kwargs):
         """``model.fit(*args, **kwargs)``, callbacks of the tuner included.
@@ -249,6 +253,7 @@ def _check_search_settings(out, settings):
         return
     with open(path) as f:
         saved = json.load(f)
+    saved = {**LEGACY_SEARCH_VALUES, **saved}
     diffs = [f"{k}: search has {saved.get(k)!r}, now {settings[k]!r}" for k in SEARCH_KEYS
              if saved.get(k) != settings[k]]
     if diffs:
@@ -315,6 +320,7 @@ def search(cfg, tuner="random", max_trials=10, search_space=(), verbose=None):
     if cfg.data_dir is not None:
         cfg = dataclasses.replace(cfg, data_dir=os.path.abspath(cfg.data_dir))
     cfg = resolve(cfg)
+    cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision))
     out = cfg.out
     settings = dict(tuner=tuner, search_space=list(search_space), max_trials=max_trials,
                     **{k: getattr(cfg, k) for k in SEARCH_KEYS if k not in ("tuner", "search_space")})

@@ -98,7 +98,7 @@ def summarize_profile(logdir, top=12):
     }
 
 
-def bench_keras(batch_size, jit, update_g_every, steps, warmup, repeats, depth, mixer, mixed_precision=False,
+def bench_keras(batch_size, jit, update_g_every, steps, warmup, repeats, depth, mixer, precision="auto",
                 profile=None):
     import amr_keras  # before tensorflow: it turns on the oneDNN CPU kernels unless TF_ENABLE_ONEDNN_OPTS is set
     import keras
@@ -106,12 +106,13 @@ def bench_keras(batch_size, jit, update_g_every, steps, warmup, repeats, depth, 
 
     from amr_keras.model import AMR
     from amr_keras.networks import build_networks
+    from amr_keras.precision import compute_dtype, cpu_info, precision_scope, resolve_precision
 
     keras.utils.set_random_seed(0)
-    if mixed_precision:
-        keras.mixed_precision.set_global_policy("mixed_float16")
-    model = AMR(*build_networks(depth=depth), mixer=mixer, update_g_every=update_g_every)
-    model.compile(jit_compile=jit)
+    precision = resolve_precision(precision)
+    with precision_scope(precision):
+        model = AMR(*build_networks(depth=depth), mixer=mixer, update_g_every=update_g_every)
+        model.compile(jit_compile=jit)
     # A few fixed batches, cycled, so that data creation is not timed.
     rng = tf.random.Generator.from_seed(0)
     pool = [(rng.uniform((batch_size, 32, 32, 1), -1, 1), rng.uniform((batch_size,), 0, 10, dtype=tf.int32))
@@ -152,22 +153,23 @@ def bench_keras(batch_size, jit, update_g_every, steps, warmup, repeats, depth, 
     traces_during_timing = traces[0] - traced_in_warmup
     profile_summary = None
     if profile:
-        name = f"b{batch_size}-jit{int(jit)}-g{update_g_every}"
+        name = f"b{batch_size}-jit{int(jit)}-g{update_g_every}-{precision}"
         tf.profiler.experimental.start(os.path.join(profile, name))
         for _ in range(steps):
             logs = step(iterator)
         float(logs["d_loss"])
         tf.profiler.experimental.stop()
         profile_summary = summarize_profile(os.path.join(profile, name))
-    keras.mixed_precision.set_global_policy("float32")
     return {
         "impl": "amr_keras", "images_per_second": round(statistics.median(rates), 1),
         "images_per_second_repeats": [round(r, 1) for r in rates], "batch_size": batch_size,
-        "jit_compile": jit, "update_g_every": update_g_every, "mixed_precision": mixed_precision,
+        "jit_compile": jit, "update_g_every": update_g_every, "precision": precision,
+        "compute_dtype": compute_dtype(model),
         "mixer": mixer, "depth": depth, "steps": steps, "warmup": warmup, "warmup_seconds": round(warmup_s, 1),
         "repeats": repeats, "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "other_processes_cores": other, "device": tf.config.list_logical_devices()[-1].device_type,
-        "onednn": amr_keras.onednn_enabled(),
+        "onednn": amr_keras.onednn_enabled(), "cpu": cpu_info()["model"], "cpu_flags": cpu_info()["flags"],
+        "cpu_count": os.cpu_count(),
         "tensorflow": tf.__version__, "keras": keras.__version__, "python": platform.python_version(),
         "traces_during_warmup": traced_in_warmup, "traces_during_timing": traces_during_timing,
         **({"profile": profile_summary} if profile_summary else {}),
@@ -195,7 +197,9 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--mixed-precision", action="store_true")
+    p.add_argument("--precision", choices=("auto", "float32", "mixed_float16", "mixed_bfloat16"), nargs="+",
+                   default=["auto"], help="compute precision(s) of amr_keras (default auto: mixed_bfloat16 where "
+                                          "the hardware has bfloat16 units); the PyTorch reference runs in float32")
     p.add_argument("--torch-ref", help="path of a PyTorch reference step script to compare against")
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--profile", metavar="DIR", help="also profile each setting into DIR and print an op summary")
@@ -216,9 +220,9 @@ def main(argv=None):
                 ref = bench_torch(args.torch_ref, bs, every, args.steps, args.warmup, args.repeats, args.mixer,
                                   args.threads)
                 print(json.dumps(ref), flush=True)
-            for jit in jits:
+            for jit, precision in [(j, prec) for prec in args.precision for j in jits]:
                 res = bench_keras(bs, jit, every, args.steps, args.warmup, args.repeats, args.depth, args.mixer,
-                                  args.mixed_precision, args.profile)
+                                  precision, args.profile)
                 if ref and "images_per_second" in ref:
                     res["torch_ref_images_per_second"] = ref["images_per_second"]
                     res["ratio_vs_torch_ref"] = round(res["images_per_second"] / ref["images_per_second"], 2)

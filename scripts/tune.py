@@ -18,6 +18,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from amr_keras.cli import PRESETS, Config, ConfigError  # noqa: E402
 from amr_keras.data import DATASETS, DataError  # noqa: E402
+from amr_keras.precision import PRECISIONS  # noqa: E402
 from amr_keras.tuning import SEARCHABLE, TUNERS, SearchError, search  # noqa: E402
 
 
@@ -41,6 +42,9 @@ def build_parser():
                         "each trial's model, which matters for short trials)")
     p.add_argument("--no-jit-compile", dest="jit_compile", action="store_false", default=None,
                    help="run the train step without XLA")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="compute precision of every trial (default auto: mixed_bfloat16 where the hardware has "
+                        "bfloat16 units, else float32)")
     p.add_argument("--seed", type=int, default=0, help="seed of the weights, the data order and the draws (default 0)")
     p.add_argument("--verbose", type=int, choices=(0, 1, 2), help="progress output (default: bar on a terminal)")
     return p
@@ -50,7 +54,7 @@ def main(argv=None):
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     cfg = Config(dataset=args.dataset, data_dir=args.data_dir, tfds_data_dir=args.tfds_data_dir, preset=args.preset,
                  depth=args.depth, batch_size=args.batch_size, epochs=args.epochs, seed=args.seed,
-                 jit_compile=args.jit_compile, out=args.out)
+                 jit_compile=args.jit_compile, precision=args.precision, out=args.out)
     try:
         result = search(cfg, tuner=args.tuner, max_trials=args.max_trials, search_space=args.search,
                         verbose=args.verbose)

@@ -36,7 +36,7 @@ def error_lines(err):
 
 def tiny_args(data_dir, out, *extra):
     return ["--dataset", "mnist", "--data-dir", data_dir, "--depth", "4", "--batch-size", "16", "--epochs", "2",
-            "--no-jit-compile", "--out", out, "--verbose", "0", *extra]
+            "--no-jit-compile", "--precision", "float32", "--out", out, "--verbose", "0", *extra]
 
 
 def test_fit_writes_results_export_and_figure(tiny_data, tmp_path):

@@ -1,0 +1,127 @@
+"""Numeric precision of training: float32, mixed float16, mixed bfloat16, or ``auto``.
+
+Under a mixed policy the networks compute in 16 bits while their variables,
+the losses, the probe (its standardisation and its Dense layer) and the metrics
+stay float32. ``mixed_float16`` needs loss scaling (``AMR.compile`` wraps the
+optimizers in ``keras.optimizers.LossScaleOptimizer``); ``mixed_bfloat16`` has
+float32's exponent range and needs none.
+
+``auto`` picks ``mixed_bfloat16`` where the hardware computes bfloat16 natively
+and ``float32`` elsewhere:
+
+- NVIDIA GPUs of compute capability 8.0 or more (A100, H100, RTX 30xx and later);
+- CPUs with AMX-BF16 or AVX512-BF16 (Intel Xeon from Cooper Lake / Sapphire
+  Rapids on, AMD EPYC from Zen 4 on), where oneDNN runs bfloat16 convolutions
+  on those units.
+
+Elsewhere bfloat16 is emulated and slower than float32, so ``auto`` leaves it off.
+
+Example:
+    >>> resolve_precision("auto")          # on a CPU with AMX-BF16
+    'mixed_bfloat16'
+    >>> with precision_scope("mixed_bfloat16"):
+    ...     model = build_model(cfg, 1, 10, steps)
+"""
+
+import contextlib
+
+import keras
+
+PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+# /proc/cpuinfo flags of the CPU units that compute bfloat16 natively.
+BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
+# Flags worth recording beside a speed figure.
+REPORTED_CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+
+
+def cpu_info(path="/proc/cpuinfo"):
+    """Model name and relevant feature flags of this machine's CPU.
+
+    Returns:
+        ``{"model": str or None, "flags": {flag: bool}}`` for the flags of
+        ``REPORTED_CPU_FLAGS``; flags are all False where ``path`` cannot be read
+        (e.g. not Linux).
+    """
+    model, flags = None, set()
+    try:
+        with open(path) as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "model name" and model is None:
+                    model = value.strip()
+                elif key == "flags" and not flags:
+                    flags = set(value.split())
+    except OSError:
+        pass
+    return {"model": model, "flags": {flag: flag in flags for flag in REPORTED_CPU_FLAGS}}
+
+
+def _gpu_compute_capabilities():
+    import tensorflow as tf
+
+    caps = []
+    for gpu in tf.config.list_physical_devices("GPU"):
+        cap = tf.config.experimental.get_device_details(gpu).get("compute_capability")
+        if cap:
+            caps.append(tuple(cap))
+    return caps
+
+
+def native_bfloat16(cpuinfo_path="/proc/cpuinfo"):
+    """Whether this machine computes bfloat16 natively, and why.
+
+    When GPUs are visible they decide (training runs there): every GPU needs
+    compute capability >= 8.0. Without GPUs the CPU decides: it needs one of
+    ``BF16_CPU_FLAGS``.
+
+    Returns:
+        ``(bool, reason)``, e.g. ``(True, "CPU with amx_bf16")``.
+    """
+    caps = _gpu_compute_capabilities()
+    if caps:
+        ok = all(cap >= (8, 0) for cap in caps)
+        listed = ", ".join(f"{a}.{b}" for a, b in caps)
+        return ok, f"GPU compute capability {listed} ({'>=' if ok else '<'} 8.0)"
+    flags = cpu_info(cpuinfo_path)["flags"]
+    found = [flag for flag in BF16_CPU_FLAGS if flags.get(flag)]
+    if found:
+        return True, f"CPU with {', '.join(found)}"
+    return False, f"CPU without {' or '.join(BF16_CPU_FLAGS)}"
+
+
+def check_precision(name):
+    """Raise ``ValueError`` naming the accepted values when ``name`` is not one of ``PRECISIONS``."""
+    if name not in PRECISIONS:
+        raise ValueError(f"Unknown precision {name!r}. Choose one of: {', '.join(PRECISIONS)}.")
+    return name
+
+
+def resolve_precision(name, cpuinfo_path="/proc/cpuinfo"):
+    """The concrete policy name for ``name`` (``auto`` decided by ``native_bfloat16``)."""
+    check_precision(name)
+    if name != "auto":
+        return name
+    return "mixed_bfloat16" if native_bfloat16(cpuinfo_path)[0] else "float32"
+
+
+@contextlib.contextmanager
+def precision_scope(name):
+    """Set Keras' global dtype policy to ``name`` (resolved if ``auto``) and restore the previous one after.
+
+    Models built (or loaded from ``.keras``) inside the scope compute in that
+    precision; the policy is stored in each layer's config, so a model loaded
+    later keeps the precision it was saved with.
+    """
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(resolve_precision(name))
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+def compute_dtype(model):
+    """The compute dtype of ``model``'s encoder (e.g. ``"bfloat16"`` under ``mixed_bfloat16``)."""
+    return model.encoder.layers[-1].compute_dtype
+
