@@ -11,8 +11,8 @@ import json
 import os
 
 from amr_keras.data import DATASETS
-from amr_keras.mixers import MIXERS
-from amr_keras.model import RECON_LOSSES
+from amr_keras.mixers import MIXERS, check_mixer
+from amr_keras.model import ACAI_GAMMA, ACAI_WEIGHT, RECON_LOSSES, check_acai_settings
 from amr_keras.precision import PRECISIONS
 
 STRATEGIES = ("default", "mirrored", "multiworker")
@@ -32,6 +32,8 @@ class Config:
     lamb: float = None
     beta: float = 0.0
     recon: str = "l1"
+    acai_gamma: float = ACAI_GAMMA
+    acai_weight: float = ACAI_WEIGHT
     lr: float = None
     d_lr: float = None
     probe_lr: float = None
@@ -54,8 +56,9 @@ class Config:
 
 
 # Settings that define a run: a --resume folder must have been made with the same ones.
-RUN_KEYS = ("dataset", "data_dir", "preset", "mixer", "k", "lamb", "beta", "recon", "lr", "d_lr", "probe_lr",
-            "schedule", "batch_size", "epochs", "update_g_every", "depth", "slope", "seed", "precision")
+RUN_KEYS = ("dataset", "data_dir", "preset", "mixer", "k", "lamb", "beta", "recon", "acai_gamma", "acai_weight", "lr",
+            "d_lr", "probe_lr", "schedule", "batch_size", "epochs", "update_g_every", "depth", "slope", "seed",
+            "precision")
 
 PRESETS = {
     # Follows the reference code: Adam 1e-4 everywhere, constant rate, the
@@ -106,6 +109,15 @@ def validate(cfg):
             raise ConfigError(f"{name} must be a number > 0, got {value!r}.")
     if not isinstance(cfg.beta, (int, float)) or cfg.beta < 0:
         raise ConfigError(f"beta must be a number >= 0, got {cfg.beta!r}.")
+    for name in ("acai_gamma", "acai_weight"):
+        value = getattr(cfg, name)
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{name} must be a number, got {value!r}.")
+    try:
+        check_mixer(cfg.mixer, cfg.k)
+        check_acai_settings(cfg.mixer, cfg.acai_gamma, cfg.acai_weight)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
     for name in ("batch_size", "epochs", "update_g_every", "depth"):
         value = getattr(cfg, name)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -133,8 +145,15 @@ def resolve(cfg):
 
 
 def default_run_name(cfg):
-    """Run folder name from the settings that distinguish runs, e.g. ``mnist_sample-mixup-k2-lamb100-fast-s0``."""
-    return f"{cfg.dataset}-{cfg.mixer}-k{cfg.k}-lamb{cfg.lamb:g}-{cfg.preset}-s{cfg.seed}"
+    """Run folder name from the settings that distinguish runs, e.g. ``mnist_sample-mixup-k2-lamb100-fast-s0``.
+
+    ACAI runs with other than the default ``acai_gamma``/``acai_weight`` name them too,
+    e.g. ``mnist_sample-acai-g0.2-w0.5-k2-lamb100-fast-s0``.
+    """
+    mixer = cfg.mixer
+    if (cfg.acai_gamma, cfg.acai_weight) != (ACAI_GAMMA, ACAI_WEIGHT):
+        mixer += f"-g{cfg.acai_gamma:g}-w{cfg.acai_weight:g}"
+    return f"{cfg.dataset}-{mixer}-k{cfg.k}-lamb{cfg.lamb:g}-{cfg.preset}-s{cfg.seed}"
 
 
 def upgrade_legacy_settings(values):
@@ -195,11 +214,18 @@ def build_parser(description="Train AMR."):
     d.add_argument("--tfds-data-dir", help="where tensorflow-datasets keeps its data")
     m = p.add_argument_group("method")
     m.add_argument("--preset", choices=tuple(PRESETS), help="base settings: fast (default) or official")
-    m.add_argument("--mixer", choices=MIXERS, help="how codes are mixed (default mixup)")
-    m.add_argument("--k", type=int, help="codes per mix (default 2)")
+    m.add_argument("--mixer", choices=MIXERS,
+                   help="how codes are mixed (default mixup); acai: mixup of pairs judged by ACAI's critic")
+    m.add_argument("--k", type=int, help="codes per mix (default 2; acai: 2 only)")
     m.add_argument("--lamb", type=float, help="weight of the reconstruction loss")
     m.add_argument("--beta", type=float, help="weight of the consistency loss (default 0: off)")
     m.add_argument("--recon", choices=RECON_LOSSES, help="reconstruction loss (default l1)")
+    m.add_argument("--acai-gamma", type=float,
+                   help=f"--mixer acai: ACAI's critic sees gamma*x + (1-gamma)*x_rec, in [0, 1) "
+                        f"(default {ACAI_GAMMA:g}: plain reconstructions; the ACAI paper: 0.2)")
+    m.add_argument("--acai-weight", type=float,
+                   help=f"--mixer acai: weight of the autoencoder's ACAI regulariser, >= 0 "
+                        f"(default {ACAI_WEIGHT:g}; the ACAI paper: 0.5)")
     m.add_argument("--depth", type=int, help="channels of the first scale of every network")
     o = p.add_argument_group("optimisation")
     o.add_argument("--lr", type=float, help="learning rate of the autoencoder (and discriminator unless --d-lr)")

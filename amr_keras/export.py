@@ -10,7 +10,7 @@ dataset's own size (``source_shape``, e.g. 28x28x1 for MNIST, 32x32x3 for SVHN):
 | ``decode`` | ``codes (B, *code_shape)`` | images ``(B, H, W, C)`` in [0, 1] |
 | ``reconstruct`` | ``images`` | ``decode(encode(images))`` |
 | ``mix`` | ``images_a, images_b, weight (B, K)`` | decoded ``weight * f(a) + (1 - weight) * f(b)``, per code channel |
-| ``mix_alpha`` | ``images_a, images_b, alpha (B,)`` | decoded ``alpha * f(a) + (1 - alpha) * f(b)`` (mixup) |
+| ``mix_alpha`` | ``images_a, images_b, alpha (B,)`` | decoded ``alpha * f(a) + (1 - alpha) * f(b)`` (mixup, acai) |
 | ``classify`` | ``images`` | linear-probe class probabilities ``(B, num_classes)`` |
 
 ``K`` is the number of code channels (``code_shape[-1]``). ``mix`` with a 0/1
@@ -67,10 +67,11 @@ METADATA_FILE = "metadata.json"
 # data.preprocess zero-pads exactly this source size by PAD pixels on each side.
 PADDED_SOURCE = (28, 28)
 PAD = (IMAGE_SIZE - PADDED_SOURCE[0]) // 2
-# Model settings copied from the model's config into metadata.json.
 # Input images may exceed [0, 1] by rounding error only.
 RANGE_TOLERANCE = 1e-3
-CONFIG_KEYS = ("num_classes", "mixer", "k", "lamb", "beta", "recon", "update_g_every", "seed")
+# Model settings copied from the model's config into metadata.json.
+CONFIG_KEYS = ("num_classes", "mixer", "k", "lamb", "beta", "recon", "update_g_every", "seed", "acai_gamma",
+               "acai_weight")
 
 
 def to_model_input(images):
@@ -210,7 +211,7 @@ def export_model(model, path, source_shape, metadata=None):
         metadata: optional JSON-serialisable dict stored in ``path/metadata.json``
             (e.g. dataset name, scores). The keys written by the export
             (``image_shape``, ``code_shape``, ``num_classes``, ``endpoints``,
-            ``inputs``, the model settings ``mixer``, ``k``, ``lamb``, ...)
+            ``inputs``, the model settings ``mixer``, ``k``, ``lamb``, ``acai_gamma``, ...)
             take precedence over the same keys in ``metadata``.
 
     Returns:

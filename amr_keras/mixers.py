@@ -1,4 +1,4 @@
-"""Mixing functions for codes: mixup, Bernoulli (per feature map), their k-way versions, and none.
+"""Mixing functions for codes: mixup, Bernoulli (per feature map), their k-way versions, ACAI's mixup, and none.
 
 Every mixer pairs each code of a batch with ``k - 1`` partners drawn by random
 permutations of the *same* batch (under ``tf.distribute`` that is the replica's
@@ -11,16 +11,22 @@ that are non-negative and sum to one over ``k``:
   for k=2 a mask ``m ~ Bernoulli(p)`` with one ``p ~ U(0, 1)`` per batch (as the
   reference code's feature-map mixer); for k > 2 each feature map is taken
   whole from one of the k codes, chosen uniformly.
+- ``acai``: mixup of pairs (k must be 2), ``a ~ U(0, 1)`` per example; the model
+  then trains ACAI's critic, which regresses the weight ``a`` (see ``amr_keras.model``).
 - ``none``: no mixing (the AE + GAN baseline); ``mix_codes`` returns ``None``.
 
 Reference:
     C. Beckham et al. On Adversarial Mixup Resynthesis. NeurIPS 2019, Sec. 2.
+    D. Berthelot, C. Raffel, A. Roy, I. Goodfellow. Understanding and Improving
+    Interpolation in Autoencoders via an Adversarial Regularizer. ICLR 2019.
 """
 
 import keras
 from keras import ops
 
-MIXERS = ("mixup", "bernoulli", "none")
+MIXERS = ("mixup", "bernoulli", "acai", "none")
+# Mixers that mix any number k >= 2 of codes; "acai" mixes pairs only, and k means nothing to "none".
+K_WAY_MIXERS = ("mixup", "bernoulli")
 
 
 def check_mixer(mixer, k=2):
@@ -29,6 +35,11 @@ def check_mixer(mixer, k=2):
         raise ValueError(f"Unknown mixer {mixer!r}. Choose one of: {', '.join(MIXERS)}.")
     if int(k) != k or k < 2:
         raise ValueError(f"k (codes mixed together) must be an integer >= 2, got {k!r}.")
+    if mixer == "acai" and k != 2:
+        raise ValueError(
+            f"Mixer 'acai' mixes pairs of codes (its critic regresses the weight of the pair): k must be 2, "
+            f"got {k!r}. Use k=2, or mixup/bernoulli for k-way mixes."
+        )
     return mixer, int(k)
 
 
@@ -36,7 +47,7 @@ def mixing_weights(mixer, k, batch, channels, seed):
     """Draw mixing weights of shape ``(k, batch, 1, 1, 1 or channels)``.
 
     Args:
-        mixer: ``"mixup"`` or ``"bernoulli"``.
+        mixer: ``"mixup"``, ``"bernoulli"`` or ``"acai"`` (mixup of pairs).
         k: number of codes mixed together (>= 2).
         batch: batch size (a Python int or scalar tensor).
         channels: feature maps of the code.
@@ -45,7 +56,7 @@ def mixing_weights(mixer, k, batch, channels, seed):
     Returns:
         Non-negative float32 weights summing to 1 over the first axis.
     """
-    if mixer == "mixup":
+    if mixer in ("mixup", "acai"):
         if k == 2:
             a = keras.random.uniform((batch, 1, 1, 1), seed=seed)
             return ops.stack([a, 1.0 - a])
@@ -60,7 +71,7 @@ def mixing_weights(mixer, k, batch, channels, seed):
         choice = keras.random.randint((batch, 1, 1, channels), 0, k, seed=seed)
         # one_hot puts the k axis last; move it to the front.
         return ops.moveaxis(ops.one_hot(choice, k, dtype="float32"), -1, 0)
-    raise ValueError(f"mixing_weights needs 'mixup' or 'bernoulli', got {mixer!r}.")
+    raise ValueError(f"mixing_weights needs 'mixup', 'bernoulli' or 'acai', got {mixer!r}.")
 
 
 def partners(codes, k, seed):
@@ -81,7 +92,8 @@ def mix_codes(codes, mixer, k, seed, return_weights=False):
         mixer: one of ``MIXERS``.
         k: number of codes per mix (>= 2).
         seed: a ``keras.random.SeedGenerator`` (its state advances on each call).
-        return_weights: also return the sources and weights (for tests and plots).
+        return_weights: also return the sources and weights (for tests, plots and
+            ACAI's critic, whose target is a function of the weights).
 
     Returns:
         The mixed codes, same shape as ``codes`` (or ``None`` for ``"none"``);

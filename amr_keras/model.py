@@ -1,8 +1,14 @@
 """The AMR model: autoencoder + discriminator + mixer + stop-gradient linear probe in one ``keras.Model``.
 
+With ``mixer="acai"`` the same model trains ACAI instead: the discriminator
+becomes a critic that regresses the mixing weight of decoded mixes.
+
 Reference:
     C. Beckham, S. Honari, V. Verma, A. Lamb, F. Ghadiri, R. D. Hjelm,
     Y. Bengio, C. Pal. On Adversarial Mixup Resynthesis. NeurIPS 2019.
+
+    D. Berthelot, C. Raffel, A. Roy, I. Goodfellow. Understanding and Improving
+    Interpolation in Autoencoders via an Adversarial Regularizer. ICLR 2019.
 """
 
 import keras
@@ -13,6 +19,10 @@ from amr_keras.mixers import check_mixer, mix_codes, mix_pair
 from amr_keras.networks import code_dim
 
 RECON_LOSSES = ("l1", "l2")
+# ACAI settings that reproduce the official AMR code's ACAIF3: the critic sees
+# plain reconstructions, and the autoencoder's regulariser has weight 1.
+ACAI_GAMMA = 0.0
+ACAI_WEIGHT = 1.0
 
 
 def default_optimizer(learning_rate=1e-4, name=None):
@@ -34,9 +44,64 @@ def _multi_worker(strategy):
 
 
 def _bce_with_logits(logits, target):
-    """Mean binary cross-entropy of sigmoid(logits) against a constant 0/1 target."""
-    labels = ops.full_like(logits, target)
+    """Mean binary cross-entropy of sigmoid(logits) against a target in [0, 1] (a constant or one per logit)."""
+    labels = ops.broadcast_to(ops.cast(target, logits.dtype), ops.shape(logits))
     return ops.mean(ops.binary_crossentropy(labels, logits, from_logits=True))
+
+
+def check_acai_settings(mixer, acai_gamma, acai_weight):
+    """Validate ACAI's two settings; raise ``ValueError`` saying what is accepted.
+
+    They only change the ``"acai"`` variant, so any other mixer must keep the
+    defaults (``ACAI_GAMMA``, ``ACAI_WEIGHT``) rather than silently ignore them.
+    """
+    if not 0.0 <= acai_gamma < 1.0:
+        raise ValueError(
+            f"acai_gamma (weight of the input in the blends gamma*x + (1-gamma)*x_rec that ACAI's critic sees) "
+            f"must be in [0, 1), got {acai_gamma!r}. 0 shows the critic plain reconstructions; the ACAI paper uses 0.2."
+        )
+    if not acai_weight >= 0.0:
+        raise ValueError(
+            f"acai_weight (weight of the autoencoder's ACAI regulariser) must be >= 0, got {acai_weight!r}. "
+            "The official AMR code uses 1, the ACAI paper 0.5."
+        )
+    if mixer != "acai" and (acai_gamma, acai_weight) != (ACAI_GAMMA, ACAI_WEIGHT):
+        raise ValueError(
+            f"acai_gamma and acai_weight only apply to mixer 'acai', but mixer is {mixer!r} and they are "
+            f"{acai_gamma!r} and {acai_weight!r}: use mixer 'acai', or leave them at their defaults "
+            f"({ACAI_GAMMA:g} and {ACAI_WEIGHT:g})."
+        )
+
+
+def acai_critic_target(alpha):
+    """ACAI's critic target for a mix of two codes with weight ``alpha``: ``2 * min(alpha, 1 - alpha)``.
+
+    0 for an end point (``alpha`` 0 or 1, a plain reconstruction), 1 for the
+    middle of the interpolation (``alpha = 0.5``).
+    """
+    return 2.0 * ops.minimum(alpha, 1.0 - alpha)
+
+
+def acai_losses(real_logits, rec_logits, mix_logits, alpha, acai_weight=ACAI_WEIGHT):
+    """The critic's loss and the autoencoder's regulariser of ACAI, from the critic's logits.
+
+    Args:
+        real_logits: critic logits of the images, ``(batch,)``.
+        rec_logits: critic logits of the reconstructions (or of the blends
+            ``gamma * x + (1 - gamma) * x_rec``), ``(batch,)``.
+        mix_logits: critic logits of the decoded mixes, ``(batch,)``.
+        alpha: mixing weight of each mix, ``(batch,)``.
+        acai_weight: weight of the regulariser.
+
+    Returns:
+        ``(critic_loss, regulariser)``: ``BCE(D(x), 0) + BCE(D(x_rec), 0) +
+        BCE(D(x_mix), 2 * min(alpha, 1 - alpha))`` and
+        ``acai_weight * BCE(D(x_mix), 0)`` (means over the batch).
+    """
+    alpha = ops.reshape(ops.cast(alpha, mix_logits.dtype), ops.shape(mix_logits))
+    critic = (_bce_with_logits(real_logits, 0.0) + _bce_with_logits(rec_logits, 0.0)
+              + _bce_with_logits(mix_logits, acai_critic_target(alpha)))
+    return critic, acai_weight * _bce_with_logits(mix_logits, 0.0)
 
 
 @keras.saving.register_keras_serializable(package="amr_keras")
@@ -57,6 +122,14 @@ class AMR(keras.Model):
        (+ ``beta * |f(x_mix) - z_mix|``);
     5. updates the linear probe on ``stop_gradient(code)`` with its own optimizer.
 
+    With ``mixer="acai"`` (ACAI as in the official AMR code's ``ACAIF3``), codes are
+    mixed in pairs with ``alpha ~ U(0, 1)`` and the discriminator is a critic that
+    regresses ``alpha``: step 3 minimises ``BCE(D(x),0) + BCE(D(x_rec),0) +
+    BCE(D(x_mix), 2*min(alpha, 1-alpha))`` and step 4 ``lamb * recon(x, x_rec) +
+    acai_weight * BCE(D(x_mix),0)`` (+ consistency); nothing pushes the
+    reconstructions towards "real". With ``acai_gamma > 0`` the critic sees the
+    blends ``acai_gamma * x + (1 - acai_gamma) * x_rec`` instead of ``x_rec``.
+
     Losses are averaged over the global batch, so ``N`` replicas of a
     ``tf.distribute`` strategy take the same step as one device with the same
     global batch. Mixing partners are drawn within each replica's batch.
@@ -66,22 +139,32 @@ class AMR(keras.Model):
         decoder: code map -> image.
         discriminator: image -> one logit per image.
         num_classes: classes of the linear probe.
-        mixer: ``"mixup"``, ``"bernoulli"`` or ``"none"``.
-        k: codes per mix (>= 2).
+        mixer: ``"mixup"``, ``"bernoulli"``, ``"acai"`` or ``"none"``.
+        k: codes per mix (>= 2; exactly 2 for ``"acai"``).
         lamb: weight of the reconstruction loss (> 0).
         beta: weight of the optional consistency loss (>= 0; 0 turns it off).
         recon: ``"l1"`` or ``"l2"`` reconstruction loss.
         update_g_every: update the autoencoder every this many steps (>= 1).
         seed: seed of the mixing randomness.
+        acai_gamma: ``"acai"`` only: the critic sees ``acai_gamma * x + (1 - acai_gamma) * x_rec``
+            with target 0, in [0, 1). 0 (default, ``ACAIF3``) shows it plain
+            reconstructions; the ACAI paper uses 0.2.
+        acai_weight: ``"acai"`` only: weight of the autoencoder's ``BCE(D(x_mix), 0)``
+            term, >= 0. Default 1 (``ACAIF3``); the ACAI paper uses 0.5.
+            Other mixers reject values of ``acai_gamma`` and ``acai_weight`` other
+            than the defaults (``ValueError``) instead of ignoring them.
 
     Example:
         >>> enc, dec, disc = amr_keras.networks.build_networks()
         >>> model = AMR(enc, dec, disc, mixer="mixup")
         >>> model.compile()
         >>> model.fit(train_ds, validation_data=val_ds, epochs=3)
+        >>> acai = AMR(*amr_keras.networks.build_networks(), mixer="acai", acai_gamma=0.2, acai_weight=0.5)
 
     Reference:
         Beckham et al. On Adversarial Mixup Resynthesis. NeurIPS 2019.
+        Berthelot et al. Understanding and Improving Interpolation in Autoencoders
+        via an Adversarial Regularizer. ICLR 2019 (ACAI).
     """
 
     def __init__(
@@ -97,10 +180,13 @@ class AMR(keras.Model):
         recon="l1",
         update_g_every=5,
         seed=0,
+        acai_gamma=ACAI_GAMMA,
+        acai_weight=ACAI_WEIGHT,
         **kwargs,
     ):
         super().__init__(**kwargs)
         check_mixer(mixer, k)
+        check_acai_settings(mixer, acai_gamma, acai_weight)
         if not lamb > 0:
             raise ValueError(f"lamb (weight of the reconstruction loss) must be > 0, got {lamb!r}.")
         if not beta >= 0:
@@ -122,6 +208,8 @@ class AMR(keras.Model):
         self.recon = recon
         self.update_g_every = int(update_g_every)
         self.seed = int(seed)
+        self.acai_gamma = float(acai_gamma)
+        self.acai_weight = float(acai_weight)
         self.seed_generator = keras.random.SeedGenerator(self.seed, name="mix_seed")
         # The probe standardises the code with running statistics (no trainable
         # parameters) before its Dense layer: still one linear function of the
@@ -209,6 +297,8 @@ class AMR(keras.Model):
             recon=self.recon,
             update_g_every=self.update_g_every,
             seed=self.seed,
+            acai_gamma=self.acai_gamma,
+            acai_weight=self.acai_weight,
         )
         return config
 
@@ -260,26 +350,38 @@ class AMR(keras.Model):
         return ops.mean(ops.abs(diff)) if self.recon == "l1" else ops.mean(ops.square(diff))
 
     def _forward(self, x, training):
-        """Shared forward pass: codes, reconstructions, mixes and discriminator logits.
+        """Shared forward pass: codes, reconstructions, mixes, one discriminator pass, and the losses.
+
+        The discriminator sees ``[x, x_rec, x_mix]`` (ACAI with ``acai_gamma > 0``: the
+        blends in place of ``x_rec``; mixer ``"none"``: no ``x_mix``).
 
         Returns:
-            dict of code, mixed codes, mixes, and the losses (float32 scalars).
+            dict of the code and the losses ``recon_loss``, ``d_loss``, ``g_loss`` (float32 scalars).
         """
         batch = ops.shape(x)[0]
         code = self.encoder(x, training=training)
         rec = self.decoder(code, training=training)
-        z_mix = mix_codes(code, self.mixer, self.k, self.seed_generator)
+        z_mix, _, weights = mix_codes(code, self.mixer, self.k, self.seed_generator, return_weights=True)
         fakes = [rec]
+        if self.mixer == "acai" and self.acai_gamma > 0:
+            fakes = [self.acai_gamma * ops.cast(x, rec.dtype) + (1.0 - self.acai_gamma) * rec]
         x_mix = None
         if z_mix is not None:
             x_mix = self.decoder(z_mix, training=training)
             fakes.append(x_mix)
+        # One discriminator pass serves both players: their losses take its logits at the current weights.
         logits = ops.cast(self.discriminator(ops.concatenate([x] + fakes, axis=0), training=training), "float32")
         real_logits, fake_logits = logits[:batch], logits[batch:]
-        groups = len(fakes)
-        # Each fake group (reconstructions, mixes) is a mean over the batch, summed over groups.
-        d_loss = _bce_with_logits(real_logits, 1.0) + groups * _bce_with_logits(fake_logits, 0.0)
-        adv = groups * _bce_with_logits(fake_logits, 1.0)
+        if self.mixer == "acai":
+            # The critic's loss moves only the discriminator (_train_step differentiates it with respect to
+            # the discriminator's weights alone), so the fakes need no stop_gradient here.
+            d_loss, adv = acai_losses(real_logits, fake_logits[:batch], fake_logits[batch:], weights[0],
+                                      self.acai_weight)
+        else:
+            groups = len(fakes)
+            # Each fake group (reconstructions, mixes) is a mean over the batch, summed over groups.
+            d_loss = _bce_with_logits(real_logits, 1.0) + groups * _bce_with_logits(fake_logits, 0.0)
+            adv = groups * _bce_with_logits(fake_logits, 1.0)
         recon_loss = self._recon_loss(x, rec)
         g_loss = self.lamb * recon_loss + adv
         if self.beta > 0 and z_mix is not None:

@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from amr_keras import callbacks as cbs
-from amr_keras.cli import RUN_KEYS, ConfigError, resolve, upgrade_legacy_settings
+from amr_keras.cli import RUN_KEYS, Config, ConfigError, resolve, upgrade_legacy_settings
 from amr_keras.data import load_dataset, train_pipeline
 from amr_keras.model import AMR, default_optimizer
 from amr_keras.networks import build_networks
@@ -86,7 +86,8 @@ def build_model(cfg, colors, num_classes, steps_per_epoch):
     """Networks + AMR + optimizers for ``cfg``, compiled (call inside the strategy's scope)."""
     enc, dec, disc = build_networks(colors=colors, depth=cfg.depth, slope=cfg.slope)
     model = AMR(enc, dec, disc, num_classes=num_classes, mixer=cfg.mixer, k=cfg.k, lamb=cfg.lamb, beta=cfg.beta,
-                recon=cfg.recon, update_g_every=cfg.update_g_every, seed=cfg.seed)
+                recon=cfg.recon, update_g_every=cfg.update_g_every, seed=cfg.seed, acai_gamma=cfg.acai_gamma,
+                acai_weight=cfg.acai_weight)
     ae, d, probe = make_optimizers(cfg, steps_per_epoch)
     model.compile(ae_optimizer=ae, d_optimizer=d, probe_optimizer=probe, jit_compile=cfg.jit_compile)
     return model
@@ -111,11 +112,15 @@ def _check_resume(cfg, out):
         raise ConfigError(f"--resume: {out} holds no run (no config.json). Start it without --resume.")
     with open(saved_path) as f:
         saved = upgrade_legacy_settings(json.load(f))
-    if cfg.precision == "auto" and saved.get("precision"):
-        cfg = dataclasses.replace(cfg, precision=saved["precision"])
+    if saved.get("precision"):
+        saved["precision"] = resolve_precision(saved["precision"])
+        if cfg.precision == "auto":
+            cfg = dataclasses.replace(cfg, precision=saved["precision"])
     cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision))
-    diffs = [f"{k}: run has {saved.get(k)!r}, now {getattr(cfg, k)!r}" for k in RUN_KEYS
-             if saved.get(k) != getattr(cfg, k)]
+    # A setting added after the run was made is absent from its config.json: the run had its default.
+    defaults = {f.name: f.default for f in dataclasses.fields(Config)}
+    saved = {k: saved.get(k, defaults[k]) for k in RUN_KEYS}
+    diffs = [f"{k}: run has {saved[k]!r}, now {getattr(cfg, k)!r}" for k in RUN_KEYS if saved[k] != getattr(cfg, k)]
     if diffs:
         raise ConfigError(
             f"--resume: {out} was trained with other settings ({'; '.join(diffs)}). "
@@ -265,7 +270,8 @@ def run(cfg, argv=None):
             "source": info.source,
             "image_shape": list(info.image_shape),
             "num_train": info.num_train, "num_val": info.num_val, "num_test": info.num_test,
-            "mixer": cfg.mixer, "k": cfg.k, "lamb": cfg.lamb, "preset": cfg.preset, "lr": cfg.lr,
+            "mixer": cfg.mixer, "k": cfg.k, "lamb": cfg.lamb, "acai_gamma": cfg.acai_gamma,
+            "acai_weight": cfg.acai_weight, "preset": cfg.preset, "lr": cfg.lr,
             "d_lr": cfg.d_lr, "probe_lr": cfg.probe_lr, "schedule": cfg.schedule, "batch_size": cfg.batch_size,
             "update_g_every": cfg.update_g_every, "depth": cfg.depth, "seed": cfg.seed,
             "precision": cfg.precision, "compute_dtype": compute_dtype(model),

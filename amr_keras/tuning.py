@@ -22,7 +22,8 @@ import keras_tuner
 from amr_keras.callbacks import NonFiniteLossError, NonFiniteLossGuard
 from amr_keras.cli import RUN_KEYS, ConfigError, resolve, validate
 from amr_keras.data import load_dataset, train_pipeline
-from amr_keras.mixers import MIXERS
+from amr_keras.mixers import K_WAY_MIXERS, MIXERS
+from amr_keras.model import ACAI_GAMMA, ACAI_WEIGHT
 from amr_keras.precision import precision_scope, resolve_precision
 from amr_keras.train import build_model
 
@@ -81,8 +82,10 @@ class AMRHyperModel(keras_tuner.HyperModel):
 
     Always searched: ``lamb`` (log scale, 1 to 1000) and ``lr`` (log scale, 1e-5 to 1e-2; the
     discriminator uses the same rate). Optionally (``search_space``): ``mixer`` (mixup, bernoulli,
-    none), ``k`` (2 to 3, only for mixers that mix) and ``update_g_every`` (1 to 5). Every other
-    setting comes from the base config; the cosine schedule spans ``cfg.epochs`` epochs.
+    acai, none), ``k`` (2 to 3, only for the k-way mixers mixup and bernoulli; acai always mixes
+    pairs) and ``update_g_every`` (1 to 5). Every other setting comes from the base config (ACAI's
+    ``acai_gamma`` and ``acai_weight`` too, in the trials that draw acai: the others keep their
+    defaults); the cosine schedule spans ``cfg.epochs`` epochs.
 
     Every model starts from the same weights (``cfg.seed``), so that trials differ only by their
     hyper-parameters.
@@ -110,8 +113,11 @@ class AMRHyperModel(keras_tuner.HyperModel):
         self.steps_per_epoch = int(steps_per_epoch)
         self.search_space = parse_search_space(search_space)
         if "k" in self.search_space:
-            if "mixer" not in self.search_space and self.cfg.mixer == "none":
-                raise ConfigError("Searching k needs a mixer that mixes: the base mixer is 'none'.")
+            if "mixer" not in self.search_space and self.cfg.mixer not in K_WAY_MIXERS:
+                raise ConfigError(
+                    f"Searching k needs a mixer that mixes k codes ({', '.join(K_WAY_MIXERS)}): the base mixer "
+                    f"is {self.cfg.mixer!r}. Search mixer too, or pick one of those."
+                )
             # The largest k must fit in a batch.
             validate(dataclasses.replace(self.cfg, k=K_RANGE[1]))
 
@@ -124,13 +130,19 @@ class AMRHyperModel(keras_tuner.HyperModel):
         if "mixer" in self.search_space:
             mixer = values["mixer"] = hp.Choice("mixer", list(MIXERS))
         if "k" in self.search_space:
-            # k means nothing without mixing: when the mixer is searched, k is drawn only for mixers that mix.
-            scope = (hp.conditional_scope("mixer", [m for m in MIXERS if m != "none"])
+            # k means nothing without mixing, and acai mixes pairs only: when the mixer is searched, k is
+            # drawn only for the k-way mixers.
+            scope = (hp.conditional_scope("mixer", list(K_WAY_MIXERS))
                      if "mixer" in self.search_space else contextlib.nullcontext())
             with scope:
                 k = hp.Int("k", *K_RANGE)
-            if k is not None and mixer != "none":
+            if k is not None and mixer in K_WAY_MIXERS:
                 values["k"] = k
+        if mixer == "acai":
+            values["k"] = 2
+        elif "mixer" in self.search_space:
+            # Only acai takes these settings (other mixers refuse values other than the defaults).
+            values.update(acai_gamma=ACAI_GAMMA, acai_weight=ACAI_WEIGHT)
         if "update_g_every" in self.search_space:
             values["update_g_every"] = hp.Int("update_g_every", *UPDATE_G_EVERY_RANGE)
         return values

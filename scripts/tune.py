@@ -1,7 +1,7 @@
 """Search AMR hyper-parameters with KerasTuner; train the best ones with scripts/fit.py --config.
 
 Always searched: lamb (1..1000, log scale) and lr (1e-5..1e-2, log scale; the discriminator uses the same rate).
---search adds mixer (mixup/bernoulli/none), k (2..3) and/or update_g_every (1..5). Trials are scored by their best
+--search adds mixer (mixup/bernoulli/acai/none), k (2..3) and/or update_g_every (1..5). Trials are scored by their best
 validation probe accuracy. Run the same command again to continue a stopped search (finished trials are kept).
 
 Examples:

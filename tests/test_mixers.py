@@ -69,11 +69,24 @@ def test_same_seed_same_mixes_and_different_seed_differs():
     assert not np.allclose(np.asarray(a), np.asarray(c))
 
 
+def test_acai_mixes_pairs_with_one_uniform_weight_per_example():
+    codes = _codes()
+    mixed, sources, weights = mix_codes(codes, "acai", 2, keras.random.SeedGenerator(1), return_weights=True)
+    w, src = np.asarray(weights), np.asarray(sources)
+    assert w.shape == (2, 16, 1, 1, 1) and np.all((w >= 0) & (w <= 1)) and len(np.unique(w[0])) == 16
+    np.testing.assert_allclose(np.asarray(mixed), w[0] * src[0] + w[1] * src[1], atol=1e-6)
+    # The same draws as mixup with the same seed.
+    same = mix_codes(codes, "mixup", 2, keras.random.SeedGenerator(1))
+    np.testing.assert_array_equal(np.asarray(mixed), np.asarray(same))
+
+
 def test_bad_mixer_and_k_are_rejected_with_the_accepted_values():
-    with pytest.raises(ValueError, match="mixup, bernoulli, none"):
+    with pytest.raises(ValueError, match="mixup, bernoulli, acai, none"):
         mix_codes(_codes(), "cutmix", 2, keras.random.SeedGenerator(0))
     with pytest.raises(ValueError, match=">= 2"):
         mix_codes(_codes(), "mixup", 1, keras.random.SeedGenerator(0))
+    with pytest.raises(ValueError, match="'acai' mixes pairs of codes .*: k must be 2, got 3"):
+        mix_codes(_codes(), "acai", 3, keras.random.SeedGenerator(0))
 
 
 def test_mix_pair_weight_one_and_zero_select_inputs():

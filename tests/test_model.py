@@ -33,13 +33,14 @@ def _changed(before, after):
     return {name for name in before if any(not np.array_equal(a, b) for a, b in zip(before[name], after[name]))}
 
 
+@pytest.mark.parametrize("mixer", ["mixup", "acai"])
 @pytest.mark.parametrize("moving, expected", [
     ("ae", {"encoder", "decoder"}),
     ("d", {"discriminator"}),
     ("probe", {"probe"}),
 ])
-def test_each_optimizer_changes_only_its_own_network(moving, expected):
-    model = tiny_model()
+def test_each_optimizer_changes_only_its_own_network(moving, expected, mixer):
+    model = tiny_model(mixer=mixer)
     lrs = {name: (1e-2 if name == moving else 0.0) for name in ("ae", "d", "probe")}
     model.compile(ae_optimizer=default_optimizer(lrs["ae"]), d_optimizer=default_optimizer(lrs["d"]),
                   probe_optimizer=default_optimizer(lrs["probe"]))
@@ -77,9 +78,11 @@ def test_autoencoder_updates_only_every_update_g_every_steps():
     assert int(model.ae_optimizer.iterations) == 2 and int(model.d_optimizer.iterations) == 4
 
 
-@pytest.mark.parametrize("mixer, k", [("mixup", 2), ("bernoulli", 2), ("mixup", 3), ("bernoulli", 3), ("none", 2)])
+@pytest.mark.parametrize("mixer, k", [("mixup", 2), ("bernoulli", 2), ("mixup", 3), ("bernoulli", 3), ("acai", 2),
+                                      ("none", 2)])
 def test_train_step_returns_finite_values_for_every_metric(mixer, k):
-    model = tiny_model(mixer=mixer, k=k, beta=0.5 if mixer == "mixup" else 0.0)
+    model = tiny_model(mixer=mixer, k=k, beta=0.5 if mixer in ("mixup", "acai") else 0.0,
+                       **({"acai_gamma": 0.2, "acai_weight": 0.5} if mixer == "acai" else {}))
     model.compile()
     logs = model.train_step(_batch())
     assert set(logs) == {"recon_loss", "d_loss", "g_loss", "probe_loss", "probe_accuracy"}
@@ -149,6 +152,10 @@ def test_keras_round_trip_keeps_outputs_config_and_optimizer_state(tmp_path):
     ({"lamb": 0.0}, "lamb"),
     ({"recon": "huber"}, "reconstruction loss"),
     ({"update_g_every": 0}, "update_g_every"),
+    ({"mixer": "acai", "k": 3}, "Mixer 'acai' mixes pairs of codes .*: k must be 2, got 3"),
+    ({"mixer": "acai", "acai_gamma": 1.0}, r"acai_gamma .* must be in \[0, 1\), got 1.0"),
+    ({"mixer": "acai", "acai_weight": -0.5}, "acai_weight .* must be >= 0, got -0.5"),
+    ({"mixer": "bernoulli", "acai_weight": 0.5}, "only apply to mixer 'acai', but mixer is 'bernoulli'"),
 ])
 def test_bad_settings_raise_clear_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):

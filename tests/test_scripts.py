@@ -1,6 +1,7 @@
 """scripts/bench.py and scripts/reproduce.py on tiny settings."""
 
 import importlib.util
+import json
 import os
 
 import pytest
@@ -30,9 +31,18 @@ def test_bench_reports_throughput_no_retracing_and_an_op_profile(tmp_path):
     assert 0.0 <= profile["input_wait_share_of_step_time"] < 1.0
 
 
-@pytest.mark.parametrize("bad", ["mixup:4", "cutmix", "mixup:x"])
+@pytest.mark.parametrize("bad", ["mixup:4", "cutmix", "mixup:x", "acai:3"])
 def test_reproduce_rejects_unknown_grid_settings(bad, tmp_path, capsys):
     reproduce = _script("reproduce")
     assert reproduce.main(["--mixers", bad, "--out", str(tmp_path)]) == 2
     assert "--mixers takes settings among" in capsys.readouterr().err
     assert not os.listdir(tmp_path)
+
+
+def test_reproduce_takes_acai_as_a_grid_setting(tmp_path):
+    reproduce = _script("reproduce")
+    assert reproduce.main(["--mixers", "acai", "mixup:2", "--datasets", "mnist_sample", "--seeds", "1",
+                           "--table-only", "--out", str(tmp_path)]) == 0
+    with open(tmp_path / "table1.json") as f:
+        rows = json.load(f)["rows"]
+    assert [(r["mixer"], r["k"], r["status"]) for r in rows] == [("acai", 2, "not run"), ("mixup", 2, "not run")]

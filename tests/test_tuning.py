@@ -188,6 +188,22 @@ def test_hypermodel_draws_lamb_and_lr_and_keeps_base_k_without_mixing():
     assert float(model.d_optimizer.learning_rate) == pytest.approx(3e-4)
 
 
+def test_hypermodel_gives_acai_pairs_and_its_settings_only_to_acai_trials():
+    base = Config(dataset="mnist_sample", depth=4, batch_size=16, k=3, jit_compile=False)
+    hypermodel = tuning.AMRHyperModel(base, 1, 10, 5, search_space="mixer,k")
+    hp = keras_tuner.HyperParameters()
+    hp.values = {"lamb": 5.0, "lr": 3e-4, "mixer": "acai", "k": 3}
+    assert (hypermodel.config(hp).mixer, hypermodel.config(hp).k) == ("acai", 2)
+    base = Config(dataset="mnist_sample", depth=4, batch_size=16, mixer="acai", acai_gamma=0.2, acai_weight=0.5)
+    hypermodel = tuning.AMRHyperModel(base, 1, 10, 5, search_space="mixer")
+    hp.values = {"lamb": 5.0, "lr": 3e-4, "mixer": "mixup"}
+    assert (hypermodel.config(hp).acai_gamma, hypermodel.config(hp).acai_weight) == (0.0, 1.0)
+    hp.values = {"lamb": 5.0, "lr": 3e-4, "mixer": "acai"}
+    assert (hypermodel.config(hp).acai_gamma, hypermodel.config(hp).acai_weight) == (0.2, 0.5)
+    with pytest.raises(ConfigError, match="Searching k needs a mixer that mixes k codes .* base mixer is 'acai'"):
+        tuning.AMRHyperModel(base, 1, 10, 5, search_space="k")
+
+
 def test_k_search_needs_batches_of_three():
     with pytest.raises(ConfigError, match="at least k"):
         tuning.AMRHyperModel(Config(dataset="mnist_sample", depth=4, batch_size=2), 1, 10, 5, search_space="k")
