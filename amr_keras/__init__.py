@@ -11,11 +11,91 @@ TensorFlow is imported, so import ``amr_keras`` first, or set it yourself.
 """
 
 import os
+import re
 import sys
+import tempfile
 import warnings
 
 _TF_IMPORTED_FIRST = "tensorflow" in sys.modules
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+
+# TensorFlow's C++ start-up notices: "I0000 00:00:1795798492.017434    2492 port.cc:153] oneDNN custom ...".
+_LOG_PREFIX = re.compile(r"^[IWEF]\d{4} [\d:.]+\s+\d+ ")
+_ABSL_PREAMBLE = "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR"
+
+
+def _nvidia_driver_present():
+    return os.path.exists("/proc/driver/nvidia/version") or os.path.exists("/dev/nvidiactl")
+
+
+def filter_startup_log(text, nvidia_driver=None):
+    """What of TensorFlow's start-up output is worth showing: each notice once, no false alarms.
+
+    Two of TensorFlow's libraries print the same start-up notices (oneDNN, CUDA
+    drivers), each after absl's "All log messages before absl::InitializeLog()"
+    preamble; and on a machine without an NVIDIA driver the CUDA platform logs
+    ``failed call to cuInit`` at error level although nothing is wrong. This
+    keeps every other line, and each notice once.
+
+    Args:
+        text: what TensorFlow wrote to stderr while it was imported.
+        nvidia_driver: whether an NVIDIA driver is installed (default: look for it).
+            With a driver, a failing ``cuInit`` is a real problem and is kept.
+
+    Returns:
+        The lines to show, joined with newlines (empty when nothing is left).
+    """
+    if nvidia_driver is None:
+        nvidia_driver = _nvidia_driver_present()
+    kept, seen = [], set()
+    for line in text.splitlines():
+        if not line.strip() or line.strip() == _ABSL_PREAMBLE:
+            continue
+        if not nvidia_driver and "failed call to cuInit" in line:
+            continue
+        message = _LOG_PREFIX.sub("", line)
+        if message in seen:
+            continue
+        seen.add(message)
+        kept.append(line)
+    return "\n".join(kept)
+
+
+def _import_tensorflow_quietly():
+    """Import TensorFlow (and probe its devices) with its start-up output passed through ``filter_startup_log``.
+
+    The C++ notices are written to file descriptor 2 while the libraries load,
+    before ``TF_CPP_MIN_LOG_LEVEL`` applies, so they are caught there. Set
+    ``AMR_KERAS_RAW_TF_LOG=1`` to see TensorFlow's output unfiltered.
+    """
+    if os.environ.get("AMR_KERAS_RAW_TF_LOG") == "1":
+        return
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):  # no usable stderr: nothing to filter
+        return
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            import tensorflow as tf
+
+            tf.config.list_physical_devices("GPU")  # the CUDA platform starts (or fails) here
+        finally:
+            try:
+                sys.stderr.flush()
+            except (OSError, ValueError, AttributeError):
+                pass
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            shown = filter_startup_log(captured.read().decode("utf-8", errors="replace"))
+            if shown:
+                print(shown, file=sys.stderr, flush=True)
+
+
+if not _TF_IMPORTED_FIRST:
+    _import_tensorflow_quietly()
 
 from amr_keras import mixers, networks  # noqa: E402,F401
 from amr_keras.model import AMR  # noqa: E402,F401

@@ -30,6 +30,10 @@ def make_strategy(name):
     if name == "default":
         return tf.distribute.get_strategy()
     if name == "mirrored":
+        if not tf.config.list_physical_devices("GPU"):
+            print("warning: --strategy mirrored found no GPU: it trains with one replica on the CPU. Check the "
+                  "GPU driver and that TensorFlow was installed with CUDA (pip install -e \".[cuda]\").",
+                  file=sys.stderr)
         return tf.distribute.MirroredStrategy()
     if name == "multiworker":
         if "TF_CONFIG" not in os.environ:

@@ -1,0 +1,45 @@
+"""TensorFlow's start-up output under amr_keras: each notice once, no error lines that are not errors."""
+
+import os
+import re
+import subprocess
+import sys
+
+from amr_keras import filter_startup_log
+
+SAMPLE = """WARNING: All log messages before absl::InitializeLog() is called are written to STDERR
+I0000 00:00:1795798492.017434    2492 port.cc:153] oneDNN custom operations are on.
+I0000 00:00:1795798492.017992    2492 cudart_stub.cc:31] Could not find cuda drivers on your machine, GPU will not be used.
+WARNING: All log messages before absl::InitializeLog() is called are written to STDERR
+I0000 00:00:1795798494.238090    2492 port.cc:153] oneDNN custom operations are on.
+I0000 00:00:1795798494.239095    2492 cudart_stub.cc:31] Could not find cuda drivers on your machine, GPU will not be used.
+E0000 00:00:1795798496.813274    2492 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA error (303)
+E0000 00:00:1795798496.900000    2492 some_op.cc:10] a real error
+"""
+
+
+def test_filter_keeps_each_notice_once_and_real_errors():
+    shown = filter_startup_log(SAMPLE, nvidia_driver=False).splitlines()
+    assert [line.split("] ", 1)[1] for line in shown] == [
+        "oneDNN custom operations are on.",
+        "Could not find cuda drivers on your machine, GPU will not be used.",
+        "a real error",
+    ]
+
+
+def test_failing_cuinit_is_kept_where_an_nvidia_driver_is_installed():
+    shown = filter_startup_log(SAMPLE, nvidia_driver=True)
+    assert "failed call to cuInit" in shown and "a real error" in shown
+    assert "absl::InitializeLog" not in shown
+
+
+def test_first_import_prints_no_duplicate_and_no_false_error():
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "AMR_KERAS_RAW_TF_LOG")}
+    code = "import amr_keras, tensorflow as tf; print(float(tf.constant(1.0) + 1))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "2.0", out.stderr[-2000:]
+    messages = [re.sub(r"^[IWEF]\d{4} [\d:.]+\s+\d+ ", "", line) for line in out.stderr.splitlines() if line.strip()]
+    assert len(messages) == len(set(messages)), out.stderr
+    assert "absl::InitializeLog" not in out.stderr
+    if not (os.path.exists("/proc/driver/nvidia/version") or os.path.exists("/dev/nvidiactl")):
+        assert not [line for line in out.stderr.splitlines() if line.startswith("E0000")], out.stderr
