@@ -167,7 +167,9 @@ def run(cfg, argv=None):
     Writes into ``cfg.out``: ``config.json``, ``log.csv`` (one row per epoch),
     ``logs/`` (TensorBoard), ``checkpoint/last.keras`` (every epoch, for
     ``--resume``), ``best.keras`` (best validation probe accuracy),
-    ``results.json``, ``export/`` (SavedModel) and ``interpolations.png``.
+    ``results.json``, ``export/`` (SavedModel; with ``classify_linear``, the
+    classifier fitted by the post-hoc linear evaluation, unless ``cfg.linear_eval``
+    is off) and ``interpolations.png``.
 
     Args:
         cfg: a ``Config`` (resolved here if it still has preset fields unset).
@@ -277,15 +279,17 @@ def run(cfg, argv=None):
             "replicas": replicas,
             "command": " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv)),
         }
+        classifier = None  # without the linear evaluation the export has no classify_linear
         if cfg.linear_eval:
             from amr_keras.evaluate import evaluate_codes
 
             t0 = time.perf_counter()
-            results.update(evaluate_codes(model.encode, splits.arrays, seed=cfg.seed))
+            scores, classifier = evaluate_codes(model.encode, splits.arrays, seed=cfg.seed, return_classifier=True)
+            results.update(scores)
             results["linear_eval_seconds"] = round(time.perf_counter() - t0, 1)
         _write_json(os.path.join(out, "results.json"), results)
         if cfg.export:
-            _export_and_draw(model, splits, results, out, cfg.seed)
+            _export_and_draw(model, splits, results, out, cfg.seed, classifier)
     if out != cfg.out:
         shutil.rmtree(out, ignore_errors=True)
     return results
@@ -298,12 +302,12 @@ def _figure_pairs(splits, n, seed):
     return pick_pairs(splits.arrays.get("test", splits.arrays["val"])[0], n, seed)
 
 
-def _export_and_draw(model, splits, results, out, seed):
+def _export_and_draw(model, splits, results, out, seed, classifier):
     from amr_keras.export import export_model, load_export
     from amr_keras.plots import interpolation_grid
 
     export_dir = os.path.join(out, "export")
-    export_model(model, export_dir, tuple(results["image_shape"]), metadata=results)
+    export_model(model, export_dir, tuple(results["image_shape"]), metadata=results, linear_head=classifier)
     a, b = _figure_pairs(splits, 6, seed)
     interpolation_grid(load_export(export_dir), a, b, os.path.join(out, "interpolations.png"))
 

@@ -6,6 +6,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import class_images
 
 from amr_keras import evaluate
 from amr_keras.evaluate import (
@@ -29,15 +30,6 @@ def blobs(n, num_classes=10, dim=32, spread=0.3, seed=0, random_labels=False):
     if random_labels:
         y = rng.integers(0, num_classes, n)
     return x.astype(np.float32), y
-
-
-def class_images(n, seed=0, num_classes=10):
-    """uint8 28x28 images whose class is the bright row, plus noise."""
-    rng = np.random.default_rng(seed)
-    y = rng.integers(0, num_classes, n)
-    x = rng.integers(0, 100, (n, 28, 28, 1), dtype=np.uint8)
-    x[np.arange(n), 2 * y + 4] = 255
-    return x, y
 
 
 def row_means(x):

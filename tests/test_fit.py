@@ -7,6 +7,7 @@ import json
 import os
 import re
 
+import numpy as np
 import pytest
 
 from test_data import write_mnist_folder
@@ -39,7 +40,12 @@ def tiny_args(data_dir, out, *extra):
             "--no-jit-compile", "--out", out, "--verbose", "0", *extra]
 
 
-def test_fit_writes_results_export_and_figure(tiny_data, tmp_path):
+def test_fit_writes_results_export_and_figure(tiny_data, tmp_path, monkeypatch):
+    from amr_keras import evaluate
+
+    fits = []
+    original = evaluate.linear_evaluation
+    monkeypatch.setattr(evaluate, "linear_evaluation", lambda *a, **k: fits.append(original(*a, **k)) or fits[-1])
     out = str(tmp_path / "run")
     assert load_script("fit").main(tiny_args(tiny_data, out)) == 0
     with open(os.path.join(out, "results.json")) as f:
@@ -55,6 +61,15 @@ def test_fit_writes_results_export_and_figure(tiny_data, tmp_path):
 
     loaded = tf.saved_model.load(os.path.join(out, "export"))
     assert hasattr(loaded, "encode") and hasattr(loaded, "classify")
+    # The export serves the classifier of the linear evaluation, fitted once.
+    assert len(fits) == 1
+    x = np.random.default_rng(0).random((3, 28, 28, 1)).astype("float32")
+    codes = loaded.encode(x).numpy().reshape(3, -1)
+    np.testing.assert_allclose(loaded.classify_linear(x).numpy(), fits[0]["classifier"].predict_proba(codes), atol=1e-4)
+    with open(os.path.join(out, "export", "metadata.json")) as f:
+        heads = json.load(f)["heads"]
+    assert heads["classify_linear"]["test_accuracy"] == results["linear_eval_test_accuracy"]
+    assert heads["classify"]["test_accuracy"] == results["test_probe_accuracy"]
 
 
 def test_resume_continues_and_logs_the_whole_run(tiny_data, tmp_path, monkeypatch):
