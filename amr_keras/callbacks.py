@@ -12,6 +12,10 @@ class NonFiniteLossError(RuntimeError):
     """A loss became NaN or infinite; the message names the loss and the step."""
 
 
+class CheckpointError(RuntimeError):
+    """Checkpoint files exist but none can be read; the message names each file and why."""
+
+
 class NonFiniteLossGuard(keras.callbacks.Callback):
     """Stop training with a clear error as soon as any logged loss is NaN or infinite.
 
@@ -20,10 +24,12 @@ class NonFiniteLossGuard(keras.callbacks.Callback):
     broken weights: the last checkpoint stays the last good one.
 
     Args:
-        checkpoint_hint: text naming the last good checkpoint, added to the message.
+        checkpoint_hint: optional function returning a sentence about the last good
+            checkpoint (e.g. ``ResumableCheckpoint.last_good_hint``), added to the
+            message. It is called when the error happens, so it tells what is on disk then.
     """
 
-    def __init__(self, checkpoint_hint=""):
+    def __init__(self, checkpoint_hint=None):
         super().__init__()
         self.checkpoint_hint = checkpoint_hint
         self.epoch = 0
@@ -41,7 +47,8 @@ class NonFiniteLossGuard(keras.callbacks.Callback):
                 step = int(self.model.d_optimizer.iterations.numpy()) if getattr(self.model, "d_optimizer", None) else batch
                 raise NonFiniteLossError(
                     f"{name} became {value} at step {step} (epoch {self.epoch + 1}, batch {batch + 1}); training "
-                    f"stopped. {self.checkpoint_hint}Try a lower --lr or --lamb, or --precision float32."
+                    f"stopped. {self.checkpoint_hint() if self.checkpoint_hint else ''}"
+                    "Try a lower --lr or --lamb, or --precision float32."
                 )
 
 
@@ -79,14 +86,28 @@ class EpochTimer(keras.callbacks.Callback):
 
 
 class ResumableCheckpoint(keras.callbacks.Callback):
-    """Save the whole model (weights, optimizer states, step counters) at the end of every epoch.
+    """Save the whole model (weights, optimizer states, step counters) at the end of every epoch, and the one before.
 
-    The file is written next to its final name and moved into place, so a run
-    killed at any moment leaves the previous checkpoint whole. ``state.json``
-    records the number of finished epochs.
+    ``last.keras`` + ``state.json`` (``{"epochs_done": N}``) hold the newest
+    epoch, ``previous.keras`` + ``previous_state.json`` the epoch before, so a
+    checkpoint damaged on disk costs one epoch: ``restore`` falls back to the
+    previous one. Each file is written next to its final name and moved into
+    place, so a run killed at any moment leaves whole files, and ``restore``
+    pairs each model with its state even when a rotation was cut short.
+
+    Not built on ``keras.callbacks.BackupAndRestore``, although it also keeps
+    two backups (``double_checkpoint``) and can save mid-epoch (``save_freq``):
+    it restores inside ``fit`` (``on_train_begin``) with ``load_weights`` into
+    the model being trained, building only ``model.optimizer`` first, whereas
+    AMR has three optimizers and no ``model.optimizer``; this training needs
+    the epoch count before ``fit`` (to seed the data order, trim ``log.csv``
+    and set the best-model threshold); it writes its backup in place (a kill
+    while writing damages it), falls back without saying so, and by default
+    deletes the backup when training ends. ``last.keras`` stays a whole model
+    that ``keras.saving.load_model`` opens.
 
     Args:
-        folder: where ``last.keras`` and ``state.json`` go.
+        folder: where the checkpoint files go.
     """
 
     def __init__(self, folder):
@@ -102,9 +123,21 @@ class ResumableCheckpoint(keras.callbacks.Callback):
     def state_path(self):
         return os.path.join(self.folder, "state.json")
 
+    @property
+    def previous_model_path(self):
+        return os.path.join(self.folder, "previous.keras")
+
+    @property
+    def previous_state_path(self):
+        return os.path.join(self.folder, "previous_state.json")
+
     def on_epoch_end(self, epoch, logs=None):
         tmp = os.path.join(self.folder, "last.tmp.keras")
         self.model.save(tmp)
+        # The newest checkpoint becomes the previous one: model first, then its state (see _slots).
+        for src, dst in ((self.model_path, self.previous_model_path), (self.state_path, self.previous_state_path)):
+            if os.path.exists(src):
+                os.replace(src, dst)
         os.replace(tmp, self.model_path)
         tmp_state = self.state_path + ".tmp"
         with open(tmp_state, "w") as f:
@@ -112,8 +145,65 @@ class ResumableCheckpoint(keras.callbacks.Callback):
         os.replace(tmp_state, self.state_path)
 
     def epochs_done(self):
-        """Finished epochs recorded in the folder (0 when there is no checkpoint)."""
+        """Finished epochs recorded with ``last.keras`` (0 when there is no checkpoint)."""
         if not os.path.exists(self.state_path) or not os.path.exists(self.model_path):
             return 0
         with open(self.state_path) as f:
             return int(json.load(f)["epochs_done"])
+
+    def last_good_hint(self):
+        """A sentence for error messages: the checkpoint to resume from, or that none exists yet."""
+        if self.epochs_done():
+            return f"The last good checkpoint is {self.model_path}. "
+        return ("No checkpoint exists yet (the first is written at the end of epoch 1), so --resume has nothing to "
+                f"continue: start the run again, with another --out or after deleting {os.path.dirname(self.folder)}. ")
+
+    def _slots(self):
+        """``(model, state)`` file pairs, newest first."""
+        # Killed between the two moves of a rotation, previous.keras is the newest model and its
+        # state is still state.json (last.keras is gone until the new model is moved in).
+        cut_short = not os.path.exists(self.model_path) and os.path.exists(self.state_path)
+        return [(self.model_path, self.state_path),
+                (self.previous_model_path, self.state_path if cut_short else self.previous_state_path)]
+
+    def restore(self, load):
+        """Load the newest readable checkpoint: ``(model, epochs_done)``, or ``(None, 0)`` when there is none.
+
+        When ``last.keras`` (or its state) cannot be read, falls back to
+        ``previous.keras``: prints a note, and renames the unreadable files
+        ``*.unreadable`` (so the next epoch's rotation keeps the good one).
+
+        Args:
+            load: reads a model file, e.g. ``keras.saving.load_model``.
+
+        Raises:
+            CheckpointError: checkpoint files exist but none can be read.
+        """
+        problems, unreadable = [], []
+        for model_path, state_path in self._slots():
+            if not os.path.exists(model_path):
+                continue
+            what = state_path
+            try:
+                with open(state_path) as f:
+                    epochs = int(json.load(f)["epochs_done"])
+                what = model_path
+                model = load(model_path)
+            except Exception as e:  # noqa: BLE001 (a damaged file fails in many ways: zip, JSON, HDF5, missing keys)
+                cause = (str(e).strip().splitlines() or [""])[0]
+                problems.append(f"{what} is unreadable ({type(e).__name__}: {cause})")
+                unreadable += [p for p in (model_path, state_path) if os.path.exists(p)]
+                continue
+            if problems:
+                for path in unreadable:
+                    os.replace(path, path + ".unreadable")
+                print(f"note: {'; '.join(problems)}. Resuming from the previous epoch's checkpoint {model_path} "
+                      f"(epoch {epochs}): epoch {epochs + 1} is trained again. The unreadable files are kept as "
+                      "*.unreadable.")
+            return model, epochs
+        if problems:
+            raise CheckpointError(
+                f"no readable checkpoint in {self.folder}: {'; '.join(problems)}. Restore a backup, or delete "
+                f"{self.folder} to restart the run from the beginning."
+            )
+        return None, 0

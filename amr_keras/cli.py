@@ -251,7 +251,7 @@ def build_parser(description="Train AMR."):
     r.add_argument("--no-jit-compile", dest="jit_compile", action="store_false", default=None,
                    help="run the train step without XLA")
     r.add_argument("--no-linear-eval", dest="linear_eval", action="store_false", default=None,
-                   help="skip the post-hoc linear evaluation at the end")
+                   help="skip the post-hoc linear evaluation at the end (the export then has no classify_linear)")
     r.add_argument("--no-export", dest="export", action="store_false", default=None,
                    help="skip the SavedModel export and figures at the end")
     r.add_argument("--epoch-figures", action="store_true", default=None, help="write an interpolation figure every epoch")

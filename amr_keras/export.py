@@ -1,8 +1,9 @@
 """Export a trained AMR model as a standalone TensorFlow SavedModel with image-space endpoints.
 
 Clients of the export need neither Keras nor this package: ``tf.saved_model.load``
-gives an object with six endpoints, all on float32 images in [0, 1] at the
-dataset's own size (``source_shape``, e.g. 28x28x1 for MNIST, 32x32x3 for SVHN):
+gives an object with six endpoints (seven with the post-hoc classifier), all on
+float32 images in [0, 1] at the dataset's own size (``source_shape``, e.g.
+28x28x1 for MNIST, 32x32x3 for SVHN):
 
 | endpoint | inputs | output |
 |---|---|---|
@@ -11,7 +12,18 @@ dataset's own size (``source_shape``, e.g. 28x28x1 for MNIST, 32x32x3 for SVHN):
 | ``reconstruct`` | ``images`` | ``decode(encode(images))`` |
 | ``mix`` | ``images_a, images_b, weight (B, K)`` | decoded ``weight * f(a) + (1 - weight) * f(b)``, per code channel |
 | ``mix_alpha`` | ``images_a, images_b, alpha (B,)`` | decoded ``alpha * f(a) + (1 - alpha) * f(b)`` (mixup, acai) |
-| ``classify`` | ``images`` | linear-probe class probabilities ``(B, num_classes)`` |
+| ``classify`` | ``images`` | online linear-probe class probabilities ``(B, num_classes)`` |
+| ``classify_linear`` | ``images`` | post-hoc logistic-regression class probabilities ``(B, num_classes)`` |
+
+Two heads classify the same frozen codes. ``classify`` is the linear probe
+trained with the autoencoder (the paper's protocol); ``classify_linear`` (when
+present) is the logistic regression of ``amr_keras.evaluate.linear_evaluation``
+fitted afterwards on the codes of the training split (standardisation, weights
+and bias stored as float32 variables, see ``LinearHead``); it scores higher
+(e.g. 93.9% against 92.6% test on the MNIST sample): serve it for accuracy, and
+``classify`` to follow the paper. ``metadata.json`` says under ``"heads"``
+which head each endpoint uses and its accuracy. ``add_linear_head`` adds
+``classify_linear`` to an existing export.
 
 ``K`` is the number of code channels (``code_shape[-1]``). ``mix`` with a 0/1
 ``weight`` is the Bernoulli (per-feature-map) mixer; ``mix`` with a mixup weight
@@ -53,8 +65,10 @@ Example:
 
 import json
 import os
+import shutil
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 import amr_keras.model  # noqa: F401  (registers AMR for load_model)
@@ -63,6 +77,7 @@ from amr_keras.mixers import mix_pair
 from amr_keras.networks import IMAGE_SIZE
 
 ENDPOINTS = ("encode", "decode", "reconstruct", "mix", "mix_alpha", "classify")
+LINEAR_ENDPOINT = "classify_linear"  # exported when a post-hoc classifier is given
 METADATA_FILE = "metadata.json"
 # data.preprocess zero-pads exactly this source size by PAD pixels on each side.
 PADDED_SOURCE = (28, 28)
@@ -132,6 +147,56 @@ def check_source_shape(model, source_shape):
     return shape
 
 
+class LinearHead(tf.Module):
+    """A fitted post-hoc classifier as float32 TensorFlow variables, applied to codes.
+
+    ``probabilities = softmax(((flatten(codes) - mean) / scale) @ kernel + bias)``:
+    the ``predict_proba`` of the scikit-learn pipeline (``StandardScaler`` +
+    multinomial ``LogisticRegression``) returned by
+    ``amr_keras.evaluate.linear_evaluation``.
+
+    Args:
+        mean, scale: ``(D,)`` standardisation of the flattened codes.
+        kernel: ``(D, num_classes)`` weights; ``bias``: ``(num_classes,)``.
+
+    Example:
+        >>> head = LinearHead.from_classifier(linear_evaluation(...)["classifier"], num_classes=10)
+        >>> head(codes).shape
+        TensorShape([B, 10])
+    """
+
+    def __init__(self, mean, scale, kernel, bias, name="linear_head"):
+        super().__init__(name=name)
+        self.mean, self.scale, self.kernel, self.bias = (
+            tf.Variable(np.asarray(v, np.float32), trainable=False, name=n)
+            for v, n in ((mean, "mean"), (scale, "scale"), (kernel, "kernel"), (bias, "bias"))
+        )
+
+    @classmethod
+    def from_classifier(cls, classifier, num_classes):
+        """The head of a fitted ``Pipeline(StandardScaler, LogisticRegression)`` with labels in ``0 .. num_classes-1``.
+
+        Classes absent from the training codes get probability 0 (as in
+        ``predict_proba``, which has no column for them); a two-class fit (one
+        logit ``z`` for its second class) becomes the softmax of ``(0, z)``.
+        """
+        scaler, logistic = classifier[0], classifier[-1]
+        seen = np.asarray(logistic.classes_)
+        if seen.min() < 0 or seen.max() >= num_classes:
+            raise ValueError(f"The post-hoc classifier knows classes {seen.tolist()}, the model 0 to {num_classes - 1}.")
+        coef, intercept = logistic.coef_, logistic.intercept_
+        if len(seen) == 2:
+            coef, intercept = np.vstack([np.zeros_like(coef), coef]), np.concatenate([[0.0], intercept])
+        kernel = np.zeros((coef.shape[1], num_classes))
+        bias = np.full(num_classes, -1e4)  # exp(-1e4 - max) is 0 in float32
+        kernel[:, seen], bias[seen] = coef.T, intercept
+        return cls(scaler.mean_, scaler.scale_, kernel, bias)
+
+    def __call__(self, codes):
+        x = tf.reshape(tf.cast(codes, tf.float32), (tf.shape(codes)[0], -1))
+        return tf.nn.softmax(tf.matmul((x - self.mean) / self.scale, self.kernel) + self.bias)
+
+
 class Endpoints:
     """The export's endpoints as methods of an eager model: images in [0, 1] at ``source_shape``.
 
@@ -141,6 +206,7 @@ class Endpoints:
     Args:
         model: an ``amr_keras.model.AMR`` (its own methods take 32x32 images in [-1, 1]).
         source_shape: ``(H, W, C)`` of the dataset's images.
+        linear_head: optional ``LinearHead``; adds the ``classify_linear`` endpoint.
 
     Example:
         >>> ep = Endpoints(model, (28, 28, 1))
@@ -148,11 +214,13 @@ class Endpoints:
         TensorShape([4, 28, 28, 1])
     """
 
-    def __init__(self, model, source_shape):
+    def __init__(self, model, source_shape, linear_head=None):
         self.model = model
         self.source_shape = check_source_shape(model, source_shape)
         self.code_shape = tuple(int(s) for s in model.encoder.output_shape[1:])
         self.num_classes = int(model.num_classes)
+        self.linear_head = linear_head
+        self.names = ENDPOINTS + ((LINEAR_ENDPOINT,) if linear_head is not None else ())
 
     def _out(self, images):
         return from_model_output(images, self.source_shape)
@@ -181,6 +249,10 @@ class Endpoints:
         """Linear-probe class probabilities ``(batch, num_classes)``; rows sum to 1."""
         return tf.cast(self.model.classify(to_model_input(images)), tf.float32)
 
+    def classify_linear(self, images):
+        """Post-hoc classifier probabilities ``(batch, num_classes)`` of the codes; rows sum to 1."""
+        return self.linear_head(self.encode(images))
+
     def input_signatures(self):
         """``{endpoint: [tf.TensorSpec, ...]}``: the fixed inputs of each endpoint (batch dimension free)."""
         image = tf.TensorSpec((None, *self.source_shape), tf.float32, name="images")
@@ -194,6 +266,7 @@ class Endpoints:
             "mix": [a, b, tf.TensorSpec((None, self.code_shape[-1]), tf.float32, name="weight")],
             "mix_alpha": [a, b, tf.TensorSpec((None,), tf.float32, name="alpha")],
             "classify": [image],
+            LINEAR_ENDPOINT: [image],
         }
 
 
@@ -201,7 +274,37 @@ def _spec_json(spec):
     return {"name": spec.name, "shape": [None if s is None else int(s) for s in spec.shape], "dtype": spec.dtype.name}
 
 
-def export_model(model, path, source_shape, metadata=None):
+def _heads(meta, has_linear):
+    """The ``"heads"`` entry of metadata.json: which classifier each endpoint serves, and its accuracy."""
+    meta = {**meta.get("run_results", {}), **meta}  # export_run keeps the run's scores under run_results
+    heads = {"classify": {
+        "head": "online linear probe (trained with the autoencoder; the paper's protocol)",
+        "val_accuracy": meta.get("best_val_probe_accuracy"),
+        "test_accuracy": meta.get("test_probe_accuracy"),
+    }}
+    if has_linear:
+        heads[LINEAR_ENDPOINT] = {
+            "head": "post-hoc logistic regression on frozen codes",
+            "C": meta.get("linear_eval_C"),
+            "l2": meta.get("linear_eval_l2"),
+            "val_accuracy": meta.get("linear_eval_val_accuracy"),
+            "test_accuracy": meta.get("linear_eval_test_accuracy"),
+        }
+    else:
+        heads[LINEAR_ENDPOINT] = {
+            "head": None,
+            "note": "not in this export (no post-hoc classifier was fitted, e.g. --no-linear-eval); add it with "
+                    "scripts/export.py RUN_DIR --linear-head or amr_keras.export.add_linear_head",
+        }
+    return heads
+
+
+def _write_metadata(path, meta):
+    with open(os.path.join(path, METADATA_FILE), "w") as f:
+        json.dump(meta, f, indent=2, sort_keys=True)
+
+
+def export_model(model, path, source_shape, metadata=None, linear_head=None):
     """Write ``model`` as a SavedModel with the endpoints of ``ENDPOINTS`` plus ``metadata.json``.
 
     Args:
@@ -211,8 +314,14 @@ def export_model(model, path, source_shape, metadata=None):
         metadata: optional JSON-serialisable dict stored in ``path/metadata.json``
             (e.g. dataset name, scores). The keys written by the export
             (``image_shape``, ``code_shape``, ``num_classes``, ``endpoints``,
-            ``inputs``, the model settings ``mixer``, ``k``, ``lamb``, ``acai_gamma``, ...)
-            take precedence over the same keys in ``metadata``.
+            ``inputs``, ``heads``, the model settings ``mixer``, ``k``, ``lamb``, ``acai_gamma``, ...)
+            take precedence over the same keys in ``metadata``. ``heads`` reports
+            the accuracies found in it (``best_val_probe_accuracy``,
+            ``test_probe_accuracy``, ``linear_eval_*``).
+        linear_head: optional fitted post-hoc classifier (the ``classifier`` of
+            ``amr_keras.evaluate.linear_evaluation``, fitted on this model's
+            codes); exported as ``classify_linear``. Without it the export has
+            no ``classify_linear`` and ``heads`` says so.
 
     Returns:
         ``path`` as a string.
@@ -223,11 +332,14 @@ def export_model(model, path, source_shape, metadata=None):
         [4, 4, 2]
     """
     path = os.fspath(path)
-    endpoints = Endpoints(model, source_shape)
+    head = None if linear_head is None else LinearHead.from_classifier(linear_head, int(model.num_classes))
+    endpoints = Endpoints(model, source_shape, head)
     signatures = endpoints.input_signatures()
     archive = keras.export.ExportArchive()
     archive.track(model)
-    for name in ENDPOINTS:
+    if head is not None:
+        archive.track(head)
+    for name in endpoints.names:
         archive.add_endpoint(name, getattr(endpoints, name), input_signature=signatures[name])
     archive.write_out(path, verbose=False)
 
@@ -239,13 +351,13 @@ def export_model(model, path, source_shape, metadata=None):
         code_shape=list(endpoints.code_shape),
         num_classes=endpoints.num_classes,
         value_range=[0.0, 1.0],
-        endpoints=list(ENDPOINTS),
-        inputs={name: [_spec_json(s) for s in specs] for name, specs in signatures.items()},
+        endpoints=list(endpoints.names),
+        inputs={name: [_spec_json(s) for s in signatures[name]] for name in endpoints.names},
+        heads=_heads(meta, head is not None),
         tensorflow_version=tf.__version__,
         keras_version=keras.__version__,
     )
-    with open(os.path.join(path, METADATA_FILE), "w") as f:
-        json.dump(meta, f, indent=2, sort_keys=True)
+    _write_metadata(path, meta)
     return path
 
 
@@ -265,7 +377,7 @@ def load_export(path):
 
     Returns:
         The loaded object; its endpoints are ``.encode``, ``.decode``, ``.reconstruct``,
-        ``.mix``, ``.mix_alpha``, ``.classify``.
+        ``.mix``, ``.mix_alpha``, ``.classify`` and, when exported, ``.classify_linear``.
     """
     return tf.saved_model.load(_check_export_dir(path))
 
@@ -279,7 +391,7 @@ def load_metadata(path):
         return json.load(f)
 
 
-def export_run(run_dir, out=None):
+def export_run(run_dir, out=None, linear_head=False, dataset=None, data_dir=None, seed=0):
     """Export a training run folder's best model to ``run_dir/export`` (or ``out``).
 
     The run folder must hold ``best.keras`` (the whole AMR saved with
@@ -291,6 +403,12 @@ def export_run(run_dir, out=None):
     Args:
         run_dir: the training run folder.
         out: output folder (default ``run_dir/export``).
+        linear_head: also export ``classify_linear``, the post-hoc classifier,
+            fitted here on the codes of ``best.keras`` (this loads the dataset;
+            its scores go to the metadata).
+        dataset: dataset to fit it on (default: the run's ``"dataset"``).
+        data_dir: its folder of raw files (default: the run's ``data_dir`` in ``config.json``).
+        seed: passed to ``amr_keras.evaluate.linear_evaluation``.
 
     Returns:
         The export folder as a string.
@@ -306,14 +424,79 @@ def export_run(run_dir, out=None):
             )
     with open(results_path) as f:
         results = json.load(f)
-    dataset = results.get("dataset")
-    shape = results.get("image_shape") or SOURCE_SHAPES.get(dataset)
+    run_dataset = results.get("dataset")
+    shape = results.get("image_shape") or SOURCE_SHAPES.get(run_dataset)
     if shape is None:
         raise ValueError(
             f"{results_path} gives neither 'image_shape' nor a known 'dataset' "
-            f"(got dataset={dataset!r}; known: {', '.join(DATASETS)})."
+            f"(got dataset={run_dataset!r}; known: {', '.join(DATASETS)})."
         )
     model = keras.saving.load_model(model_path, compile=False)
     out = os.fspath(out) if out is not None else os.path.join(run_dir, "export")
-    metadata = {"dataset": dataset, "run_dir": os.path.abspath(run_dir), "run_results": results}
-    return export_model(model, out, shape, metadata)
+    metadata = {"dataset": run_dataset, "run_dir": os.path.abspath(run_dir), "run_results": results}
+    classifier = None
+    if linear_head:
+        from amr_keras.evaluate import evaluate_saved
+
+        config_path = os.path.join(run_dir, "config.json")
+        if data_dir is None and os.path.isfile(config_path):
+            with open(config_path) as f:
+                data_dir = json.load(f).get("data_dir")
+        dataset = dataset or run_dataset
+        scores, classifier = evaluate_saved(model_path, dataset, data_dir=data_dir, seed=seed, return_classifier=True)
+        metadata.update(scores, linear_eval_dataset=dataset)
+    return export_model(model, out, shape, metadata, linear_head=classifier)
+
+
+def add_linear_head(export_dir, dataset=None, data_dir=None, out=None, seed=0):
+    """Add ``classify_linear`` to an existing export, keeping its other endpoints unchanged.
+
+    Loads the SavedModel (no ``.keras`` file needed), fits the post-hoc
+    classifier on the codes of its ``encode`` endpoint
+    (``amr_keras.evaluate.evaluate_saved``: logistic regression with L2 picked
+    on validation, and k-NN), and writes the loaded object again with the new
+    endpoint and signature: every other endpoint and signature is the restored
+    function itself, with the same input specs. ``metadata.json`` gains the
+    endpoint, its inputs, ``heads`` and the new scores. Applied again, it
+    replaces the head.
+
+    Args:
+        export_dir: SavedModel folder written by ``export_model``.
+        dataset: dataset to fit on (default: the metadata's ``"dataset"``).
+        data_dir: its folder of raw files, as in ``amr_keras.data.load_dataset``.
+        out: output folder (default: ``export_dir``, replaced once the new export is written).
+        seed: passed to ``amr_keras.evaluate.linear_evaluation``.
+
+    Returns:
+        The output folder as a string.
+
+    Example:
+        >>> add_linear_head("saved_models/fashion_mnist_mixup", "fashion_mnist", data_dir="data/fashion_mnist")
+    """
+    from amr_keras.evaluate import evaluate_saved
+
+    export_dir = _check_export_dir(export_dir)
+    meta = load_metadata(export_dir)
+    dataset = dataset or meta.get("dataset")
+    scores, classifier = evaluate_saved(export_dir, dataset, data_dir=data_dir, seed=seed, return_classifier=True)
+    head = LinearHead.from_classifier(classifier, int(meta["num_classes"]))
+    loaded = load_export(export_dir)
+    loaded.linear_head = head
+    loaded.classify_linear = tf.function(lambda images: head(loaded.encode(images)),
+                                         input_signature=loaded.encode.input_signature)
+    signatures = dict(loaded.signatures)
+    signatures[LINEAR_ENDPOINT] = loaded.classify_linear.get_concrete_function()
+
+    out = os.fspath(out) if out is not None else export_dir
+    tmp = out.rstrip(os.sep) + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tf.saved_model.save(loaded, tmp, signatures=signatures)
+    names = [n for n in meta["endpoints"] if n != LINEAR_ENDPOINT] + [LINEAR_ENDPOINT]
+    meta.update(scores, linear_eval_dataset=dataset, endpoints=names,
+                inputs={**meta["inputs"], LINEAR_ENDPOINT: meta["inputs"]["encode"]})
+    meta["heads"] = _heads(meta, True)
+    _write_metadata(tmp, meta)
+    if os.path.isdir(out):
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    return out

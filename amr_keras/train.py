@@ -156,25 +156,17 @@ def worker_folder(strategy, out, resume):
     return folder
 
 
-def _read_checkpoint(path, read):
-    """``read()``, turning any failure into a ``ConfigError`` that names the damaged file."""
-    try:
-        return read()
-    except Exception as e:  # a damaged file fails in many ways (zip, JSON, HDF5, missing keys)
-        cause = (str(e).strip().splitlines() or [""])[0]
-        raise ConfigError(
-            f"checkpoint {path} is unreadable ({type(e).__name__}: {cause}); delete it to restart the run "
-            "from the beginning, or restore a backup."
-        ) from e
 
 
 def run(cfg, argv=None):
     """Train, pick the best-validation epoch, score it, and write the run folder.
 
     Writes into ``cfg.out``: ``config.json``, ``log.csv`` (one row per epoch),
-    ``logs/`` (TensorBoard), ``checkpoint/last.keras`` (every epoch, for
+    ``logs/`` (TensorBoard), ``checkpoint/last.keras`` and ``previous.keras`` (every epoch, for
     ``--resume``), ``best.keras`` (best validation probe accuracy),
-    ``results.json``, ``export/`` (SavedModel) and ``interpolations.png``.
+    ``results.json``, ``export/`` (SavedModel; with ``classify_linear``, the
+    classifier fitted by the post-hoc linear evaluation, unless ``cfg.linear_eval``
+    is off) and ``interpolations.png``.
 
     Args:
         cfg: a ``Config`` (resolved here if it still has preset fields unset).
@@ -218,30 +210,30 @@ def run(cfg, argv=None):
     info = splits.info
     steps = info.num_train // cfg.batch_size
     ckpt = cbs.ResumableCheckpoint(ckpt_dir)
-    initial_epoch = _read_checkpoint(ckpt.state_path, ckpt.epochs_done) if cfg.resume else 0
-    if cfg.resume and initial_epoch == 0:
-        print(f"--resume: no finished epoch in {ckpt_dir}; starting from the beginning.")
     log_path = os.path.join(out, "log.csv")
-    if cfg.resume:
-        # Drop log rows of epochs after the checkpoint (a crash between the two writes).
-        rows = read_log(log_path)[:initial_epoch]
-        _rewrite_log(log_path, rows)
-    else:
-        rows = []
-        if os.path.exists(log_path):
-            os.remove(log_path)
 
     with precision_scope(cfg.precision):
         with strategy.scope():
-            if initial_epoch:
-                model = _read_checkpoint(ckpt.model_path, lambda: keras.saving.load_model(ckpt.model_path))
+            # The newest readable checkpoint (last.keras, else previous.keras), or none.
+            model, initial_epoch = ckpt.restore(keras.saving.load_model) if cfg.resume else (None, 0)
+            if model is not None:
                 model.jit_compile = cfg.jit_compile  # the checkpoint's own setting otherwise
             else:
                 model = build_model(cfg, info.colors, info.num_classes, steps)
+        if cfg.resume and initial_epoch == 0:
+            print(f"--resume: no finished epoch in {ckpt_dir}; starting from the beginning.")
+        if cfg.resume:
+            # Drop log rows of epochs after the checkpoint (a crash between the two writes, or a fallback).
+            rows = read_log(log_path)[:initial_epoch]
+            _rewrite_log(log_path, rows)
+        else:
+            rows = []
+            if os.path.exists(log_path):
+                os.remove(log_path)
         best_path = os.path.join(out, "best.keras")
         prev_best = max((r.get("val_probe_accuracy", -1.0) for r in rows), default=None)
         callbacks = [
-            cbs.NonFiniteLossGuard(f"The last good checkpoint is {ckpt.model_path}. "),
+            cbs.NonFiniteLossGuard(ckpt.last_good_hint),
             cbs.EpochTimer(cfg.batch_size),
             keras.callbacks.ModelCheckpoint(best_path, monitor="val_probe_accuracy", mode="max", save_best_only=True,
                                             initial_value_threshold=prev_best),
@@ -291,15 +283,17 @@ def run(cfg, argv=None):
             "replicas": replicas,
             "command": " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv)),
         }
+        classifier = None  # without the linear evaluation the export has no classify_linear
         if cfg.linear_eval:
             from amr_keras.evaluate import evaluate_codes
 
             t0 = time.perf_counter()
-            results.update(evaluate_codes(model.encode, splits.arrays, seed=cfg.seed))
+            scores, classifier = evaluate_codes(model.encode, splits.arrays, seed=cfg.seed, return_classifier=True)
+            results.update(scores)
             results["linear_eval_seconds"] = round(time.perf_counter() - t0, 1)
         _write_json(os.path.join(out, "results.json"), results)
         if cfg.export:
-            _export_and_draw(model, splits, results, out, cfg.seed)
+            _export_and_draw(model, splits, results, out, cfg.seed, classifier)
     if out != cfg.out:
         shutil.rmtree(out, ignore_errors=True)
     return results
@@ -312,12 +306,12 @@ def _figure_pairs(splits, n, seed):
     return pick_pairs(splits.arrays.get("test", splits.arrays["val"])[0], n, seed)
 
 
-def _export_and_draw(model, splits, results, out, seed):
+def _export_and_draw(model, splits, results, out, seed, classifier):
     from amr_keras.export import export_model, load_export
     from amr_keras.plots import interpolation_grid
 
     export_dir = os.path.join(out, "export")
-    export_model(model, export_dir, tuple(results["image_shape"]), metadata=results)
+    export_model(model, export_dir, tuple(results["image_shape"]), metadata=results, linear_head=classifier)
     a, b = _figure_pairs(splits, 6, seed)
     interpolation_grid(load_export(export_dir), a, b, os.path.join(out, "interpolations.png"))
 

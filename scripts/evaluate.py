@@ -34,7 +34,9 @@ def main(argv=None):
         results = evaluate_saved(args.path, args.dataset, data_dir=args.data_dir, seed=args.seed, k=args.k)
     except (FileNotFoundError, DataError, ValueError) as e:
         parser.exit(2, f"error: {e}\n")
-    print(f"linear evaluation (L2 = {results['linear_eval_l2']:g}): "
+    c = results["linear_eval_C"]
+    print(f"linear evaluation (L2 = {results['linear_eval_l2']:g}, "
+          f"scikit-learn C = {'inf (no penalty)' if c is None else f'{c:g}'}): "
           f"validation {_fmt(results['linear_eval_val_accuracy'])}, test {_fmt(results['linear_eval_test_accuracy'])}")
     print(f"k-NN (k = {args.k}, cosine): "
           f"validation {_fmt(results['knn_val_accuracy'])}, test {_fmt(results['knn_test_accuracy'])}")

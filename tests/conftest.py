@@ -1,16 +1,26 @@
-"""Shared fixtures: one tiny AMR run folder and its SavedModel export for the whole session."""
+"""Shared fixtures: one tiny AMR run folder and its SavedModel exports (without and with the post-hoc head)."""
 
 import json
 import types
 
 import amr_keras  # noqa: F401  (first: it sets TF_ENABLE_ONEDNN_OPTS before TensorFlow is imported)
 import keras
+import numpy as np
 import pytest
 
 from amr_keras.model import AMR
 from amr_keras.networks import build_networks
 
 SOURCE_SHAPE = (28, 28, 1)
+
+
+def class_images(n, seed=0, num_classes=10):
+    """uint8 28x28 images whose class is the bright row, plus noise."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, num_classes, n)
+    x = rng.integers(0, 100, (n, 28, 28, 1), dtype=np.uint8)
+    x[np.arange(n), 2 * y + 4] = 255
+    return x, y
 
 
 @pytest.fixture(scope="session")
@@ -38,3 +48,24 @@ def loaded_export(tiny_export):
     from amr_keras.export import load_export
 
     return load_export(tiny_export.path)
+
+
+@pytest.fixture(scope="session")
+def tiny_linear_export(tiny_export, tmp_path_factory):
+    """``tiny_export``'s run exported again with ``classify_linear`` (``export_run(..., linear_head=True)``).
+
+    The post-hoc classifier is fitted on ``arrays``, small synthetic splits that stand in for the dataset;
+    ``classifier`` and ``scores`` are the same (deterministic) fit on the eager model's codes.
+    """
+    from amr_keras import evaluate
+    from amr_keras.export import export_run
+
+    x, y = class_images(240, seed=0)
+    arrays = {"train": (x[:160], y[:160]), "val": (x[160:200], y[160:200]), "test": (x[200:], y[200:])}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(evaluate, "load_dataset", lambda name, data_dir=None, batch_size=64: types.SimpleNamespace(
+            arrays=arrays))
+        path = export_run(tiny_export.run_dir, tmp_path_factory.mktemp("linear") / "export", linear_head=True)
+    scores, classifier = evaluate.evaluate_codes(tiny_export.model.encode, arrays, return_classifier=True)
+    return types.SimpleNamespace(path=path, arrays=arrays, scores=scores, classifier=classifier,
+                                 model=tiny_export.model, source_shape=SOURCE_SHAPE)

@@ -6,9 +6,17 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import class_images
 
 from amr_keras import evaluate
-from amr_keras.evaluate import RESULT_KEYS, encode_arrays, evaluate_codes, knn_accuracy, linear_evaluation
+from amr_keras.evaluate import (
+    RESULT_KEYS,
+    encode_arrays,
+    evaluate_codes,
+    knn_accuracy,
+    l2_to_C,
+    linear_evaluation,
+)
 from amr_keras.networks import build_encoder, build_networks
 
 
@@ -22,15 +30,6 @@ def blobs(n, num_classes=10, dim=32, spread=0.3, seed=0, random_labels=False):
     if random_labels:
         y = rng.integers(0, num_classes, n)
     return x.astype(np.float32), y
-
-
-def class_images(n, seed=0, num_classes=10):
-    """uint8 28x28 images whose class is the bright row, plus noise."""
-    rng = np.random.default_rng(seed)
-    y = rng.integers(0, num_classes, n)
-    x = rng.integers(0, 100, (n, 28, 28, 1), dtype=np.uint8)
-    x[np.arange(n), 2 * y + 4] = 255
-    return x, y
 
 
 def row_means(x):
@@ -48,6 +47,27 @@ def test_linear_evaluation_separable_codes_reach_full_accuracy():
     assert res["l2"] in res["per_l2"]
     assert sorted(res["per_l2"]) == [0.0, 1e-5, 1e-4, 1e-3, 1e-2]
     assert all(entry["converged"] for l2, entry in res["per_l2"].items() if l2 > 0)
+    assert res["per_l2"][1e-3]["C"] == pytest.approx(1.0 / (2 * 1e-3 * 1000)) and res["per_l2"][0.0]["C"] == np.inf
+    # The returned classifier is the chosen one, fitted on raw (unstandardised) codes.
+    assert res["classifier"][-1].C == res["C"] == l2_to_C(res["l2"], 1000)
+    assert np.mean(res["classifier"].predict(xs) == ys) == res["test_accuracy"]
+
+
+def test_l2_to_C_gives_the_mean_loss_objective():
+    # At the optimum of mean(cross-entropy) + l2 * ||W||^2 on standardised codes, the gradient
+    # (1/n) X^T (P - Y) + 2 * l2 * W vanishes: the fitted sklearn weights must satisfy it for this l2.
+    x, y = blobs(600, spread=2.0, seed=3)
+    l2 = 1e-2
+    res = linear_evaluation(x[:400], y[:400], x[400:], y[400:], l2_grid=(l2,))
+    scaler, logistic = res["classifier"]
+    xs = scaler.transform(x[:400])
+    w = logistic.coef_.T
+    probs = logistic.predict_proba(xs)
+    grad = xs.T @ (probs - np.eye(10)[y[:400]]) / 400 + 2 * l2 * w
+    assert np.abs(grad).max() < 1e-4
+    assert np.abs(w).max() > 0.1  # not trivially zero weights
+    # A ten times weaker penalty would leave a clear gradient: the check can tell strengths apart.
+    assert np.abs(grad - 2 * 0.9 * l2 * w).max() > 1e-3
 
 
 def test_linear_evaluation_random_labels_stay_near_chance():
@@ -65,9 +85,15 @@ def test_linear_evaluation_is_deterministic_and_ignores_test_when_choosing():
     a = linear_evaluation(x[:800], y[:800], x[800:1100], y[800:1100], x[1100:], y[1100:], seed=0)
     b = linear_evaluation(x[:800], y[:800], x[800:1100], y[800:1100], x[1100:], y[1100:], seed=0)
     c = linear_evaluation(x[:800], y[:800], x[800:1100], y[800:1100], seed=0)
+    for res in (a, b):
+        res["coef"] = res.pop("classifier")[-1].coef_
+    np.testing.assert_array_equal(a.pop("coef"), b.pop("coef"))
     assert a == b
     assert 0.2 < a["val_accuracy"] < 1.0
     assert (c["l2"], c["val_accuracy"], c["test_accuracy"]) == (a["l2"], a["val_accuracy"], None)
+    # Chosen on validation: the best validation accuracy of the grid, whatever the test codes say.
+    assert a["val_accuracy"] == max(entry["val_accuracy"] for entry in a["per_l2"].values())
+    assert len({entry["val_accuracy"] for entry in a["per_l2"].values()}) > 1
 
 
 def test_linear_evaluation_rejects_bad_inputs():
@@ -90,11 +116,19 @@ def test_knn_separable_and_random_labels():
     assert knn_accuracy(xr[:2000], yr[:2000], xr[2000:], yr[2000:]) <= 0.15
 
 
-def test_knn_blocks_do_not_change_the_result():
-    x, y = blobs(600, spread=2.0, seed=8)
-    whole = knn_accuracy(x[:400], y[:400], x[400:], y[400:], k=5)
-    blocked = knn_accuracy(x[:400], y[:400], x[400:], y[400:], k=5, max_block_elements=1000)
-    assert whole == blocked
+def test_knn_matches_a_direct_vote_with_many_ties():
+    # Three classes and an even k give many tied votes; count them directly.
+    x, y = blobs(500, num_classes=3, dim=4, spread=3.0, seed=8)
+    train, labels, queries, truth, k = x[:300], y[:300], x[300:], y[300:], 4
+    unit = lambda a: a / np.linalg.norm(a, axis=1, keepdims=True)
+    sims = unit(queries) @ unit(train).T
+    top = np.argsort(-sims, axis=1)[:, :k]
+    counts = np.stack([(labels[top] == c).sum(1) for c in range(3)], 1)
+    summed = np.stack([np.where(labels[top] == c, np.take_along_axis(sims, top, 1), 0).sum(1) for c in range(3)], 1)
+    tied = counts == counts.max(1, keepdims=True)
+    expected = np.argmax(np.where(tied, summed, -np.inf), axis=1)
+    assert tied.sum(1).max() > 1 and (tied.sum(1) > 1).sum() >= 20  # the rule matters here
+    assert knn_accuracy(train, labels, queries, truth, k=k) == np.mean(expected == truth)
 
 
 def test_knn_ties_go_to_larger_summed_similarity_then_lowest_label():
@@ -131,7 +165,11 @@ def test_evaluate_codes_separable_stand_in_encoder():
     assert set(res) == set(RESULT_KEYS)
     for key in ("linear_eval_val_accuracy", "linear_eval_test_accuracy", "knn_val_accuracy", "knn_test_accuracy"):
         assert res[key] >= 0.98, key
-    assert evaluate_codes(row_means, arrays, seed=0) == res
+    again, classifier = evaluate_codes(row_means, arrays, seed=0, return_classifier=True)
+    assert again == res
+    codes = encode_arrays(row_means, x[550:])
+    assert np.mean(classifier.predict(codes) == y[550:]) == res["linear_eval_test_accuracy"]
+    assert res["linear_eval_C"] in (None, l2_to_C(res["linear_eval_l2"], 400))
 
 
 def test_evaluate_codes_leaves_encoder_weights_unchanged():
@@ -147,6 +185,7 @@ def test_evaluate_codes_leaves_encoder_weights_unchanged():
     assert res["linear_eval_test_accuracy"] is None and res["knn_test_accuracy"] is None
     assert 0.0 <= res["linear_eval_val_accuracy"] <= 1.0
     assert res["linear_eval_l2"] in (0.0, 1e-5, 1e-4, 1e-3, 1e-2)
+    assert (res["linear_eval_C"] is None) == (res["linear_eval_l2"] == 0.0)
 
 
 def test_evaluate_codes_needs_train_and_val():

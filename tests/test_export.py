@@ -6,13 +6,16 @@ import runpy
 import subprocess
 import sys
 import textwrap
+import types
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from amr_keras import evaluate
 from amr_keras.export import (
     ENDPOINTS,
+    LINEAR_ENDPOINT,
     Endpoints,
     export_run,
     from_model_output,
@@ -46,6 +49,7 @@ CLIENT = textwrap.dedent(
         out[f"mix{n}"] = model.mix(a, b, inp[f"weight{n}"]).numpy()
         out[f"mix_alpha{n}"] = model.mix_alpha(a, b, inp[f"alpha{n}"]).numpy()
         out[f"classify{n}"] = model.classify(a).numpy()
+        out[f"classify_linear{n}"] = model.classify_linear(a).numpy()
     out["standalone"] = np.array(not any(m.split(".")[0] == "amr_keras" for m in sys.modules))
     np.savez(sys.argv[3], **out)
     """
@@ -64,21 +68,21 @@ def _inputs(n, seed, shape=(28, 28, 1), channels=2):
     }
 
 
-def test_fresh_process_matches_eager_model(tiny_export, tmp_path):
+def test_fresh_process_matches_eager_model(tiny_linear_export, tmp_path):
     inputs = {}
     for i, n in enumerate(BATCHES):
         inputs.update(_inputs(n, seed=i))
     np.savez(tmp_path / "in.npz", **inputs)
     (tmp_path / "client.py").write_text(CLIENT)
     proc = subprocess.run(
-        [sys.executable, "client.py", str(tiny_export.path), "in.npz", "out.npz"],
+        [sys.executable, "client.py", str(tiny_linear_export.path), "in.npz", "out.npz"],
         cwd=tmp_path, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = np.load(tmp_path / "out.npz")
     assert out["standalone"], "loading the export imported amr_keras"
 
-    eager = Endpoints(tiny_export.model, tiny_export.source_shape)
+    eager = Endpoints(tiny_linear_export.model, tiny_linear_export.source_shape)
     for n in BATCHES:
         a, b = inputs[f"a{n}"], inputs[f"b{n}"]
         expected = {
@@ -88,13 +92,16 @@ def test_fresh_process_matches_eager_model(tiny_export, tmp_path):
             "mix": eager.mix(a, b, inputs[f"weight{n}"]),
             "mix_alpha": eager.mix_alpha(a, b, inputs[f"alpha{n}"]),
             "classify": eager.classify(a),
+            # scikit-learn's own predict_proba on the same codes: the stored head is that classifier.
+            LINEAR_ENDPOINT: tiny_linear_export.classifier.predict_proba(np.reshape(eager.encode(a), (n, -1))),
         }
-        for name in ENDPOINTS:
+        for name in (*ENDPOINTS, LINEAR_ENDPOINT):
             got = out[f"{name}{n}"]
             assert got.dtype == np.float32, name
             np.testing.assert_allclose(got, np.asarray(expected[name]), atol=ATOL, err_msg=f"{name}, batch {n}")
         assert out[f"encode{n}"].shape == (n, 4, 4, 2)
-        assert out[f"classify{n}"].shape == (n, 10)
+        assert out[f"classify{n}"].shape == out[f"classify_linear{n}"].shape == (n, 10)
+        np.testing.assert_allclose(out[f"classify_linear{n}"].sum(axis=1), np.ones(n), atol=1e-5)
         for name in ("decode", "reconstruct", "mix", "mix_alpha"):
             assert out[f"{name}{n}"].shape == (n, 28, 28, 1), name
             assert out[f"{name}{n}"].min() >= 0.0 and out[f"{name}{n}"].max() <= 1.0, name
@@ -179,6 +186,72 @@ def test_metadata(tiny_export):
     assert meta["run_results"]["test_probe_accuracy"] == 0.1
     with open(tiny_export.path + "/metadata.json") as f:
         assert json.load(f) == meta
+    # Exported without a post-hoc classifier: no classify_linear, and the metadata says why.
+    assert meta["heads"]["classify"]["head"].startswith("online linear probe")
+    assert meta["heads"]["classify"]["test_accuracy"] == 0.1
+    assert meta["heads"][LINEAR_ENDPOINT]["head"] is None and "--linear-head" in meta["heads"][LINEAR_ENDPOINT]["note"]
+    assert LINEAR_ENDPOINT not in meta["inputs"]
+
+
+def test_export_without_linear_head_loads_without_the_endpoint(loaded_export):
+    assert not hasattr(loaded_export, LINEAR_ENDPOINT)
+    assert LINEAR_ENDPOINT not in loaded_export.signatures
+    assert loaded_export.classify(np.zeros((2, 28, 28, 1), np.float32)).shape == (2, 10)
+
+
+def test_linear_export_metadata_names_both_heads(tiny_linear_export):
+    meta = load_metadata(tiny_linear_export.path)
+    assert meta["endpoints"] == [*ENDPOINTS, LINEAR_ENDPOINT]
+    assert meta["inputs"][LINEAR_ENDPOINT] == meta["inputs"]["encode"]
+    head, scores = meta["heads"][LINEAR_ENDPOINT], tiny_linear_export.scores
+    assert head["head"] == "post-hoc logistic regression on frozen codes"
+    assert (head["val_accuracy"], head["test_accuracy"]) == (scores["linear_eval_val_accuracy"],
+                                                             scores["linear_eval_test_accuracy"])
+    assert (head["l2"], head["C"]) == (scores["linear_eval_l2"], scores["linear_eval_C"])
+    assert meta["heads"]["classify"]["test_accuracy"] == 0.1  # from the run's results.json
+    assert meta["linear_eval_dataset"] == "mnist_sample"
+
+
+def test_add_linear_head_keeps_every_endpoint_and_adds_classify_linear(tiny_export, tiny_linear_export, loaded_export,
+                                                                       tmp_path, monkeypatch):
+    arrays = tiny_linear_export.arrays
+    monkeypatch.setattr(evaluate, "load_dataset", lambda name, data_dir=None, batch_size=64: types.SimpleNamespace(
+        arrays=arrays))
+    out = tmp_path / "with_head"
+    main = runpy.run_path(str(SCRIPTS / "export.py"), run_name="export_script")["main"]
+    main([tiny_export.path, "--linear-head", "--out", str(out)])
+    new = load_export(out)
+    inp = _inputs(3, seed=5)
+    a, b = inp["a3"], inp["b3"]
+    for name, args in [("encode", (a,)), ("decode", (inp["codes3"],)), ("reconstruct", (a,)), ("classify", (a,)),
+                       ("mix", (a, b, inp["weight3"])), ("mix_alpha", (a, b, inp["alpha3"]))]:
+        np.testing.assert_array_equal(getattr(new, name)(*args).numpy(), getattr(loaded_export, name)(*args).numpy(),
+                                      err_msg=name)
+    assert sorted(new.signatures) == sorted([*ENDPOINTS, LINEAR_ENDPOINT, "serving_default"])
+    # The stored float32 parameters, applied in numpy to the export's own codes.
+    head = new.linear_head
+    codes = new.encode(a).numpy().reshape(3, -1)
+    logits = (codes - head.mean.numpy()) / head.scale.numpy() @ head.kernel.numpy() + head.bias.numpy()
+    expected = np.exp(logits - logits.max(1, keepdims=True))
+    expected /= expected.sum(1, keepdims=True)
+    probs = new.classify_linear(a).numpy()
+    np.testing.assert_allclose(probs, expected, atol=1e-5)
+    np.testing.assert_allclose(probs.sum(axis=1), np.ones(3), atol=1e-5)
+    # ... which is the classifier fitted on these codes (the same fit as the training-time export's).
+    np.testing.assert_allclose(probs, tiny_linear_export.classifier.predict_proba(codes), atol=1e-4)
+    meta = load_metadata(out)
+    assert meta["endpoints"] == [*ENDPOINTS, LINEAR_ENDPOINT]
+    assert meta["heads"][LINEAR_ENDPOINT]["val_accuracy"] == tiny_linear_export.scores["linear_eval_val_accuracy"]
+    with pytest.raises(TypeError, match=r"TensorSpec\(shape=\(None, 28, 28, 1\), dtype=tf.float32, name='images'\)"):
+        new.classify_linear(np.zeros((1, 32, 32, 1), np.float32))
+
+
+def test_export_script_needs_linear_head_for_a_saved_model(tiny_export, capsys):
+    main = runpy.run_path(str(SCRIPTS / "export.py"), run_name="export_script")["main"]
+    with pytest.raises(SystemExit) as exit_info:
+        main([tiny_export.path])
+    assert exit_info.value.code == 2
+    assert "already a SavedModel export: pass --linear-head" in capsys.readouterr().err
 
 
 def test_load_export_of_a_folder_without_savedmodel(tmp_path):
@@ -218,3 +291,25 @@ def test_source_shape_must_match_model_channels():
     model = AMR(*build_networks(depth=4), num_classes=10)
     with pytest.raises(ValueError, match="3 channel.*encoder takes 1"):
         Endpoints(model, (32, 32, 3))
+
+
+@pytest.mark.parametrize("classes", [(0, 1, 2, 3, 4), (1, 3, 4), (2, 4)], ids=["all", "missing", "two"])
+def test_linear_head_is_predict_proba_over_all_classes(classes):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from amr_keras.export import LinearHead
+
+    rng = np.random.default_rng(0)
+    y = np.array(classes)[rng.integers(0, len(classes), 200)]
+    codes = rng.normal(size=(200, 4, 4, 2)) + y[:, None, None, None] * 0.3
+    flat = codes.reshape(200, -1)
+    classifier = make_pipeline(StandardScaler(), LogisticRegression(C=1.0)).fit(flat, y)
+    expected = np.zeros((200, 5))
+    expected[:, classifier[-1].classes_] = classifier.predict_proba(flat)
+    probs = LinearHead.from_classifier(classifier, num_classes=5)(codes.astype(np.float32)).numpy()
+    assert probs.shape == (200, 5) and probs.dtype == np.float32
+    np.testing.assert_allclose(probs, expected, atol=1e-5)
+    with pytest.raises(ValueError, match=r"knows classes \[.*\], the model 0 to 1"):
+        LinearHead.from_classifier(classifier, num_classes=2)

@@ -5,8 +5,10 @@ import importlib.util
 import io
 import json
 import os
+import pathlib
 import re
 
+import numpy as np
 import pytest
 
 from test_data import write_mnist_folder
@@ -39,7 +41,12 @@ def tiny_args(data_dir, out, *extra):
             "--no-jit-compile", "--precision", "float32", "--out", out, "--verbose", "0", *extra]
 
 
-def test_fit_writes_results_export_and_figure(tiny_data, tmp_path):
+def test_fit_writes_results_export_and_figure(tiny_data, tmp_path, monkeypatch):
+    from amr_keras import evaluate
+
+    fits = []
+    original = evaluate.linear_evaluation
+    monkeypatch.setattr(evaluate, "linear_evaluation", lambda *a, **k: fits.append(original(*a, **k)) or fits[-1])
     out = str(tmp_path / "run")
     assert load_script("fit").main(tiny_args(tiny_data, out)) == 0
     with open(os.path.join(out, "results.json")) as f:
@@ -55,6 +62,15 @@ def test_fit_writes_results_export_and_figure(tiny_data, tmp_path):
 
     loaded = tf.saved_model.load(os.path.join(out, "export"))
     assert hasattr(loaded, "encode") and hasattr(loaded, "classify")
+    # The export serves the classifier of the linear evaluation, fitted once.
+    assert len(fits) == 1
+    x = np.random.default_rng(0).random((3, 28, 28, 1)).astype("float32")
+    codes = loaded.encode(x).numpy().reshape(3, -1)
+    np.testing.assert_allclose(loaded.classify_linear(x).numpy(), fits[0]["classifier"].predict_proba(codes), atol=1e-4)
+    with open(os.path.join(out, "export", "metadata.json")) as f:
+        heads = json.load(f)["heads"]
+    assert heads["classify_linear"]["test_accuracy"] == results["linear_eval_test_accuracy"]
+    assert heads["classify"]["test_accuracy"] == results["test_probe_accuracy"]
 
 
 def test_resume_continues_and_logs_the_whole_run(tiny_data, tmp_path, monkeypatch):
@@ -78,6 +94,24 @@ def test_resume_continues_and_logs_the_whole_run(tiny_data, tmp_path, monkeypatc
     with open(os.path.join(out, "results.json")) as f:
         results = json.load(f)
     assert results["epochs"] == 2
+    with open(os.path.join(out, "log.csv")) as f:
+        assert [line.split(",")[0] for line in f.read().split()[1:]] == ["0", "1"]
+
+    # last.keras damaged on disk: resuming falls back to previous.keras, losing one epoch only.
+    ckpt = os.path.join(out, "checkpoint")
+    with open(os.path.join(ckpt, "state.json")) as f, open(os.path.join(ckpt, "previous_state.json")) as g:
+        assert (json.load(f)["epochs_done"], json.load(g)["epochs_done"]) == (2, 1)
+    with open(os.path.join(ckpt, "last.keras"), "r+b") as f:
+        f.truncate(os.path.getsize(f.name) // 2)
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        assert fit.main(tiny_args(tiny_data, out, "--no-export", "--no-linear-eval", "--resume")) == 0
+    note = next(line for line in stdout.getvalue().splitlines() if line.startswith("note:"))
+    assert note.startswith(f"note: {os.path.join(ckpt, 'last.keras')} is unreadable (")
+    assert f"Resuming from the previous epoch's checkpoint {os.path.join(ckpt, 'previous.keras')} (epoch 1)" in note
+    assert os.path.exists(os.path.join(ckpt, "last.keras.unreadable"))
+    with open(os.path.join(ckpt, "state.json")) as f:
+        assert json.load(f)["epochs_done"] == 2  # epoch 2 trained again and checkpointed
     with open(os.path.join(out, "log.csv")) as f:
         assert [line.split(",")[0] for line in f.read().split()[1:]] == ["0", "1"]
 
@@ -181,12 +215,23 @@ def test_multiworker_needs_tf_config(tiny_data, tmp_path, capsys, monkeypatch):
     assert "needs the TF_CONFIG environment variable" in capsys.readouterr().err
 
 
+def nan_from_step(step):
+    """A ``train_pipeline`` whose images turn NaN from global step ``step`` (1-based) on."""
+    import tensorflow as tf
+
+    from amr_keras import data
+
+    def pipeline(*args, **kwargs):
+        ds = data.train_pipeline(*args, **kwargs).enumerate()
+        return ds.map(lambda i, b: (tf.where(i >= step - 1, float("nan"), b[0]), b[1]))
+
+    return pipeline
+
+
 @pytest.fixture(scope="module")
 def nan_run(tiny_data, tmp_path_factory):
     """A run whose input turns NaN in epoch 2 (5 steps per epoch), and the checkpoint of epoch 1 as written."""
-    import tensorflow as tf
-
-    from amr_keras import callbacks, data, train
+    from amr_keras import callbacks, train
 
     out = str(tmp_path_factory.mktemp("nan") / "run")
     saved = {}
@@ -196,14 +241,10 @@ def nan_run(tiny_data, tmp_path_factory):
         original(self, epoch, logs)
         saved[epoch] = (open(self.model_path, "rb").read(), os.stat(self.model_path).st_mtime_ns)
 
-    def nan_from_step_6(*args, **kwargs):
-        ds = data.train_pipeline(*args, **kwargs).enumerate()
-        return ds.map(lambda i, b: (tf.where(i >= 5, float("nan"), b[0]), b[1]))
-
     stderr = io.StringIO()
     with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stderr(stderr):
         mp.setattr(callbacks.ResumableCheckpoint, "on_epoch_end", record)
-        mp.setattr(train, "train_pipeline", nan_from_step_6)
+        mp.setattr(train, "train_pipeline", nan_from_step(6))
         code = load_script("fit").main(tiny_args(tiny_data, out, "--no-export", "--no-linear-eval"))
     return out, code, saved, stderr.getvalue()
 
@@ -226,19 +267,67 @@ def test_nan_loss_stops_with_loss_and_step_and_keeps_the_last_checkpoint(nan_run
 
 
 @pytest.mark.parametrize("damaged", ["last.keras", "state.json"])
-def test_unreadable_checkpoint_on_resume_names_the_file(nan_run, tiny_data, tmp_path, capsys, damaged):
+def test_unreadable_checkpoint_without_previous_names_the_file(nan_run, tiny_data, tmp_path, capsys, damaged):
     import shutil
 
     out = str(tmp_path / "run")
     shutil.copytree(nan_run[0], out)
-    path = os.path.join(out, "checkpoint", damaged)
+    folder = os.path.join(out, "checkpoint")
+    assert not os.path.exists(os.path.join(folder, "previous.keras"))  # one epoch done: nothing to fall back to
+    path = os.path.join(folder, damaged)
     raw = open(path, "rb").read()
     with open(path, "wb") as f:
         f.write(raw[: len(raw) // 2])
     assert load_script("fit").main(tiny_args(tiny_data, out, "--no-export", "--no-linear-eval", "--resume")) == 2
     err = capsys.readouterr().err
-    assert error_lines(err)[0].startswith(f"error: checkpoint {path} is unreadable (") and "delete it to restart" in err
+    assert error_lines(err)[0].startswith(f"error: no readable checkpoint in {folder}: {path} is unreadable (")
+    assert f"delete {folder} to restart the run from the beginning" in err
     assert len(error_lines(err)) == 1 and "Traceback" not in err
+
+
+def test_nan_in_the_first_epoch_says_no_checkpoint_exists(tiny_data, tmp_path, capsys, monkeypatch):
+    from amr_keras import train
+
+    monkeypatch.setattr(train, "train_pipeline", nan_from_step(3))
+    out = str(tmp_path / "run")
+    assert load_script("fit").main(tiny_args(tiny_data, out, "--no-export", "--no-linear-eval", "--epochs", "1")) == 2
+    err = capsys.readouterr().err
+    assert len(error_lines(err)) == 1 and "became nan at step 3 (epoch 1, batch 3)" in error_lines(err)[0]
+    assert "No checkpoint exists yet (the first is written at the end of epoch 1)" in err
+    assert "last good checkpoint" not in err and not os.path.exists(os.path.join(out, "checkpoint", "last.keras"))
+
+
+def test_restore_pairs_models_and_states_after_a_rotation_cut_short(tmp_path):
+    from amr_keras.callbacks import CheckpointError, ResumableCheckpoint
+
+    ckpt = ResumableCheckpoint(str(tmp_path))
+
+    def write(name, text):
+        (tmp_path / name).write_text(text)
+
+    def load(path):
+        text = pathlib.Path(path).read_text()
+        if text == "damaged":
+            raise ValueError("truncated")
+        return text
+
+    assert ckpt.restore(load) == (None, 0)
+    # Killed after last.keras (epoch 3) became previous.keras, before its state followed it.
+    write("previous.keras", "model 3")
+    write("previous_state.json", '{"epochs_done": 2}')
+    write("state.json", '{"epochs_done": 3}')
+    assert ckpt.restore(load) == ("model 3", 3)
+    # ... and after the state followed it, the new last.keras written but not yet its state.
+    os.replace(tmp_path / "state.json", tmp_path / "previous_state.json")
+    write("last.keras", "model 4")
+    assert ckpt.restore(load) == ("model 3", 3)
+    assert os.path.exists(tmp_path / "last.keras.unreadable")
+    # Both unreadable.
+    write("last.keras", "damaged")
+    write("state.json", '{"epochs_done": 4}')
+    write("previous.keras", "damaged")
+    with pytest.raises(CheckpointError, match=r"last.keras is unreadable \(ValueError: truncated\); .*previous.keras is"):
+        ckpt.restore(load)
 
 
 @pytest.mark.parametrize("tf_config, message", [
