@@ -146,10 +146,7 @@ class ResumableCheckpoint(keras.callbacks.Callback):
 
     def epochs_done(self):
         """Finished epochs recorded with ``last.keras`` (0 when there is no checkpoint)."""
-        if not os.path.exists(self.state_path) or not os.path.exists(self.model_path):
-            return 0
-        with open(self.state_path) as f:
-            return int(json.load(f)["epochs_done"])
+        return checkpoint_epochs(self.folder)
 
     def last_good_hint(self):
         """A sentence for error messages: the checkpoint to resume from, or that none exists yet."""
@@ -207,3 +204,12 @@ class ResumableCheckpoint(keras.callbacks.Callback):
                 f"{self.folder} to restart the run from the beginning."
             )
         return None, 0
+
+
+def checkpoint_epochs(folder):
+    """Finished epochs of the ``ResumableCheckpoint`` in ``folder`` (0 when there is none); creates nothing."""
+    state, model = os.path.join(folder, "state.json"), os.path.join(folder, "last.keras")
+    if not os.path.exists(state) or not os.path.exists(model):
+        return 0
+    with open(state) as f:
+        return int(json.load(f)["epochs_done"])

@@ -18,11 +18,11 @@ import numpy as np
 import tensorflow as tf
 
 from amr_keras import callbacks as cbs
-from amr_keras.cli import RUN_KEYS, Config, ConfigError, resolve, upgrade_legacy_settings
+from amr_keras.cli import ConfigError, resolve, settings_diff, upgrade_legacy_settings
 from amr_keras.data import load_dataset, train_pipeline
 from amr_keras.model import AMR, default_optimizer
 from amr_keras.networks import build_networks
-from amr_keras.precision import compute_dtype, native_bfloat16, precision_scope, resolve_precision
+from amr_keras.precision import compute_dtype, cpu_info, native_bfloat16, precision_scope, resolve_precision
 
 
 def make_strategy(name):
@@ -121,10 +121,7 @@ def _check_resume(cfg, out):
         if cfg.precision == "auto":
             cfg = dataclasses.replace(cfg, precision=saved["precision"])
     cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision))
-    # A setting added after the run was made is absent from its config.json: the run had its default.
-    defaults = {f.name: f.default for f in dataclasses.fields(Config)}
-    saved = {k: saved.get(k, defaults[k]) for k in RUN_KEYS}
-    diffs = [f"{k}: run has {saved[k]!r}, now {getattr(cfg, k)!r}" for k in RUN_KEYS if saved[k] != getattr(cfg, k)]
+    diffs = settings_diff(cfg, saved)
     if diffs:
         raise ConfigError(
             f"--resume: {out} was trained with other settings ({'; '.join(diffs)}). "
@@ -281,6 +278,7 @@ def run(cfg, argv=None):
             "images_per_second_after_first_epoch": (
                 round(float(np.median([r["images_per_second"] for r in rows[1:]])), 1) if len(rows) > 1 else None),
             "replicas": replicas,
+            "cpu_model": cpu_info()["model"],  # speeds depend on it
             "command": " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv)),
         }
         classifier = None  # without the linear evaluation the export has no classify_linear

@@ -1,180 +1,177 @@
-"""Run the Table 1 grid (datasets x mixers x seeds) through the same code as fit.py and tabulate it.
+"""Train the runs of a table through the code of fit.py (skipping finished ones, resuming started ones) and tabulate it.
 
-Writes ``OUT/table1.md`` and ``OUT/table1.json``: mean +- std over seeds of the
-online probe's test accuracy at the best-validation epoch, the post-hoc linear
-evaluation and k-NN accuracy of the same weights, next to the numbers of the
-reproduction report (Table 1) where it has them. Each run keeps its own folder
-under ``OUT/runs/`` and is skipped when its ``results.json`` already exists, so
-an interrupted grid continues where it stopped. Datasets that cannot be reached
-(no network for tensorflow-datasets and no ``--data-dir``) are listed as
-"not available offline".
+Named tables, one recipe for every row (only mixer and k change); run folders go to
+runs/ (where fit.py puts the same runs), the tables to results/:
+  --table 1     the paper's Table 1 on the official MNIST split (--data-dir mnist=DIR with the official IDX files:
+                50,000 / 10,000 / official 10,000 test): none (AE + GAN), acai, mixup, bernoulli (k=2) and mixup k=3
+                (triplet), preset mnist_full (the fast preset with lamb 10 and 4 epochs: 200,000 training images per
+                run). Writes results/table1_mnist.md and results/table1_mnist.json.
+  --table lamb  none and mixup at lamb 10, 30 and 100 with the same recipe (its lamb-10 runs are Table 1's);
+                writes results/lamb_sweep_mnist.md with the mixup-minus-none gap per lamb.
+Recipe flags (--lamb, --lr, --epochs, --batch-size, --depth, --precision, --preset) change every run of the
+table; the run folders and table files then carry them in their names (e.g. --lamb 30 writes
+results/table1_mnist-lamb30.md from runs/mnist-mixup-k2-lamb30-mnist_full-s0 ...), so variants never collide.
+
+Without --table: the grid --datasets x --mixers x --seeds (preset fast unless --preset), written as
+OUT/table1.md and OUT/table1.json, runs in OUT/runs/. Datasets that cannot be reached (no network for
+tensorflow-datasets and no --data-dir) are listed as "not available offline".
+
+A finished run (results.json) is read, not trained again; a started one (config.json and its checkpoint) resumes
+from its last finished epoch; the tables are rewritten after every finished run, so a partial table can be
+committed and the command run again later (or one row at a time with --only). Exit status: 0, 1 when a run
+stopped on a NaN loss (the others still ran), 2 on a bad setting.
 
 Examples:
-    python scripts/reproduce.py --quick                               # smoke run, a few minutes
-    python scripts/reproduce.py --datasets mnist_sample fashion_mnist \\
-        --data-dir fashion_mnist=/data/fashion_mnist --seeds 3
+    python scripts/reproduce.py --table 1 --data-dir mnist=DIR                # 5 rows x 3 seeds
+    python scripts/reproduce.py --table 1 --data-dir mnist=DIR --dry-run      # which runs are done, which are not
+    python scripts/reproduce.py --table 1 --data-dir mnist=DIR --only acai    # one row (here ACAI, k=2)
+    python scripts/reproduce.py --table lamb --data-dir mnist=DIR             # lamb 10 / 30 / 100 sweep
+    python scripts/reproduce.py --quick                                       # smoke run of the grid, a few minutes
+    python scripts/reproduce.py --datasets mnist_sample fashion_mnist --data-dir fashion_mnist=DIR --seeds 3
 """
 
 import argparse
-import dataclasses
-import json
 import os
-import statistics
+import shlex
 import sys
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from amr_keras.cli import Config, ConfigError  # noqa: E402
-from amr_keras.data import DATASETS, DataError  # noqa: E402
-from amr_keras.train import run  # noqa: E402
+from amr_keras import reproduce  # noqa: E402
+from amr_keras.cli import PRESETS, ConfigError  # noqa: E402
+from amr_keras.data import DATASETS  # noqa: E402
+from amr_keras.precision import PRECISIONS  # noqa: E402
 
-# (mixer, k) settings of the grid; "none" is the AE + GAN baseline.
-GRID = (("none", 2), ("mixup", 2), ("bernoulli", 2), ("mixup", 3))
-# Settings --mixers also takes besides the grid's: ACAI, the peer baseline (its critic regresses the mixing weight).
-EXTRA = (("acai", 2),)
-
-# Table 1 of the reproduction report (test probe accuracy, %, 32-d code, k=2):
-# mixup / Bernoulli. The report has no numbers for the baseline or k=3 here.
-REPORT = {
-    "mnist": {("mixup", 2): "94.38", ("bernoulli", 2): "94.66"},
-    "kmnist": {("mixup", 2): "67.92", ("bernoulli", 2): "65.64"},
-    "svhn": {("mixup", 2): "21.58 ± 0.98", ("bernoulli", 2): "21.55 ± 0.23"},
-}
-
-
-def _fmt(values):
-    values = [v for v in values if v is not None]
-    if not values:
-        return "–"
-    mean = 100 * statistics.mean(values)
-    std = 100 * statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{mean:.2f} ± {std:.2f}"
+GRID_DATASETS = ["mnist_sample", "mnist", "kmnist", "svhn", "fashion_mnist"]
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--datasets", nargs="+", default=["mnist_sample", "mnist", "kmnist", "svhn", "fashion_mnist"],
-                   choices=DATASETS)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--table", help=f"named table: {', '.join(reproduce.TABLES)} (default: the grid of --datasets "
+                                   "and --mixers)")
+    p.add_argument("--datasets", nargs="+", choices=DATASETS, help=f"grid only (default: {' '.join(GRID_DATASETS)})")
     p.add_argument("--data-dir", action="append", default=[], metavar="NAME=DIR",
-                   help="raw-file folder of one dataset, e.g. fashion_mnist=/data/fashion_mnist (repeatable)")
-    p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--mixers", nargs="+", metavar="MIXER[:K]",
-                   default=[f"{m}:{k}" for m, k in GRID],
-                   help="grid settings to run, e.g. mixup:2 bernoulli:2 acai:2 (default: none:2 mixup:2 bernoulli:2 "
-                        "mixup:3; also accepted: acai:2; MIXER alone means MIXER:2)")
-    p.add_argument("--preset", default="fast", choices=["fast", "official"])
-    p.add_argument("--epochs", type=int, help="override the preset's epochs")
-    p.add_argument("--quick", action="store_true", help="smoke run: mnist_sample, 1 seed, 1 epoch, narrow networks")
-    p.add_argument("--out", default="results")
-    p.add_argument("--table-only", action="store_true",
-                   help="tabulate the runs already in OUT/runs without training the missing ones")
+                   help="raw-file folder of one dataset, e.g. mnist=/data/mnist (repeatable)")
+    p.add_argument("--seeds", nargs="+", type=int, default=[3], metavar="N",
+                   help="a count N (seeds 0 to N-1; default 3), or two or more seeds, e.g. --seeds 1 2 "
+                        "(one seed S other than 0: --seeds S S)")
+    p.add_argument("--mixers", "--only", nargs="+", metavar="MIXER[:K]",
+                   help="grid: its settings (default: none:2 mixup:2 bernoulli:2 mixup:3; also acai:2). "
+                        "--table: train only these rows (e.g. --only acai mixup:3); the table still lists every row. "
+                        "MIXER alone means MIXER:2")
+    r = p.add_argument_group("recipe (every run of the table; default: the table's preset)")
+    r.add_argument("--preset", choices=tuple(PRESETS), help="grid: fast by default; --table 1 and lamb: mnist_full")
+    r.add_argument("--lamb", nargs="+", type=float, help="lamb value(s); several make one row per value")
+    r.add_argument("--lr", type=float,
+                   help="learning rate of the autoencoder (the discriminator keeps the preset's d_lr, as with fit.py)")
+    r.add_argument("--epochs", type=int, help="training epochs")
+    r.add_argument("--batch-size", type=int, help="batch size")
+    r.add_argument("--depth", type=int, help="channels of the first scale of every network")
+    r.add_argument("--precision", choices=PRECISIONS, help="compute precision (default auto)")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run: 1 seed, 1 epoch, depth 4 (the grid: on mnist_sample)")
+    p.add_argument("--out", default="results", help="folder of the tables (and, for the grid, of runs/)")
+    p.add_argument("--runs", help="folder of the run folders (default: runs for --table, OUT/runs for the grid)")
+    p.add_argument("--table-only", action="store_true", help="tabulate the finished runs without training")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the planned runs and which are done, started or pending; train and write nothing")
     return p.parse_args(argv)
+
+
+def parse_seeds(values):
+    """``[3]`` -> ``[0, 1, 2]``; two or more values are the seeds themselves."""
+    if len(values) == 1:
+        if values[0] < 1:
+            raise ConfigError(f"--seeds N needs a count N >= 1 (seeds 0 to N-1), got {values[0]}.")
+        return list(range(values[0]))
+    if min(values) < 0:
+        raise ConfigError(f"--seeds takes seeds >= 0, got {' '.join(map(str, values))}.")
+    return sorted(set(values))
+
+
+def parse_data_dirs(items):
+    """``["mnist=/data/mnist"]`` -> ``{"mnist": "/data/mnist"}``."""
+    dirs = {}
+    for item in items:
+        name, sep, folder = item.partition("=")
+        if not sep or name not in DATASETS:
+            raise ConfigError(f"--data-dir takes NAME=DIR with NAME in {', '.join(DATASETS)}, got {item!r}.")
+        dirs[name] = folder
+    return dirs
+
+
+def command_line(args):
+    """The command that makes the whole table: what was given, less --only, --dry-run and --table-only."""
+    words = ["python", "scripts/reproduce.py"]
+    if args.table:
+        words += ["--table", args.table]
+    else:
+        words += ["--quick"] if args.quick else []
+        words += ["--datasets", *args.datasets] if args.datasets else []
+        words += ["--mixers", *args.mixers] if args.mixers else []
+    for item in args.data_dir:
+        words += ["--data-dir", item]
+    words += ["--seeds", *map(str, args.seeds)]
+    for flag in ("preset", "lamb", "lr", "epochs", "batch_size", "depth", "precision", "runs"):
+        value = getattr(args, flag)
+        if value is not None:
+            values = value if isinstance(value, list) else [value]
+            words += [f"--{flag.replace('_', '-')}", *(f"{v:g}" if isinstance(v, float) else str(v) for v in values)]
+    if args.out != "results":
+        words += ["--out", args.out]
+    return shlex.join(words)
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
-    dirs = {}
-    for item in args.data_dir:
-        name, sep, folder = item.partition("=")
-        if not sep or name not in DATASETS:
-            print(f"error: --data-dir takes NAME=DIR with NAME in {', '.join(DATASETS)}, got {item!r}",
-                  file=sys.stderr)
-            return 2
-        dirs[name] = folder
-    allowed = {f"{m}:{k}": (m, k) for m, k in GRID + EXTRA}
-    allowed.update({m: (m, 2) for m, k in GRID + EXTRA if k == 2})
-    bad = [item for item in args.mixers if item not in allowed]
-    if bad:
-        print(f"error: --mixers takes settings among {' '.join(f'{m}:{k}' for m, k in GRID + EXTRA)}, "
-              f"got {bad[0]!r}", file=sys.stderr)
+    try:
+        return _run(args, argv)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
-    grid = [allowed[item] for item in args.mixers]
-    datasets, seeds, extra = args.datasets, range(args.seeds), {}
+
+
+def _run(args, argv):
+    data_dirs = parse_data_dirs(args.data_dir)
+    seeds = parse_seeds(args.seeds)
+    recipe = {"lr": args.lr, "epochs": args.epochs, "batch_size": args.batch_size, "depth": args.depth,
+              "precision": args.precision}
     if args.quick:
-        datasets, seeds, extra = ["mnist_sample"], range(1), {"epochs": 1, "depth": 4}
-    if args.epochs:
-        extra["epochs"] = args.epochs
-    os.makedirs(args.out, exist_ok=True)
-    rows, started = {}, time.perf_counter()
-    for dataset in datasets:
-        for mixer, k in grid:
-            results, status = [], ""
-            for seed in seeds:
-                out = os.path.join(args.out, "runs", f"{dataset}-{mixer}-k{k}-{args.preset}-s{seed}")
-                done = os.path.join(out, "results.json")
-                if os.path.exists(done):
-                    with open(done) as f:
-                        results.append(json.load(f))
-                    continue
-                if args.table_only:
-                    continue
-                cfg = Config(dataset=dataset, data_dir=dirs.get(dataset), preset=args.preset, mixer=mixer, k=k,
-                             seed=seed, out=out, resume=os.path.exists(os.path.join(out, "config.json")),
-                             export=False, verbose=2, **extra)
-                try:
-                    results.append(run(cfg, argv=["scripts/reproduce.py", *argv]))
-                except DataError as e:
-                    status = "not available offline" if "cannot download" in str(e) else f"data error: {e}"
-                    print(f"{dataset}: {status}", file=sys.stderr)
-                    break
-                except ConfigError as e:
-                    print(f"error: {e}", file=sys.stderr)
-                    return 2
-            rows[(dataset, mixer, k)] = (results, status)
-    wall = time.perf_counter() - started
-    write_tables(rows, args, wall)
-    print(f"wrote {args.out}/table1.md and table1.json ({wall / 60:.1f} min)")
-    return 0
+        seeds, recipe = [0], {**recipe, "epochs": args.epochs or 1, "depth": args.depth or 4}
+    if args.table:
+        if args.datasets:
+            raise ConfigError(f"--datasets is for the grid; --table {args.table} has its own dataset. "
+                              "Drop --datasets, or drop --table and give --mixers.")
+        spec = reproduce.table_spec(args.table)
+        rows = reproduce.parse_rows(args.mixers, spec.rows, flag="--only") if args.mixers else None
+        runs_dir = args.runs or "runs"
+    else:
+        datasets = ["mnist_sample"] if args.quick else (args.datasets or GRID_DATASETS)
+        grid = reproduce.parse_rows(args.mixers or [f"{m}:{k}" for m, k in reproduce.GRID_ROWS],
+                                    reproduce.GRID_CHOICES)
+        spec, rows = reproduce.grid_spec(datasets, grid, args.preset or "fast"), None
+        runs_dir = args.runs or os.path.join(args.out, "runs")
+    runs = reproduce.plan_runs(spec, seeds, data_dirs, runs_dir, preset=args.preset, lambs=args.lamb, recipe=recipe)
+    reproduce.check_runs(runs)
+    stem = reproduce.table_stem(spec, args.preset, args.lamb, recipe)
+    plan = reproduce.describe_plan(runs, rows)
+    print(f"table {spec.name} -> {os.path.join(args.out, stem)}.md; {plan[0]}; run folders in {runs_dir}")
+    if args.dry_run:
+        print("\n".join(plan[1:]))
+        return 0
+    command = command_line(args)
 
+    def write(unavailable=None):
+        return reproduce.write_tables(spec, runs, args.out, stem, command, unavailable)
 
-def write_tables(rows, args, wall):
-    records = []
-    lines = [
-        f"# Table 1: linear-probe accuracy (%), 32-value code, preset `{args.preset}`"
-        + (f", epochs per run: {args.epochs}" if args.epochs else ""),
-        "",
-        "Online probe: the probe trained during training, test accuracy at the best-validation epoch. "
-        "Post-hoc: logistic regression fitted to convergence on the frozen codes of the same weights "
-        "(L2 picked on validation). k-NN: 10 nearest neighbours, cosine. Mean ± std over seeds; "
-        "report: the reproduction report's Table 1. Datasets without a test split show validation accuracy (val).",
-        "",
-        "| dataset | mixer | k | seeds | online probe (test) | post-hoc linear (test) | k-NN (test) "
-        "| best val (online) | report | minutes / run |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for (dataset, mixer, k), (results, status) in rows.items():
-        report_key = "mnist" if dataset == "mnist_sample" else dataset
-        report = REPORT.get(report_key, {}).get((mixer, k), "–")
-        if not results:
-            lines.append(f"| {dataset} | {mixer} | {k} | 0 | {status or 'not run'} | | | | {report} | |")
-            records.append({"dataset": dataset, "mixer": mixer, "k": k, "status": status or "not run"})
-            continue
-        # Without a test split (e.g. a --data-dir with training files only) the columns show validation.
-        split = "test" if results[0]["test_probe_accuracy"] is not None else "val"
-        online = "test_probe_accuracy" if split == "test" else "best_val_probe_accuracy"
-
-        def col(key):
-            text = _fmt([r.get(key) for r in results])
-            return text if split == "test" else f"{text} (val)"
-
-        minutes = statistics.mean(r["train_seconds"] for r in results) / 60
-        lines.append(
-            f"| {dataset} | {mixer} | {k} | {len(results)} | {col(online)} "
-            f"| {col(f'linear_eval_{split}_accuracy')} | {col(f'knn_{split}_accuracy')} "
-            f"| {_fmt([r['best_val_probe_accuracy'] for r in results])} | {report} | {minutes:.1f} |"
-        )
-        records.append({"dataset": dataset, "mixer": mixer, "k": k, "report": report,
-                        "runs": [{key: r.get(key) for key in (
-                            "seed", "epochs", "best_epoch", "best_val_probe_accuracy", "test_probe_accuracy",
-                            "linear_eval_val_accuracy", "linear_eval_test_accuracy", "knn_val_accuracy",
-                            "knn_test_accuracy", "train_seconds", "images_per_second")} for r in results]})
-    lines += ["", f"Grid wall time: {wall / 60:.1f} min (runs found on disk are not re-timed)."]
-    with open(os.path.join(args.out, "table1.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
-    with open(os.path.join(args.out, "table1.json"), "w") as f:
-        json.dump({"preset": args.preset, "wall_seconds": round(wall, 1), "rows": records}, f, indent=2)
+    unavailable, failed = {}, []
+    if not args.table_only:
+        unavailable, failed = reproduce.train_missing(runs, rows, argv=["scripts/reproduce.py", *argv],
+                                                      on_finished=write)
+    md, js = write(unavailable)
+    print(f"wrote {md} and {js}")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,556 @@
+"""Tables of runs: plan them, train the missing ones (resuming interrupted ones), tabulate the finished ones.
+
+A table is datasets x rows (mixer, k) x lamb values x seeds. Every run is
+trained by :func:`amr_keras.train.run`, the code of ``scripts/fit.py``, with
+one recipe: the same ``Config`` fields except mixer, k, lamb and seed.
+``scripts/reproduce.py`` is the command line over this module.
+
+Runs live in folders named from their settings (``default_run_name`` plus the
+recipe fields that depart from the preset, e.g. ``mnist-acai-k2-lamb10-mnist_full-s0``
+or ``mnist-none-k2-lamb10-mnist_full-e2-s0``), so every table that needs a run
+finds the same folder: a finished run (``results.json``) is read, not trained
+again; a started one (``config.json``, usually with a checkpoint) resumes from
+its last finished epoch; the tables are rewritten after every finished run.
+
+Example:
+    >>> spec = TABLES["1"]
+    >>> runs = plan_runs(spec, seeds=[0, 1, 2], data_dirs={"mnist": "/data/mnist"}, runs_dir="runs")
+    >>> check_runs(runs)
+    >>> train_missing(runs, on_finished=lambda: write_tables(spec, runs, "results", "table1_mnist", "..."))
+"""
+
+import collections
+import dataclasses
+import json
+import os
+import statistics
+import sys
+
+from amr_keras.callbacks import checkpoint_epochs
+from amr_keras.cli import PRESETS, Config, ConfigError, default_run_name, resolve, settings_diff
+
+# Table 1 of the reproduction report (online probe, test accuracy %, 32-value code, k=2): mixup and Bernoulli
+# only; it has no numbers for the AE + GAN baseline, ACAI or k=3.
+REPORT = {
+    "mnist": {("mixup", 2): "94.38", ("bernoulli", 2): "94.66"},
+    "kmnist": {("mixup", 2): "67.92", ("bernoulli", 2): "65.64"},
+    "svhn": {("mixup", 2): "21.58 ± 0.98", ("bernoulli", 2): "21.55 ± 0.23"},
+}
+
+# Names of the rows in the paper's words; the other rows are named by their mixer.
+ROW_NAMES = {("none", 2): "none (AE + GAN)", ("mixup", 3): "mixup (triplet)", ("bernoulli", 3): "bernoulli (triplet)"}
+
+# Rows of the generic grid (scripts/reproduce.py without --table) and the settings its --mixers also takes.
+GRID_ROWS = (("none", 2), ("mixup", 2), ("bernoulli", 2), ("mixup", 3))
+GRID_CHOICES = GRID_ROWS + (("acai", 2),)
+
+# Recipe fields a table may override, and the tag that names an override in run folders and table files
+# (precision: its value alone, e.g. "-float32").
+RECIPE_TAGS = {"lr": "lr", "epochs": "e", "batch_size": "b", "depth": "d", "precision": ""}
+
+# Fields of results.json kept for each run in the table's JSON.
+RUN_RECORD_KEYS = ("seed", "epochs", "best_epoch", "best_val_probe_accuracy", "test_probe_accuracy",
+                   "linear_eval_val_accuracy", "linear_eval_test_accuracy", "knn_val_accuracy", "knn_test_accuracy",
+                   "train_seconds", "images_per_second", "precision", "cpu_model")
+
+# Recipe fields written beside a table (the run-defining settings that are not the table's axes).
+RECIPE_KEYS = ("preset", "lamb", "lr", "d_lr", "probe_lr", "schedule", "batch_size", "epochs", "update_g_every",
+               "depth", "slope", "recon", "beta", "acai_gamma", "acai_weight", "precision")
+
+
+@dataclasses.dataclass(frozen=True)
+class TableSpec:
+    """Which runs a table holds and what it is called.
+
+    Attributes:
+        name: ``"1"``, ``"lamb"`` or ``"grid"`` (datasets and rows given on the command line).
+        title: heading of the Markdown file.
+        datasets: dataset names.
+        rows: ``(mixer, k)`` settings in table order.
+        preset: preset of the recipe.
+        lambs: lamb values; ``None``: the preset's one.
+        stem: file name without extension (``OUT/STEM.md`` and ``OUT/STEM.json``).
+        gap: ``((mixer, k), (mixer, k))``: also tabulate the first row minus the second (paired by seed).
+    """
+
+    name: str
+    title: str
+    datasets: tuple
+    rows: tuple
+    preset: str
+    lambs: tuple = None
+    stem: str = "table1"
+    gap: tuple = None
+
+
+TABLES = {
+    "1": TableSpec(
+        "1", "Table 1 of the paper on the official MNIST split: linear-probe accuracy (%), 32-value code",
+        ("mnist",), (("none", 2), ("acai", 2), ("mixup", 2), ("bernoulli", 2), ("mixup", 3)), "mnist_full",
+        stem="table1_mnist"),
+    "lamb": TableSpec(
+        "lamb", "Reconstruction weight lamb on the official MNIST split: mixup against the AE + GAN baseline (%)",
+        ("mnist",), (("none", 2), ("mixup", 2)), "mnist_full", lambs=(10.0, 30.0, 100.0), stem="lamb_sweep_mnist",
+        gap=(("mixup", 2), ("none", 2))),
+}
+
+
+def table_spec(name):
+    """The named table ``name`` (a key of ``TABLES``), or ``ConfigError`` listing the known ones."""
+    if name not in TABLES:
+        known = "; ".join(f"{key} ({spec.title.split(':')[0]})" for key, spec in TABLES.items())
+        raise ConfigError(f"Unknown table {name!r}. Choose one of: {known}.")
+    return TABLES[name]
+
+
+def grid_spec(datasets, rows, preset):
+    """The table of a grid given on the command line (written as ``table1.md``, as before named tables)."""
+    return TableSpec("grid", f"Table 1 grid: linear-probe accuracy (%), 32-value code, preset `{preset}`",
+                     tuple(datasets), tuple(rows), preset)
+
+
+def parse_rows(items, allowed, flag="--mixers"):
+    """``["mixup:3", "acai"]`` -> ``[("mixup", 3), ("acai", 2)]`` (MIXER alone means k=2).
+
+    Raises:
+        ConfigError: an item that is not one of ``allowed``; the message lists them.
+    """
+    names = {f"{m}:{k}": (m, k) for m, k in allowed}
+    names.update({m: (m, 2) for m, k in allowed if k == 2})
+    for item in items:
+        if item not in names:
+            raise ConfigError(f"{flag} takes settings among {' '.join(f'{m}:{k}' for m, k in allowed)}, "
+                              f"got {item!r}.")
+    return [names[item] for item in items]
+
+
+def table_lambs(spec, preset=None, lambs=None):
+    """The lamb values of a table: ``lambs`` if given, else the spec's, else the preset's one."""
+    if lambs:
+        return tuple(float(v) for v in lambs)
+    return spec.lambs or (PRESETS[preset or spec.preset]["lamb"],)
+
+
+def recipe_tag(preset, recipe):
+    """Tag of the recipe fields in ``recipe`` that depart from ``preset``, e.g. ``"-lr0.0005-e2-float32"``.
+
+    Args:
+        preset: a key of ``PRESETS``.
+        recipe: overrides among ``RECIPE_TAGS`` (``None`` values mean "the preset's").
+    """
+    defaults = {**PRESETS[preset], "precision": Config.precision}
+    unknown = sorted(set(recipe) - set(RECIPE_TAGS))
+    if unknown:
+        raise ConfigError(f"A table's recipe overrides only {', '.join(RECIPE_TAGS)}; got {', '.join(unknown)}.")
+    parts = []
+    for key, tag in RECIPE_TAGS.items():
+        value = recipe.get(key)
+        if value is not None and value != defaults[key]:
+            parts.append(f"-{tag}{value:g}" if isinstance(value, float) else f"-{tag}{value}")
+    return "".join(parts)
+
+
+def table_stem(spec, preset=None, lambs=None, recipe=None):
+    """File name of a table: the spec's stem, tagged with what departs from its own recipe.
+
+    ``table_stem(TABLES["1"])`` is ``"table1_mnist"``; with ``lambs=[30]`` and
+    ``recipe={"epochs": 2}`` it is ``"table1_mnist-lamb30-e2"``, so a variant never
+    overwrites the table of the default recipe.
+    """
+    preset = preset or spec.preset
+    stem = spec.stem if preset == spec.preset else f"{spec.stem}-{preset}"
+    lambs = table_lambs(spec, preset, lambs)
+    if lambs != table_lambs(spec, preset):
+        stem += "-lamb" + "_".join(f"{v:g}" for v in lambs)
+    return stem + recipe_tag(preset, recipe or {})
+
+
+@dataclasses.dataclass(frozen=True)
+class PlannedRun:
+    """One run of a table: its row, and its resolved Config (``cfg.out`` is its folder)."""
+
+    row: tuple  # (dataset, mixer, k, lamb)
+    cfg: Config
+
+    @property
+    def folder(self):
+        return self.cfg.out
+
+    @property
+    def name(self):
+        return os.path.basename(self.folder)
+
+    def state(self):
+        """``"done"`` (``results.json``), ``"started"`` (``config.json``: it resumes) or ``"pending"``."""
+        if os.path.exists(os.path.join(self.folder, "results.json")):
+            return "done"
+        if os.path.exists(os.path.join(self.folder, "config.json")):
+            return "started"
+        return "pending"
+
+    def epochs_done(self):
+        """Epochs of its last checkpoint (0 without one)."""
+        return checkpoint_epochs(os.path.join(self.folder, "checkpoint"))
+
+    def results(self):
+        with open(os.path.join(self.folder, "results.json")) as f:
+            return json.load(f)
+
+
+def plan_runs(spec, seeds, data_dirs, runs_dir, preset=None, lambs=None, recipe=None, verbose=2):
+    """Every run of ``spec``: datasets x rows x lambs x seeds, in table order.
+
+    Args:
+        spec: a ``TableSpec``.
+        seeds: seeds of every row.
+        data_dirs: ``{dataset: folder}`` of raw files; datasets absent use tensorflow-datasets.
+        runs_dir: folder of the run folders.
+        preset: the recipe's preset (default: the spec's).
+        lambs: lamb values (default: the spec's, else the preset's).
+        recipe: overrides of ``RECIPE_TAGS`` fields, the same for every run.
+        verbose: Keras progress output of the runs.
+
+    Returns:
+        A list of ``PlannedRun``.
+
+    Raises:
+        ConfigError: a setting out of range (e.g. ``lr`` 0) or a data folder that does not exist.
+    """
+    preset = preset or spec.preset
+    recipe = {k: v for k, v in (recipe or {}).items() if v is not None}
+    tag = recipe_tag(preset, recipe)
+    runs = []
+    for dataset in spec.datasets:
+        for mixer, k in spec.rows:
+            for lamb in table_lambs(spec, preset, lambs):
+                for seed in seeds:
+                    cfg = Config(dataset=dataset, data_dir=data_dirs.get(dataset), preset=preset, mixer=mixer, k=k,
+                                 lamb=lamb, seed=seed, export=False, verbose=verbose, **recipe)
+                    cfg = resolve(dataclasses.replace(cfg, out=os.path.join(runs_dir, default_run_name(cfg, tag))))
+                    runs.append(PlannedRun((dataset, mixer, k, lamb), cfg))
+    return runs
+
+
+def check_runs(runs):
+    """Check that the folders already on disk hold runs of the planned settings.
+
+    A folder left by another recipe under the same name (e.g. ``scripts/fit.py
+    --preset mnist_full --epochs 2`` writes ``mnist-mixup-k2-lamb10-mnist_full-s0``)
+    must not be tabulated or resumed as this table's run.
+
+    Raises:
+        ConfigError: naming the folder and the settings that differ.
+    """
+    for run in runs:
+        path = os.path.join(run.folder, "config.json")
+        if run.state() == "pending" or not os.path.exists(path):
+            continue
+        with open(path) as f:
+            saved = json.load(f)
+        # "auto" is decided per machine; a run keeps the precision it started with.
+        diffs = settings_diff(run.cfg, saved, ignore=("precision",) if run.cfg.precision == "auto" else ())
+        if diffs:
+            raise ConfigError(
+                f"{run.folder} holds a run with other settings than this table's ({'; '.join(diffs)}). "
+                "Move that folder away, or give the table another --runs folder."
+            )
+
+
+def train_missing(runs, rows=None, argv=None, on_finished=None):
+    """Train the runs that are not done, resuming started ones; datasets that cannot be loaded are skipped.
+
+    Args:
+        runs: ``PlannedRun`` list.
+        rows: ``(mixer, k)`` settings to train (default: all); the other runs are left as they are.
+        argv: the command line, recorded in each run's ``results.json``.
+        on_finished: called after every finished run (e.g. to rewrite the tables).
+
+    Returns:
+        ``(unavailable, failed)``: ``{dataset: reason}`` of datasets that could not be loaded, and the
+        ``PlannedRun`` s whose loss became NaN or infinite.
+
+    Raises:
+        ConfigError: from ``train.run`` (e.g. a checkpoint that cannot be read).
+    """
+    from amr_keras import train  # TensorFlow: imported only when something trains
+    from amr_keras.callbacks import NonFiniteLossError
+    from amr_keras.data import DataError
+
+    todo = [r for r in runs if (rows is None or r.row[1:3] in rows) and r.state() != "done"]
+    unavailable, failed = {}, []
+    for i, run in enumerate(todo, 1):
+        if run.cfg.dataset in unavailable:
+            continue
+        resume = run.state() == "started"
+        print(f"[{i}/{len(todo)}] {run.name}" + (f" (resuming after epoch {run.epochs_done()})" if resume else ""),
+              flush=True)
+        try:
+            train.run(dataclasses.replace(run.cfg, resume=resume), argv=argv)
+        except DataError as e:
+            unavailable[run.cfg.dataset] = "not available offline" if "cannot download" in str(e) else f"data error: {e}"
+            print(f"{run.cfg.dataset}: {unavailable[run.cfg.dataset]}", file=sys.stderr)
+            continue
+        except NonFiniteLossError as e:
+            print(f"error: {run.name}: {e}", file=sys.stderr)
+            failed.append(run)
+            continue
+        if on_finished is not None:
+            on_finished()
+    return unavailable, failed
+
+
+def mean_std(values):
+    """``(mean, sample standard deviation, n)`` of the values that are not ``None``; std is ``None`` for n < 2."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None, 0
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else None), len(values)
+
+
+def format_percent(values):
+    """Fractions as a percentage: ``"92.00 ± 2.00"`` (mean ± sample std), one value alone, ``"–"`` for none."""
+    mean, std, n = mean_std(values)
+    if not n:
+        return "–"
+    return f"{100 * mean:.2f}" if std is None else f"{100 * mean:.2f} ± {100 * std:.2f}"
+
+
+def collect(runs):
+    """``{(dataset, mixer, k, lamb): (results of finished runs, seeds asked)}`` in table order."""
+    rows = collections.OrderedDict()
+    for run in runs:
+        results, asked = rows.get(run.row, ([], 0))
+        if run.state() == "done":
+            results = results + [dict(run.results(), run=run.name)]
+        rows[run.row] = (results, asked + 1)
+    return rows
+
+
+def _split(results):
+    """``"test"``, or ``"val"`` for runs of a dataset without a test split."""
+    return "test" if results and results[0].get("test_probe_accuracy") is not None else "val"
+
+
+def _online_key(split):
+    return "test_probe_accuracy" if split == "test" else "best_val_probe_accuracy"
+
+
+# (JSON key, column name, results.json key for a split) of the three accuracies a table reports.
+METRICS = (("online_probe", "online probe", _online_key),
+           ("linear_eval", "post-hoc linear", lambda split: f"linear_eval_{split}_accuracy"),
+           ("knn", "k-NN", lambda split: f"knn_{split}_accuracy"))
+
+
+def gaps(spec, rows):
+    """Per dataset and lamb, ``spec.gap``'s first row minus its second, paired by seed, in points.
+
+    Args:
+        spec: a ``TableSpec`` with ``gap`` set (else the result is empty).
+        rows: ``collect(runs)``.
+
+    Returns:
+        A list of dicts: ``dataset``, ``lamb``, ``seeds`` (those finished in both rows), and per metric of
+        ``METRICS`` ``{"mean", "std", "per_seed", "exceeds_seed_spread"}``. The gap exceeds the seed spread
+        when its magnitude is larger than the standard deviation over seeds of both rows (``None`` with
+        fewer than 2 seeds).
+    """
+    if spec.gap is None:
+        return []
+    (a_mixer, a_k), (b_mixer, b_k) = spec.gap
+    out = []
+    for (dataset, mixer, k, lamb), (a_results, _) in rows.items():
+        if (mixer, k) != (a_mixer, a_k):
+            continue
+        b_results = rows.get((dataset, b_mixer, b_k, lamb), ([], 0))[0]
+        a_by_seed, b_by_seed = {r["seed"]: r for r in a_results}, {r["seed"]: r for r in b_results}
+        seeds = sorted(set(a_by_seed) & set(b_by_seed))
+        entry = {"dataset": dataset, "lamb": lamb, "seeds": seeds}
+        split = _split(a_results)
+        for name, _, key_of in METRICS:
+            key = key_of(split)
+            a = [a_by_seed[s].get(key) for s in seeds]
+            b = [b_by_seed[s].get(key) for s in seeds]
+            diffs = [100 * (x - y) for x, y in zip(a, b) if x is not None and y is not None]
+            mean, std, n = mean_std(diffs)
+            spread = [mean_std(values)[1] for values in (a, b)]
+            entry[name] = {
+                "mean": mean, "std": std, "per_seed": diffs,
+                "exceeds_seed_spread": None if n < 2 or None in spread else abs(mean) > 100 * max(spread),
+            }
+        out.append(entry)
+    return out
+
+
+def _recipe(runs):
+    cfg = runs[0].cfg
+    recipe = {key: getattr(cfg, key) for key in RECIPE_KEYS}
+    lambs = sorted({run.row[3] for run in runs})
+    if len(lambs) > 1:
+        recipe["lamb"] = lambs
+    return recipe
+
+
+def _recipe_text(recipe):
+    def text(value):
+        if isinstance(value, list):
+            return ",".join(text(v) for v in value)
+        return f"{value:g}" if isinstance(value, float) else str(value)
+
+    return " ".join(f"{key}={text(value)}" for key, value in recipe.items())
+
+
+def _machines(rows):
+    counts = collections.Counter((r.get("cpu_model") or "CPU not recorded", r.get("precision") or "?")
+                                 for results, _ in rows.values() for r in results)
+    return [f"{n} on {cpu} ({precision})" for (cpu, precision), n in counts.items()]
+
+
+def write_tables(spec, runs, out_dir, stem, command, unavailable=None):
+    """Write ``OUT/STEM.md`` and ``OUT/STEM.json`` from the finished runs on disk.
+
+    Every row of the table is written, with the seeds finished so far ("2 of 3"
+    while one is missing), so a partial table can be committed.
+
+    Args:
+        spec: the ``TableSpec``.
+        runs: its ``PlannedRun`` list (from ``plan_runs``).
+        out_dir: folder of the two files.
+        stem: file name without extension (``table_stem``).
+        command: the command that makes the whole table, written beside it.
+        unavailable: ``{dataset: reason}`` from ``train_missing``.
+
+    Returns:
+        The paths of the Markdown and JSON files.
+    """
+    unavailable = unavailable or {}
+    rows = collect(runs)
+    recipe = _recipe(runs)
+    seeds = sorted({run.cfg.seed for run in runs})
+    num_train = next((r["num_train"] for results, _ in rows.values() for r in results if r.get("num_train")), None)
+    budget = (f"{recipe['epochs']} epochs of {num_train:,} training images = {recipe['epochs'] * num_train:,} "
+              "images per run" if num_train else f"{recipe['epochs']} epochs per run")
+    lines = [
+        f"# {spec.title}",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Recipe, the same for every run (rows differ only in mixer and k, and in lamb where it is a list): "
+        f"`{_recipe_text(recipe)}`; {budget}; seeds {', '.join(map(str, seeds))}.",
+        "",
+        "| dataset | mixer | k | lamb | seeds | online probe (test) | post-hoc linear (test) | k-NN (test) "
+        "| best val (online) | report (online, test) | minutes / run |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    records = []
+    for (dataset, mixer, k, lamb), (results, asked) in rows.items():
+        report = REPORT.get("mnist" if dataset == "mnist_sample" else dataset, {}).get((mixer, k), "–")
+        name = ROW_NAMES.get((mixer, k), mixer)
+        seeds_text = f"{len(results)}" if len(results) == asked else f"{len(results)} of {asked}"
+        status = ("done" if len(results) == asked else f"{len(results)} of {asked} seeds done") if results else (
+            unavailable.get(dataset, "not run"))
+        record = {"dataset": dataset, "mixer": mixer, "k": k, "lamb": lamb, "report": report, "seeds_asked": asked,
+                  "seeds_done": len(results), "status": status}
+        if not results:
+            lines.append(f"| {dataset} | {name} | {k} | {lamb:g} | 0 of {asked} | {status} | | | | {report} | |")
+            records.append(record)
+            continue
+        split = _split(results)
+
+        def col(key, split=split, results=results):
+            text = format_percent([r.get(key) for r in results])
+            return text if split == "test" else f"{text} (val)"
+
+        minutes = statistics.mean(r["train_seconds"] for r in results) / 60
+        lines.append(
+            f"| {dataset} | {name} | {k} | {lamb:g} | {seeds_text} | {col(_online_key(split))} "
+            f"| {col(f'linear_eval_{split}_accuracy')} | {col(f'knn_{split}_accuracy')} "
+            f"| {format_percent([r['best_val_probe_accuracy'] for r in results])} | {report} | {minutes:.1f} |"
+        )
+        record["runs"] = [{"run": r["run"], **{key: r.get(key) for key in RUN_RECORD_KEYS}} for r in results]
+        records.append(record)
+    lines += [
+        "",
+        "Online probe: the linear probe trained during training, test accuracy at the epoch of best validation "
+        "accuracy (the paper's protocol). Post-hoc: logistic regression fitted to convergence on the frozen codes of "
+        "the same weights (L2 picked on validation). k-NN: 10 nearest neighbours, cosine. Mean ± sample standard "
+        "deviation over the finished seeds (one seed: its value); seeds \"2 of 3\": a row still missing runs. "
+        "Report: the reproduction report's Table 1 (50,000 training images, far longer training); it has numbers "
+        "for mixup and Bernoulli only. Minutes / run: training only, mean over seeds. "
+        "Datasets without a test split show validation accuracy (val).",
+    ]
+    machines = _machines(rows)
+    if machines:
+        lines += ["", f"Runs by machine (CPU model, precision): {'; '.join(machines)}. Speeds depend on both."]
+    gap_entries = gaps(spec, rows)
+    if gap_entries:
+        lines += _gap_lines(spec, gap_entries)
+    os.makedirs(out_dir, exist_ok=True)
+    md_path, json_path = os.path.join(out_dir, f"{stem}.md"), os.path.join(out_dir, f"{stem}.json")
+    _write_text(md_path, "\n".join(lines) + "\n")
+    data = {"table": spec.name, "title": spec.title, "command": command, "preset": recipe["preset"],
+            "recipe": recipe, "seeds": seeds, "rows": records}
+    if gap_entries:
+        data["gaps"] = gap_entries
+    _write_text(json_path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    return md_path, json_path
+
+
+def _gap_lines(spec, entries):
+    (a_mixer, a_k), (b_mixer, b_k) = spec.gap
+    lines = [
+        "",
+        f"## {a_mixer} (k={a_k}) minus {b_mixer} (k={b_k}), points, paired by seed",
+        "",
+        "| dataset | lamb | seeds | " + " | ".join(label for _, label, _ in METRICS) + " |",
+        "|---|---|---|---|---|---|",
+    ]
+    for entry in entries:
+        cells = []
+        for name, _, _ in METRICS:
+            gap = entry[name]
+            text = "–" if gap["mean"] is None else f"{gap['mean']:+.2f}"
+            if gap["std"] is not None:
+                text += f" ± {gap['std']:.2f}"
+            if gap["exceeds_seed_spread"] is not None:
+                text += " (beyond spread)" if gap["exceeds_seed_spread"] else " (within spread)"
+            cells.append(text)
+        lines.append(f"| {entry['dataset']} | {entry['lamb']:g} | {len(entry['seeds'])} | {' | '.join(cells)} |")
+    lines += [
+        "",
+        "Mean ± sample standard deviation over seeds of the per-seed difference. \"beyond spread\": the mean gap "
+        "is larger in magnitude than the standard deviation over seeds of both rows; \"within spread\": it is not "
+        "(needs 2 seeds or more). Test accuracy where the dataset has a test split, else validation.",
+    ]
+    return lines
+
+
+def describe_plan(runs, rows=None):
+    """A summary line, then one line per run: done, resume (with its finished epochs), pending.
+
+    Args:
+        runs: ``PlannedRun`` list.
+        rows: ``(mixer, k)`` settings selected for training; runs of other rows that are not done are
+            marked "(not selected)".
+    """
+    lines, counts = [], collections.Counter()
+    for run in runs:
+        state = run.state()
+        label = {"done": "done", "started": "to resume", "pending": "pending"}[state]
+        if state == "started":
+            text = f"resume   {run.name} ({run.epochs_done()} of {run.cfg.epochs} epochs done)"
+        else:
+            text = f"{state:<8} {run.name}"
+        if state != "done" and rows is not None and run.row[1:3] not in rows:
+            label, text = "not selected", text + " (not selected)"
+        counts[label] += 1
+        lines.append("  " + text)
+    order = ("done", "to resume", "pending", "not selected")
+    summary = ", ".join(f"{counts[label]} {label}" for label in order if counts[label])
+    return [f"{len(runs)} runs: {summary}"] + lines
+
+
+def _write_text(path, text):
+    tmp = path + ".tmp"  # replaced whole: a reader never sees half a table
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)

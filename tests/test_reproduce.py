@@ -1,0 +1,297 @@
+"""scripts/reproduce.py --table 1 / --table lamb: planning, skipping, resuming, tables; one tiny real run."""
+
+import dataclasses
+import importlib.util
+import json
+import os
+
+import pytest
+
+from amr_keras import reproduce
+from amr_keras.cli import PRESETS, ConfigError, settings_diff
+from amr_keras.data import VAL_FRACTION
+from test_data import write_mnist_folder
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TABLE1_ROWS = [("none", 2), ("acai", 2), ("mixup", 2), ("bernoulli", 2), ("mixup", 3)]
+
+
+def read(path):
+    with open(path) as f:
+        return f.read()
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("reproduce_script", os.path.join(ROOT, "scripts", "reproduce.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def table1_accuracy(cfg):
+    """Seeds 0, 1, 2 score base - 2, base, base + 2 points: mean = base, sample std = 2 points."""
+    base = {("none", 2): 0.90, ("acai", 2): 0.91, ("mixup", 2): 0.92, ("bernoulli", 2): 0.93, ("mixup", 3): 0.94}
+    return base[(cfg.mixer, cfg.k)] + 0.02 * (cfg.seed - 1)
+
+
+class FakeTrain:
+    """Stands in for ``amr_keras.train.run``: writes config.json and results.json with known accuracies."""
+
+    def __init__(self, accuracy=table1_accuracy, table=None, interrupt=()):
+        self.accuracy, self.table, self.interrupt = accuracy, table, set(interrupt)
+        self.calls, self.tables_seen = [], []
+
+    def __call__(self, cfg, argv=None):
+        self.calls.append(cfg)
+        if self.table is not None:
+            self.tables_seen.append(read(self.table) if os.path.exists(self.table) else None)
+        os.makedirs(cfg.out, exist_ok=True)
+        with open(os.path.join(cfg.out, "config.json"), "w") as f:
+            json.dump(dataclasses.asdict(cfg), f)
+        if os.path.basename(cfg.out) in self.interrupt:
+            self.interrupt.discard(os.path.basename(cfg.out))
+            raise KeyboardInterrupt("simulated stop after the first epoch")
+        acc = self.accuracy(cfg)
+        results = {"dataset": cfg.dataset, "mixer": cfg.mixer, "k": cfg.k, "lamb": cfg.lamb, "seed": cfg.seed,
+                   "num_train": 50000, "epochs": cfg.epochs, "best_epoch": cfg.epochs,
+                   "best_val_probe_accuracy": acc - 0.01, "test_probe_accuracy": acc,
+                   "linear_eval_val_accuracy": acc, "linear_eval_test_accuracy": acc + 0.01,
+                   "knn_val_accuracy": acc + 0.02, "knn_test_accuracy": acc + 0.03,
+                   "train_seconds": 600.0, "images_per_second": 333.3, "precision": "float32",
+                   "cpu_model": "Test CPU @ 2.0GHz"}
+        with open(os.path.join(cfg.out, "results.json"), "w") as f:
+            json.dump(results, f)
+        return results
+
+
+@pytest.fixture
+def dirs(tmp_path):
+    data = tmp_path / "mnist"
+    data.mkdir()
+    return {"data": str(data), "out": str(tmp_path / "results"), "runs": str(tmp_path / "runs")}
+
+
+def table_args(dirs, *extra, table="1"):
+    return ["--table", table, "--data-dir", f"mnist={dirs['data']}", "--out", dirs["out"], "--runs", dirs["runs"],
+            *extra]
+
+
+def md_row(md, mixer, k):
+    """The table line of a row (the mixer column carries the row's name)."""
+    lines = [line for line in md.splitlines()
+             if line.startswith("| mnist |") and line.split(" | ")[1].split()[0] == mixer
+             and line.split(" | ")[2] == str(k)]
+    assert len(lines) == 1, md
+    return lines[0]
+
+
+def test_table1_plans_the_papers_five_rows_with_one_recipe(dirs):
+    runs = reproduce.plan_runs(reproduce.TABLES["1"], [0, 1, 2], {"mnist": dirs["data"]}, dirs["runs"])
+    assert [run.row[1:3] for run in runs[::3]] == TABLE1_ROWS
+    assert len(runs) == 15 and {run.cfg.seed for run in runs} == {0, 1, 2}
+    # One recipe: the Configs differ only in mixer, k, seed and their folder.
+    recipes = {json.dumps({k: v for k, v in dataclasses.asdict(run.cfg).items()
+                           if k not in ("mixer", "k", "seed", "out")}, sort_keys=True) for run in runs}
+    assert len(recipes) == 1
+    cfg = runs[3].cfg
+    assert (cfg.dataset, cfg.data_dir, cfg.preset, cfg.lamb, cfg.epochs) == ("mnist", dirs["data"], "mnist_full", 10.0, 4)
+    assert runs[3].folder == os.path.join(dirs["runs"], "mnist-acai-k2-lamb10-mnist_full-s0")
+
+
+def test_mnist_full_preset_is_fast_with_lamb_10_within_200k_images():
+    num_train = round(60000 * (1 - VAL_FRACTION["mnist"]))
+    assert num_train == 50000
+    assert PRESETS["mnist_full"]["epochs"] * num_train <= 200_000
+    assert PRESETS["mnist_full"] == {**PRESETS["fast"], "lamb": 10.0, "epochs": 4}
+
+
+def test_recipe_overrides_name_the_run_folders_and_the_table(dirs):
+    spec = reproduce.TABLES["1"]
+    recipe = {"epochs": 2, "lr": 5e-4, "precision": "float32", "batch_size": 16}  # batch 16: the preset's
+    runs = reproduce.plan_runs(spec, [0], {"mnist": dirs["data"]}, dirs["runs"], lambs=[30], recipe=recipe)
+    assert os.path.basename(runs[2].folder) == "mnist-mixup-k2-lamb30-mnist_full-lr0.0005-e2-float32-s0"
+    assert (runs[2].cfg.lamb, runs[2].cfg.epochs, runs[2].cfg.lr) == (30.0, 2, 5e-4)
+    assert reproduce.table_stem(spec, lambs=[30], recipe=recipe) == "table1_mnist-lamb30-lr0.0005-e2-float32"
+    assert reproduce.table_stem(spec, lambs=[10], recipe={"epochs": 4}) == "table1_mnist"
+    assert reproduce.table_stem(reproduce.TABLES["lamb"]) == "lamb_sweep_mnist"
+
+
+def test_runs_train_once_and_the_table_is_rewritten_after_each(dirs, monkeypatch):
+    md_path = os.path.join(dirs["out"], "table1_mnist.md")
+    fake = FakeTrain(table=md_path)
+    monkeypatch.setattr("amr_keras.train.run", fake)
+    script = load_script()
+    assert script.main(table_args(dirs, "--seeds", "2", "--only", "mixup:2")) == 0
+    assert [(c.mixer, c.k, c.seed, c.resume) for c in fake.calls] == [("mixup", 2, 0, False), ("mixup", 2, 1, False)]
+    # Before the second run the table already held the first one.
+    assert fake.tables_seen[0] is None and "| 1 of 2 |" in md_row(fake.tables_seen[1], "mixup", 2)
+    # Finished runs are read, not trained again; the other rows train now.
+    assert script.main(table_args(dirs, "--seeds", "2")) == 0
+    assert [(c.mixer, c.k) for c in fake.calls[2:]] == [("none", 2)] * 2 + [("acai", 2)] * 2 + [
+        ("bernoulli", 2)] * 2 + [("mixup", 3)] * 2
+    assert script.main(table_args(dirs, "--seeds", "2")) == 0
+    assert len(fake.calls) == 10
+    md = read(md_path)
+    assert "`python scripts/reproduce.py --table 1 --data-dir" in md and "--seeds 2" in md and "--only" not in md
+
+
+def test_a_started_run_resumes(dirs, monkeypatch):
+    fake = FakeTrain(interrupt={"mnist-acai-k2-lamb10-mnist_full-s0"})
+    monkeypatch.setattr("amr_keras.train.run", fake)
+    script = load_script()
+    with pytest.raises(KeyboardInterrupt):
+        script.main(table_args(dirs, "--seeds", "1", "--only", "acai"))
+    assert script.main(table_args(dirs, "--seeds", "1", "--only", "acai")) == 0
+    assert [(c.mixer, c.resume) for c in fake.calls] == [("acai", False), ("acai", True)]
+
+
+def test_table1_md_and_json_hold_means_stds_report_numbers_and_the_recipe(dirs, monkeypatch):
+    monkeypatch.setattr("amr_keras.train.run", FakeTrain())
+    script = load_script()
+    assert script.main(table_args(dirs)) == 0
+    md = read(os.path.join(dirs["out"], "table1_mnist.md"))
+    mixup = md_row(md, "mixup", 2)
+    # Seeds score 90, 92, 94 (%): mean 92.00, sample std 2.00; linear +1 point, k-NN +3 points, 10 minutes a run.
+    assert "| 3 | 92.00 ± 2.00 | 93.00 ± 2.00 | 95.00 ± 2.00 | 91.00 ± 2.00 | 94.38 | 10.0 |" in mixup
+    assert "| 93.00 ± 2.00 |" in md_row(md, "bernoulli", 2) and "| 94.66 |" in md_row(md, "bernoulli", 2)
+    for mixer, k in (("none", 2), ("acai", 2), ("mixup", 3)):
+        assert "| – |" in md_row(md, mixer, k)
+    assert "triplet" in md_row(md, "mixup", 3)
+    assert "preset=mnist_full lamb=10 lr=0.001" in md and "epochs=4" in md and "precision=auto" in md
+    assert "4 epochs of 50,000 training images = 200,000 images per run" in md
+    assert "15 on Test CPU @ 2.0GHz (float32)" in md
+    with open(os.path.join(dirs["out"], "table1_mnist.json")) as f:
+        data = json.load(f)
+    assert [(r["dataset"], r["mixer"], r["k"]) for r in data["rows"]] == [("mnist", m, k) for m, k in TABLE1_ROWS]
+    assert data["recipe"]["lamb"] == 10.0 and data["recipe"]["preset"] == "mnist_full"
+    run = data["rows"][2]["runs"][0]
+    assert data["rows"][2]["report"] == "94.38" and run["seed"] == 0
+    assert set(reproduce.RUN_RECORD_KEYS) <= set(run) and run["cpu_model"] == "Test CPU @ 2.0GHz"
+    assert run["test_probe_accuracy"] == pytest.approx(0.90)
+
+
+def test_a_row_missing_seeds_says_how_many_are_done(dirs, monkeypatch):
+    monkeypatch.setattr("amr_keras.train.run", FakeTrain())
+    script = load_script()
+    assert script.main(table_args(dirs, "--seeds", "1", "--only", "bernoulli")) == 0
+    assert script.main(table_args(dirs, "--seeds", "2", "--table-only")) == 0
+    md = read(os.path.join(dirs["out"], "table1_mnist.md"))
+    # Seed 0 alone: its value, no spread.
+    assert "| 1 of 2 | 91.00 | 92.00 | 94.00 |" in md_row(md, "bernoulli", 2)
+    assert "| 0 of 2 | not run |" in md_row(md, "mixup", 2)
+    with open(os.path.join(dirs["out"], "table1_mnist.json")) as f:
+        rows = json.load(f)["rows"]
+    assert [(r["mixer"], r["seeds_done"], r["status"]) for r in rows][2:4] == [
+        ("mixup", 0, "not run"), ("bernoulli", 1, "1 of 2 seeds done")]
+
+
+def test_dry_run_lists_done_started_and_pending_runs_and_trains_nothing(dirs, monkeypatch, capsys):
+    fake = FakeTrain(interrupt={"mnist-mixup-k3-lamb10-mnist_full-s0"})
+    monkeypatch.setattr("amr_keras.train.run", fake)
+    script = load_script()
+    assert script.main(table_args(dirs, "--seeds", "1", "--only", "none")) == 0
+    with pytest.raises(KeyboardInterrupt):
+        script.main(table_args(dirs, "--seeds", "1", "--only", "mixup:3"))
+    os.remove(os.path.join(dirs["out"], "table1_mnist.md"))
+    capsys.readouterr()
+    assert script.main(table_args(dirs, "--seeds", "1", "--only", "acai", "mixup:3", "--dry-run")) == 0
+    out = capsys.readouterr().out
+    assert "5 runs: 1 done, 1 to resume, 1 pending, 2 not selected" in out
+    assert "done     mnist-none-k2-lamb10-mnist_full-s0" in out
+    assert "resume   mnist-mixup-k3-lamb10-mnist_full-s0 (0 of 4 epochs done)\n" in out
+    assert "pending  mnist-acai-k2-lamb10-mnist_full-s0\n" in out
+    assert "pending  mnist-mixup-k2-lamb10-mnist_full-s0 (not selected)" in out
+    assert len(fake.calls) == 2 and not os.path.exists(os.path.join(dirs["out"], "table1_mnist.md"))
+
+
+def test_a_folder_of_another_recipe_is_refused(dirs, monkeypatch, capsys):
+    fake = FakeTrain()
+    monkeypatch.setattr("amr_keras.train.run", fake)
+    script = load_script()
+    # The same folder name from a run with 2 epochs (e.g. fit.py --preset mnist_full --epochs 2 --out ...).
+    assert script.main(table_args(dirs, "--seeds", "1", "--only", "none")) == 0
+    path = os.path.join(dirs["runs"], "mnist-none-k2-lamb10-mnist_full-s0", "config.json")
+    saved = json.loads(read(path))
+    with open(path, "w") as f:
+        json.dump({**saved, "epochs": 2}, f)
+    assert script.main(table_args(dirs, "--seeds", "1")) == 2
+    err = capsys.readouterr().err
+    assert "mnist-none-k2-lamb10-mnist_full-s0 holds a run with other settings" in err
+    assert "epochs: run has 2, now 4" in err and len(fake.calls) == 1
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--table", "2"], "Unknown table '2'. Choose one of: 1 (Table 1 of the paper"),
+    (["--table", "1", "--only", "bernoulli:3"], "--only takes settings among none:2 acai:2 mixup:2 bernoulli:2 mixup:3"),
+    (["--table", "1", "--datasets", "kmnist"], "--datasets is for the grid"),
+    (["--table", "1", "--seeds", "0"], "--seeds N needs a count N >= 1"),
+    (["--table", "1", "--lr", "0"], "lr must be a number > 0"),
+])
+def test_bad_table_arguments_fail_with_one_line(args, message, tmp_path, capsys):
+    assert load_script().main([*args, "--out", str(tmp_path / "out"), "--runs", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and message in err[-1]
+    assert not (tmp_path / "out").exists() and not (tmp_path / "runs").exists()
+
+
+def test_lamb_sweep_reuses_table1_runs_and_reports_the_gap(dirs, monkeypatch):
+    def accuracy(cfg):
+        # lamb 10: mixup - none = 2, 3, 4 points (stds 1 and 2): beyond spread.
+        # lamb 30 and 100: mixup - none = 0.5 points every seed: within the spread of 1 point.
+        none = 0.90 + 0.01 * cfg.seed
+        if cfg.mixer == "none":
+            return none
+        return 0.92 + 0.02 * cfg.seed if cfg.lamb == 10 else none + 0.005
+
+    fake = FakeTrain(accuracy)
+    monkeypatch.setattr("amr_keras.train.run", fake)
+    script = load_script()
+    assert script.main(table_args(dirs, "--only", "none", "mixup:2")) == 0
+    assert len(fake.calls) == 6
+    assert script.main(table_args(dirs, table="lamb")) == 0
+    assert len(fake.calls) == 6 + 12 and {c.lamb for c in fake.calls[6:]} == {30.0, 100.0}
+    md = read(os.path.join(dirs["out"], "lamb_sweep_mnist.md"))
+    assert "| mnist | 10 | 3 | +3.00 ± 1.00 (beyond spread) |" in md
+    assert "| mnist | 100 | 3 | +0.50 ± 0.00 (within spread) |" in md
+    with open(os.path.join(dirs["out"], "lamb_sweep_mnist.json")) as f:
+        gaps = json.load(f)["gaps"]
+    assert [g["lamb"] for g in gaps] == [10.0, 30.0, 100.0]
+    assert gaps[0]["online_probe"]["mean"] == pytest.approx(3.0)
+    assert gaps[0]["online_probe"]["per_seed"] == pytest.approx([2.0, 3.0, 4.0])
+    assert gaps[0]["online_probe"]["exceeds_seed_spread"] is True
+    assert gaps[2]["knn"]["exceeds_seed_spread"] is False
+
+
+def test_settings_diff_compares_data_folders_as_real_paths(tmp_path, monkeypatch):
+    from amr_keras.cli import Config, resolve
+
+    (tmp_path / "data").mkdir()
+    monkeypatch.chdir(tmp_path)
+    cfg = resolve(Config(dataset="mnist", data_dir=str(tmp_path / "data"), out="x"))
+    assert settings_diff(cfg, {**dataclasses.asdict(cfg), "data_dir": "./data"}) == []
+    assert settings_diff(cfg, {**dataclasses.asdict(cfg), "lamb": 10.0}) == ["lamb: run has 10.0, now 100.0"]
+
+
+def test_unknown_table_names_the_known_ones():
+    with pytest.raises(ConfigError, match=r"Unknown table 'x'\. Choose one of: 1 \(.*\); lamb \("):
+        reproduce.table_spec("x")
+
+
+def test_tiny_real_row_runs_through_train_and_records_the_cpu(tmp_path):
+    from amr_keras.precision import cpu_info
+
+    data = write_mnist_folder(str(tmp_path / "mnist"), n_train=96, n_test=32)
+    out, runs = str(tmp_path / "results"), str(tmp_path / "runs")
+    args = ["--table", "1", "--data-dir", f"mnist={data}", "--only", "mixup", "--seeds", "1", "--depth", "4",
+            "--batch-size", "16", "--epochs", "1", "--precision", "float32", "--out", out, "--runs", runs]
+    assert load_script().main(args) == 0
+    stem = "table1_mnist-e1-d4-float32"  # batch 16 is the preset's
+    with open(os.path.join(out, f"{stem}.json")) as f:
+        rows = json.load(f)["rows"]
+    (run,) = rows[2]["runs"]
+    assert rows[2]["mixer"] == "mixup" and run["epochs"] == 1 and 0.0 <= run["test_probe_accuracy"] <= 1.0
+    assert run["cpu_model"] == cpu_info()["model"] and run["precision"] == "float32"
+    assert run["linear_eval_test_accuracy"] is not None and run["knn_test_accuracy"] is not None
+    assert os.path.exists(os.path.join(runs, "mnist-mixup-k2-lamb10-mnist_full-e1-d4-float32-s0", "results.json"))
+    md = read(os.path.join(out, f"{stem}.md"))
+    assert "| 0 of 1 | not run |" in md_row(md, "acai", 2) and "| 1 |" in md_row(md, "mixup", 2)
