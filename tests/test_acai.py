@@ -146,6 +146,7 @@ def test_resume_of_a_run_saved_without_the_acai_settings_takes_their_defaults(tm
         _check_resume(dataclasses.replace(cfg, mixer="acai", acai_weight=0.5), str(tmp_path))
 
 
+@pytest.mark.slow
 def test_fit_records_acai_in_config_and_results(tmp_path):
     from test_data import write_mnist_folder
 

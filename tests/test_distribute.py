@@ -17,6 +17,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 NETWORKS = ("encoder", "decoder", "discriminator", "probe", "probe_norm")
 ATOL = 1e-5
 
+# Several processes or devices: run with -m slow.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def report():

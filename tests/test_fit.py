@@ -73,6 +73,7 @@ def test_fit_writes_results_export_and_figure(tiny_data, tmp_path, monkeypatch):
     assert heads["classify"]["test_accuracy"] == results["test_probe_accuracy"]
 
 
+@pytest.mark.slow
 def test_resume_continues_and_logs_the_whole_run(tiny_data, tmp_path, monkeypatch):
     from amr_keras import callbacks
 
@@ -249,6 +250,7 @@ def nan_run(tiny_data, tmp_path_factory):
     return out, code, saved, stderr.getvalue()
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_with_loss_and_step_and_keeps_the_last_checkpoint(nan_run):
     import keras
 
@@ -266,6 +268,7 @@ def test_nan_loss_stops_with_loss_and_step_and_keeps_the_last_checkpoint(nan_run
         assert json.load(f)["epochs_done"] == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damaged", ["last.keras", "state.json"])
 def test_unreadable_checkpoint_without_previous_names_the_file(nan_run, tiny_data, tmp_path, capsys, damaged):
     import shutil

@@ -90,6 +90,7 @@ def test_train_step_returns_finite_values_for_every_metric(mixer, k):
     assert 0.0 <= float(logs["probe_accuracy"]) <= 1.0
 
 
+@pytest.mark.slow
 def test_fit_and_evaluate_with_standard_callbacks(tmp_path):
     model = tiny_model(update_g_every=2)
     model.compile()
@@ -114,7 +115,8 @@ def test_fit_and_evaluate_with_standard_callbacks(tmp_path):
     assert int(model.d_optimizer.iterations) == 8 and int(model.ae_optimizer.iterations) == 4
 
 
-@pytest.mark.parametrize("compile_args", [{"jit_compile": True}, {"steps_per_execution": 2}])
+@pytest.mark.parametrize("compile_args", [pytest.param({"jit_compile": True}, marks=pytest.mark.slow),
+                                          {"steps_per_execution": 2}])
 def test_fit_updates_the_autoencoder_every_update_g_every_steps(compile_args):
     # jit_compile: two traced step functions picked per step; steps_per_execution > 1: an in-graph cond.
     model = tiny_model(update_g_every=3)

@@ -16,6 +16,9 @@ warned = any("oneDNN" in str(w.message) for w in caught)
 print(os.environ.get("TF_ENABLE_ONEDNN_OPTS"), amr_keras.onednn_enabled(), warned)
 """
 
+# Several processes or devices: run with -m slow.
+pytestmark = pytest.mark.slow
+
 
 def _run(before, env_value):
     env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}

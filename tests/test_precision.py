@@ -13,8 +13,11 @@ from amr_keras.model import AMR
 from amr_keras.networks import build_networks
 
 
-@pytest.mark.parametrize("policy, jit", [("mixed_float16", False), ("mixed_bfloat16", False), ("float32", True)],
-                         ids=["mixed_float16", "mixed_bfloat16", "jit_compile"])
+@pytest.mark.parametrize("policy, jit", [
+    pytest.param("mixed_float16", False, id="mixed_float16", marks=pytest.mark.slow),
+    pytest.param("mixed_bfloat16", False, id="mixed_bfloat16"),
+    pytest.param("float32", True, id="jit_compile", marks=pytest.mark.slow),
+])
 def test_three_steps_are_finite_and_float32(policy, jit):
     try:
         with prec.precision_scope(policy):
@@ -119,6 +122,7 @@ def test_legacy_mixed_precision_setting_is_translated(tmp_path):
     assert config_from_args(["--precision", "mixed_bfloat16"]).precision == "mixed_bfloat16"
 
 
+@pytest.mark.slow
 def test_bfloat16_run_resumes_in_bfloat16_and_records_it(tmp_path, monkeypatch):
     """A run started in bfloat16 continues in bfloat16 under the default --precision auto, even where auto
     would now pick float32 (another machine); an explicit other precision is refused."""

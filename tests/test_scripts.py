@@ -16,6 +16,7 @@ def _script(name):
     return module
 
 
+@pytest.mark.slow
 def test_bench_reports_throughput_no_retracing_and_an_op_profile(tmp_path):
     bench = _script("bench")
     res = bench.bench_keras(batch_size=8, jit=False, update_g_every=2, steps=4, warmup=2, repeats=1, depth=4,

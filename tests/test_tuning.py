@@ -88,6 +88,7 @@ def error_line(err):
     return lines[0]
 
 
+@pytest.mark.slow
 def test_interrupted_search_resumes_only_the_unfinished_trial(search_run):
     assert search_run.code == 0
     assert len(search_run.interrupted) == 2
@@ -95,6 +96,7 @@ def test_interrupted_search_resumes_only_the_unfinished_trial(search_run):
     assert search_run.resumed == [search_run.interrupted[1]]
 
 
+@pytest.mark.slow
 def test_rerun_of_a_finished_search_trains_nothing(search_run):
     before = read_best(search_run.out)
     code, calls = run_recording_fits(tune_args(search_run.data, search_run.out))
@@ -102,6 +104,7 @@ def test_rerun_of_a_finished_search_trains_nothing(search_run):
     assert read_best(search_run.out) == before and len(read_table(search_run.out)) == 2
 
 
+@pytest.mark.slow
 def test_best_hyperparameters_lie_in_the_search_space(search_run):
     best = read_best(search_run.out)
     assert set(best) <= set(CONFIG_FILE_KEYS)
@@ -114,6 +117,7 @@ def test_best_hyperparameters_lie_in_the_search_space(search_run):
     assert best["data_dir"] == os.path.abspath(search_run.data)
 
 
+@pytest.mark.slow
 def test_trials_table_ranks_every_trial(search_run):
     rows = read_table(search_run.out)
     assert len(rows) == 2
@@ -126,6 +130,7 @@ def test_trials_table_ranks_every_trial(search_run):
     assert rows[0]["mixer"] == best["mixer"] and float(rows[0]["lamb"]) == pytest.approx(best["lamb"], rel=1e-2)
 
 
+@pytest.mark.slow
 def test_tuner_checkpoint_of_the_best_trial_reloads(search_run):
     hypermodel = tuning.AMRHyperModel(base_config(search_run.data, search_run.out), 1, 10, 5, search_space=SEARCH)
     tuner = tuning.make_tuner("random", hypermodel, search_run.out, max_trials=2)
@@ -137,6 +142,7 @@ def test_tuner_checkpoint_of_the_best_trial_reloads(search_run):
     assert any(not np.array_equal(a, b) for a, b in zip(trained.get_weights(), fresh.get_weights()))
 
 
+@pytest.mark.slow
 def test_fit_trains_with_the_best_hyperparameters(search_run, tmp_path):
     best_path = os.path.join(search_run.out, "best_hyperparameters.json")
     out = str(tmp_path / "run")
@@ -169,6 +175,7 @@ def test_malformed_config_file_is_a_one_line_error(tmp_path, capsys, content, me
     (["--seed", "1"], "other settings (seed: search has 0, now 1)"),
     (["--tuner", "hyperband"], "other settings (tuner: search has 'random', now 'hyperband')"),
 ])
+@pytest.mark.slow
 def test_bad_search_settings_fail_with_one_line(search_run, capsys, extra, message):
     code, calls = run_recording_fits(tune_args(search_run.data, search_run.out, *extra))
     assert code == 2 and calls == []
@@ -209,6 +216,7 @@ def test_k_search_needs_batches_of_three():
         tuning.AMRHyperModel(Config(dataset="mnist_sample", depth=4, batch_size=2), 1, 10, 5, search_space="k")
 
 
+@pytest.mark.slow
 def test_diverging_trials_are_failed_and_stop_the_search(tiny_data, tmp_path, capsys, monkeypatch):
     from amr_keras.callbacks import NonFiniteLossError
 
