@@ -26,6 +26,22 @@ def load_script(name):
     return module
 
 
+def crash_after_first_epoch(monkeypatch, fit, args):
+    """Run ``fit.main(args)``, stopped by a simulated crash right after the first epoch's checkpoint."""
+    from amr_keras import callbacks
+
+    original = callbacks.ResumableCheckpoint.on_epoch_end
+
+    def save_then_crash(self, epoch, logs=None):
+        original(self, epoch, logs)
+        raise KeyboardInterrupt("simulated crash")
+
+    monkeypatch.setattr(callbacks.ResumableCheckpoint, "on_epoch_end", save_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        fit.main(args)
+    monkeypatch.setattr(callbacks.ResumableCheckpoint, "on_epoch_end", original)
+
+
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
     return write_mnist_folder(str(tmp_path_factory.mktemp("mnist")), n_train=96, n_test=32)
@@ -75,20 +91,9 @@ def test_fit_writes_results_export_and_figure(tiny_data, tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_resume_continues_and_logs_the_whole_run(tiny_data, tmp_path, monkeypatch):
-    from amr_keras import callbacks
-
     out = str(tmp_path / "run")
     fit = load_script("fit")
-    original = callbacks.ResumableCheckpoint.on_epoch_end
-
-    def crash_after_first_epoch(self, epoch, logs=None):
-        original(self, epoch, logs)
-        raise KeyboardInterrupt("simulated crash")
-
-    monkeypatch.setattr(callbacks.ResumableCheckpoint, "on_epoch_end", crash_after_first_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        fit.main(tiny_args(tiny_data, out, "--no-export", "--no-linear-eval"))
-    monkeypatch.setattr(callbacks.ResumableCheckpoint, "on_epoch_end", original)
+    crash_after_first_epoch(monkeypatch, fit, tiny_args(tiny_data, out, "--no-export", "--no-linear-eval"))
     # Without --resume the folder is protected.
     assert fit.main(tiny_args(tiny_data, out, "--no-export", "--no-linear-eval")) == 2
     assert fit.main(tiny_args(tiny_data, out, "--no-export", "--no-linear-eval", "--resume")) == 0

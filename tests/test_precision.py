@@ -127,24 +127,13 @@ def test_bfloat16_run_resumes_in_bfloat16_and_records_it(tmp_path, monkeypatch):
     """A run started in bfloat16 continues in bfloat16 under the default --precision auto, even where auto
     would now pick float32 (another machine); an explicit other precision is refused."""
     from test_data import write_mnist_folder
-    from test_fit import load_script, tiny_args
-
-    from amr_keras import callbacks
+    from test_fit import crash_after_first_epoch, load_script, tiny_args
 
     data = write_mnist_folder(str(tmp_path / "mnist"), n_train=96, n_test=32)
     out = str(tmp_path / "run")
     fit = load_script("fit")
     args = [a for a in tiny_args(data, out, "--no-export", "--no-linear-eval") if a not in ("--precision", "float32")]
-    original = callbacks.ResumableCheckpoint.on_epoch_end
-
-    def crash_after_first_epoch(self, epoch, logs=None):
-        original(self, epoch, logs)
-        raise KeyboardInterrupt("simulated crash")
-
-    monkeypatch.setattr(callbacks.ResumableCheckpoint, "on_epoch_end", crash_after_first_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        fit.main(args + ["--precision", "mixed_bfloat16"])
-    monkeypatch.setattr(callbacks.ResumableCheckpoint, "on_epoch_end", original)
+    crash_after_first_epoch(monkeypatch, fit, args + ["--precision", "mixed_bfloat16"])
     with open(os.path.join(out, "config.json")) as f:
         assert json.load(f)["precision"] == "mixed_bfloat16"
     # This "machine" has no bfloat16 units: auto alone would choose float32.
