@@ -26,6 +26,7 @@ class Config:
     dataset: str = "mnist_sample"
     data_dir: str = None
     tfds_data_dir: str = None
+    train_size: int = None
     preset: str = "fast"
     mixer: str = "mixup"
     k: int = 2
@@ -40,8 +41,10 @@ class Config:
     schedule: str = None
     batch_size: int = None
     epochs: int = None
+    steps_per_epoch: int = None
     update_g_every: int = None
     depth: int = None
+    code_channels: int = 2
     slope: float = None
     seed: int = 0
     out: str = None
@@ -56,9 +59,9 @@ class Config:
 
 
 # Settings that define a run: a --resume folder must have been made with the same ones.
-RUN_KEYS = ("dataset", "data_dir", "preset", "mixer", "k", "lamb", "beta", "recon", "acai_gamma", "acai_weight", "lr",
-            "d_lr", "probe_lr", "schedule", "batch_size", "epochs", "update_g_every", "depth", "slope", "seed",
-            "precision")
+RUN_KEYS = ("dataset", "data_dir", "train_size", "preset", "mixer", "k", "lamb", "beta", "recon", "acai_gamma", "acai_weight", "lr",
+            "d_lr", "probe_lr", "schedule", "batch_size", "epochs", "steps_per_epoch", "update_g_every", "depth",
+            "code_channels", "slope", "seed", "precision")
 
 # Default recipe for a few minutes on a CPU (departures from the reference are listed in the README).
 # No XLA: with oneDNN on, the plain graph trains as fast at batch 16 on a 2-core CPU, starts 10 s sooner
@@ -130,6 +133,17 @@ def validate(cfg):
         value = getattr(cfg, name)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ConfigError(f"{name} must be an integer >= 1, got {value!r}.")
+    for name in ("train_size", "steps_per_epoch"):
+        value = getattr(cfg, name)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise ConfigError(f"{name} must be an integer >= 1 (or left unset), got {value!r}.")
+    if not isinstance(cfg.code_channels, int) or isinstance(cfg.code_channels, bool) or cfg.code_channels < 1:
+        raise ConfigError(f"code_channels must be an integer >= 1 (the code is 4x4xC), got {cfg.code_channels!r}.")
+    if cfg.mixer == "bernoulli" and cfg.code_channels < 2:
+        raise ConfigError("--mixer bernoulli takes whole feature maps from each code: it needs --code-channels >= 2.")
+    if cfg.train_size is not None and cfg.train_size < cfg.batch_size:
+        raise ConfigError(f"train_size {cfg.train_size} is smaller than one batch ({cfg.batch_size} images): "
+                          "raise --train-size or lower --batch-size.")
     if cfg.batch_size < cfg.k:
         raise ConfigError(f"batch_size ({cfg.batch_size}) must be at least k ({cfg.k}): mixes pair codes of one batch.")
     if cfg.data_dir is not None and not os.path.isdir(cfg.data_dir):
@@ -156,16 +170,19 @@ def default_run_name(cfg, extra=""):
     """Run folder name from the settings that distinguish runs, e.g. ``mnist_sample-mixup-k2-lamb100-fast-s0``.
 
     ACAI runs with other than the default ``acai_gamma``/``acai_weight`` name them too,
-    e.g. ``mnist_sample-acai-g0.2-w0.5-k2-lamb100-fast-s0``.
+    e.g. ``mnist_sample-acai-g0.2-w0.5-k2-lamb100-fast-s0``; so do a training subset
+    (``mnist-n1000-mixup-...``) and a code of other than 2 channels (``...-k2-c16-lamb10-...``).
 
     Args:
         cfg: a Config whose ``lamb`` is set.
         extra: inserted after the preset, e.g. ``"-e2"`` gives ``mnist-none-k2-lamb10-mnist_full-e2-s0``.
     """
+    data = cfg.dataset if cfg.train_size is None else f"{cfg.dataset}-n{cfg.train_size}"
     mixer = cfg.mixer
     if (cfg.acai_gamma, cfg.acai_weight) != (ACAI_GAMMA, ACAI_WEIGHT):
         mixer += f"-g{cfg.acai_gamma:g}-w{cfg.acai_weight:g}"
-    return f"{cfg.dataset}-{mixer}-k{cfg.k}-lamb{cfg.lamb:g}-{cfg.preset}{extra}-s{cfg.seed}"
+    code = "" if cfg.code_channels == Config.code_channels else f"-c{cfg.code_channels}"
+    return f"{data}-{mixer}-k{cfg.k}{code}-lamb{cfg.lamb:g}-{cfg.preset}{extra}-s{cfg.seed}"
 
 
 def settings_diff(cfg, saved, ignore=()):
@@ -254,6 +271,9 @@ def build_parser(description="Train AMR."):
     d.add_argument("--dataset", choices=DATASETS, help="dataset (default mnist_sample, shipped with the package)")
     d.add_argument("--data-dir", help="folder with the official raw files (offline); otherwise tensorflow-datasets")
     d.add_argument("--tfds-data-dir", help="where tensorflow-datasets keeps its data")
+    d.add_argument("--train-size", type=int,
+                   help="train on a fixed subset of this many training images (drawn once, stratified by class, "
+                        "the same for every seed); validation and test unchanged")
     m = p.add_argument_group("method")
     m.add_argument("--preset", choices=tuple(PRESETS),
                    help="base settings: fast (default), official, or mnist_full (fast with lamb 10, 4 epochs)")
@@ -270,6 +290,8 @@ def build_parser(description="Train AMR."):
                    help=f"--mixer acai: weight of the autoencoder's ACAI regulariser, >= 0 "
                         f"(default {ACAI_WEIGHT:g}; the ACAI paper: 0.5)")
     m.add_argument("--depth", type=int, help="channels of the first scale of every network")
+    m.add_argument("--code-channels", type=int,
+                   help="feature maps of the 4x4 code (default 2: 32 values; 16: the paper's 256-value code)")
     o = p.add_argument_group("optimisation")
     o.add_argument("--lr", type=float, help="learning rate of the autoencoder (and discriminator unless --d-lr)")
     o.add_argument("--d-lr", type=float, help="learning rate of the discriminator")
@@ -277,6 +299,9 @@ def build_parser(description="Train AMR."):
     o.add_argument("--schedule", choices=SCHEDULES, help="learning-rate schedule of autoencoder and discriminator")
     o.add_argument("--batch-size", type=int, help="global batch size")
     o.add_argument("--epochs", type=int, help="training epochs")
+    o.add_argument("--steps-per-epoch", type=int,
+                   help="training steps between validations (default: one pass over the training images); "
+                        "with --train-size it keeps the budget in steps fixed whatever the subset's size")
     o.add_argument("--update-g-every", type=int, help="update the autoencoder every this many steps")
     o.add_argument("--seed", type=int, help="seed of weights, data order and mixing (default 0)")
     r = p.add_argument_group("run")

@@ -329,23 +329,37 @@ def make_pipeline(images, labels, batch_size, shuffle, drop_remainder, seed=0):
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def train_pipeline(images, labels, batch_size, seed=0, start_epoch=0):
-    """Endless training pipeline whose epoch ``e`` is a shuffle seeded by ``(seed, e)``.
+def train_pipeline(images, labels, batch_size, seed=0, start_epoch=0, start_step=None):
+    """Endless training pipeline: pass ``p`` over the images is a shuffle seeded by ``(seed, p)``.
 
-    Every epoch is a full pass over the data (the remainder is dropped), so a
-    run resumed at ``start_epoch`` sees exactly the batches an uninterrupted
-    run would have seen. Use it with ``steps_per_epoch = len(images) // batch_size``.
+    Every pass is ``len(images) // batch_size`` full batches (its remainder is
+    dropped), so batches never straddle two passes. A run resumed at a step
+    sees exactly the batches an uninterrupted run would have seen there.
+
+    Args:
+        images, labels: the training arrays (uint8 images).
+        batch_size: images per batch.
+        seed: shuffling seed.
+        start_epoch: first pass, when Keras epochs are whole passes
+            (``steps_per_epoch = len(images) // batch_size``).
+        start_step: first step when epochs are not passes (``--steps-per-epoch``):
+            ``initial_epoch * steps_per_epoch``; overrides ``start_epoch``.
     """
     images = tf.constant(images)
     labels = tf.constant(labels.astype(np.int32))
     n = int(images.shape[0])
+    per_pass = n // batch_size
+    if per_pass < 1:
+        raise DataError(f"batch_size {batch_size} is larger than the {n} training images: lower --batch-size.")
+    skip = 0
+    if start_step is not None:
+        start_epoch, skip = divmod(int(start_step), per_pass)
 
-    def one_epoch(epoch):
-        order = tf.random.experimental.stateless_shuffle(tf.range(n), seed=tf.stack([tf.cast(seed, tf.int64), epoch]))
-        return tf.data.Dataset.from_tensor_slices(order)
+    def one_pass(p):
+        order = tf.random.experimental.stateless_shuffle(tf.range(n), seed=tf.stack([tf.cast(seed, tf.int64), p]))
+        return tf.data.Dataset.from_tensor_slices(order).batch(batch_size, drop_remainder=True)
 
-    ds = tf.data.Dataset.range(start_epoch, 2**62).flat_map(one_epoch)
-    ds = ds.batch(batch_size, drop_remainder=True)
+    ds = tf.data.Dataset.range(start_epoch, 2**62).flat_map(one_pass).skip(skip)
     ds = ds.map(lambda idx: (preprocess(tf.gather(images, idx)), tf.gather(labels, idx)),
                 num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)

@@ -349,6 +349,7 @@ def export_model(model, path, source_shape, metadata=None, linear_head=None):
     meta.update(
         image_shape=list(endpoints.source_shape),
         code_shape=list(endpoints.code_shape),
+        code_channels=int(endpoints.code_shape[-1]),
         num_classes=endpoints.num_classes,
         value_range=[0.0, 1.0],
         endpoints=list(endpoints.names),

@@ -88,7 +88,7 @@ def make_optimizers(cfg, steps_per_epoch):
 
 def build_model(cfg, colors, num_classes, steps_per_epoch):
     """Networks + AMR + optimizers for ``cfg``, compiled (call inside the strategy's scope)."""
-    enc, dec, disc = build_networks(colors=colors, depth=cfg.depth, slope=cfg.slope)
+    enc, dec, disc = build_networks(colors=colors, depth=cfg.depth, code_channels=cfg.code_channels, slope=cfg.slope)
     model = AMR(enc, dec, disc, num_classes=num_classes, mixer=cfg.mixer, k=cfg.k, lamb=cfg.lamb, beta=cfg.beta,
                 recon=cfg.recon, update_g_every=cfg.update_g_every, seed=cfg.seed, acai_gamma=cfg.acai_gamma,
                 acai_weight=cfg.acai_weight)
@@ -200,12 +200,13 @@ def run(cfg, argv=None):
         print(f"precision: {cfg.precision} (auto: {native_bfloat16()[1]}; --precision float32 to change it)")
     keras.utils.set_random_seed(cfg.seed)
     splits = load_dataset(cfg.dataset, data_dir=cfg.data_dir, batch_size=cfg.batch_size, seed=cfg.seed,
-                          tfds_data_dir=cfg.tfds_data_dir, eval_batch_size=max(cfg.batch_size, 256))
+                          tfds_data_dir=cfg.tfds_data_dir, eval_batch_size=max(cfg.batch_size, 256),
+                          train_size=cfg.train_size)
     # Written once the settings and the data are known to be good, so a failed start leaves no run behind.
     os.makedirs(out, exist_ok=True)
     _write_json(os.path.join(out, "config.json"), dataclasses.asdict(cfg))
     info = splits.info
-    steps = info.num_train // cfg.batch_size
+    steps = cfg.steps_per_epoch or info.num_train // cfg.batch_size
     ckpt = cbs.ResumableCheckpoint(ckpt_dir)
     log_path = os.path.join(out, "log.csv")
 
@@ -244,7 +245,8 @@ def run(cfg, argv=None):
             pairs = _figure_pairs(splits, 6, cfg.seed)
             callbacks.append(InterpolationCallback(pairs[0], pairs[1], os.path.join(out, "figures")))
         verbose = cfg.verbose if cfg.verbose is not None else (1 if sys.stdout.isatty() else 2)
-        train_ds = train_pipeline(*splits.arrays["train"], cfg.batch_size, seed=cfg.seed, start_epoch=initial_epoch)
+        train_ds = train_pipeline(*splits.arrays["train"], cfg.batch_size, seed=cfg.seed,
+                                  start_step=initial_epoch * steps)
         if initial_epoch < cfg.epochs:
             # shuffle=False: train_ds is already shuffled per epoch (seeded); Keras ignores the flag for
             # datasets but warns when it is left at True.
@@ -263,6 +265,7 @@ def run(cfg, argv=None):
             "source": info.source,
             "image_shape": list(info.image_shape),
             "num_train": info.num_train, "num_val": info.num_val, "num_test": info.num_test,
+            "train_size": cfg.train_size, "code_channels": cfg.code_channels, "steps_per_epoch": steps,
             "mixer": cfg.mixer, "k": cfg.k, "lamb": cfg.lamb, "acai_gamma": cfg.acai_gamma,
             "acai_weight": cfg.acai_weight, "preset": cfg.preset, "lr": cfg.lr,
             "d_lr": cfg.d_lr, "probe_lr": cfg.probe_lr, "schedule": cfg.schedule, "batch_size": cfg.batch_size,

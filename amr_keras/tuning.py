@@ -30,19 +30,21 @@ from amr_keras.train import build_model
 OBJECTIVE = "val_probe_accuracy"
 TUNERS = ("random", "bayesian", "hyperband")
 # Always searched: lamb and lr (the discriminator uses the same rate). Optional ones:
-SEARCHABLE = ("mixer", "k", "update_g_every")
+SEARCHABLE = ("mixer", "k", "update_g_every", "code_channels")
 LAMB_RANGE = (1.0, 1000.0)
 LR_RANGE = (1e-5, 1e-2)
 K_RANGE = (2, 3)
 UPDATE_G_EVERY_RANGE = (1, 5)
+CODE_CHANNELS_CHOICES = (2, 4, 8, 16)  # codes of 32, 64, 128 and 256 values
 PROJECT_NAME = "amr_search"
 # A high learning rate may make a trial diverge (it is then marked FAILED); a setup
 # that is broken fails every trial, and the search stops after this many in a row.
 MAX_CONSECUTIVE_FAILED_TRIALS = 5
 # Settings of a search that a rerun in the same folder must keep (max_trials and the data folder may change).
-SEARCH_KEYS = ("tuner", "search_space", "dataset", "preset", "depth", "batch_size", "epochs", "seed", "precision")
+SEARCH_KEYS = ("tuner", "search_space", "dataset", "train_size", "preset", "depth", "code_channels", "batch_size",
+               "epochs", "steps_per_epoch", "seed", "precision")
 # What a search.json written before a key existed meant by its absence.
-LEGACY_SEARCH_VALUES = {"precision": "float32"}
+LEGACY_SEARCH_VALUES = {"precision": "float32", "train_size": None, "code_channels": 2, "steps_per_epoch": None}
 
 
 class SearchError(RuntimeError):
@@ -83,7 +85,8 @@ class AMRHyperModel(keras_tuner.HyperModel):
     Always searched: ``lamb`` (log scale, 1 to 1000) and ``lr`` (log scale, 1e-5 to 1e-2; the
     discriminator uses the same rate). Optionally (``search_space``): ``mixer`` (mixup, bernoulli,
     acai, none), ``k`` (2 to 3, only for the k-way mixers mixup and bernoulli; acai always mixes
-    pairs) and ``update_g_every`` (1 to 5). Every other setting comes from the base config (ACAI's
+    pairs), ``update_g_every`` (1 to 5) and ``code_channels`` (2, 4, 8 or 16: codes of 32 to 256
+    values). Every other setting comes from the base config (ACAI's
     ``acai_gamma`` and ``acai_weight`` too, in the trials that draw acai: the others keep their
     defaults); the cosine schedule spans ``cfg.epochs`` epochs.
 
@@ -145,6 +148,8 @@ class AMRHyperModel(keras_tuner.HyperModel):
             values.update(acai_gamma=ACAI_GAMMA, acai_weight=ACAI_WEIGHT)
         if "update_g_every" in self.search_space:
             values["update_g_every"] = hp.Int("update_g_every", *UPDATE_G_EVERY_RANGE)
+        if "code_channels" in self.search_space:
+            values["code_channels"] = hp.Choice("code_channels", list(CODE_CHANNELS_CHOICES))
         return values
 
     def config(self, hp):
@@ -339,9 +344,10 @@ def search(cfg, tuner="random", max_trials=10, search_space=(), verbose=None):
     _check_search_settings(out, settings)
 
     splits = load_dataset(cfg.dataset, data_dir=cfg.data_dir, batch_size=cfg.batch_size, seed=cfg.seed,
-                          tfds_data_dir=cfg.tfds_data_dir, eval_batch_size=max(cfg.batch_size, 256))
+                          tfds_data_dir=cfg.tfds_data_dir, eval_batch_size=max(cfg.batch_size, 256),
+                          train_size=cfg.train_size)
     info = splits.info
-    steps = info.num_train // cfg.batch_size
+    steps = cfg.steps_per_epoch or info.num_train // cfg.batch_size
     hypermodel = AMRHyperModel(cfg, info.colors, info.num_classes, steps, search_space=search_space)
     os.makedirs(out, exist_ok=True)
     _write_json(os.path.join(out, "search.json"), settings)

@@ -28,6 +28,8 @@ def build_parser():
     p.add_argument("--dataset", choices=DATASETS, default="mnist_sample", help="dataset (default mnist_sample)")
     p.add_argument("--data-dir", help="folder with the official raw files (offline); otherwise tensorflow-datasets")
     p.add_argument("--tfds-data-dir", help="where tensorflow-datasets keeps its data")
+    p.add_argument("--train-size", type=int,
+                   help="train every trial on a fixed, class-stratified subset of this many training images")
     p.add_argument("--tuner", choices=TUNERS, default="random", help="search algorithm (default random)")
     p.add_argument("--max-trials", type=int, default=10, help="most trials in all, finished ones included (default 10)")
     p.add_argument("--epochs", type=int, help="epochs per trial (hyperband: at most; default: the preset's)")
@@ -36,7 +38,11 @@ def build_parser():
     p.add_argument("--preset", choices=tuple(PRESETS), default="fast",
                    help="base settings of every trial (default fast)")
     p.add_argument("--depth", type=int, help="channels of the first scale of every network (default: the preset's)")
+    p.add_argument("--code-channels", type=int, default=2,
+                   help="feature maps of the 4x4 code (default 2: 32 values; searched with --search code_channels)")
     p.add_argument("--batch-size", type=int, help="batch size (default: the preset's)")
+    p.add_argument("--steps-per-epoch", type=int,
+                   help="training steps between validations (default: one pass over the training images)")
     p.add_argument("--jit-compile", action="store_true", default=None,
                    help="compile the train step with XLA (default: the preset's; XLA takes a while to compile "
                         "each trial's model, which matters for short trials)")
@@ -54,6 +60,7 @@ def main(argv=None):
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     cfg = Config(dataset=args.dataset, data_dir=args.data_dir, tfds_data_dir=args.tfds_data_dir, preset=args.preset,
                  depth=args.depth, batch_size=args.batch_size, epochs=args.epochs, seed=args.seed,
+                 train_size=args.train_size, code_channels=args.code_channels, steps_per_epoch=args.steps_per_epoch,
                  jit_compile=args.jit_compile, precision=args.precision, out=args.out)
     try:
         result = search(cfg, tuner=args.tuner, max_trials=args.max_trials, search_space=args.search,

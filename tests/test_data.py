@@ -155,3 +155,17 @@ def test_train_pipeline_resumes_with_the_same_batches():
     assert full[4:] == resumed
     # Each epoch is a permutation of all images, and epochs differ.
     assert sorted(sum(full[:4], [])) == list(range(20)) and full[:4] != full[4:8]
+
+
+def test_train_pipeline_resumes_mid_pass_and_never_straddles_passes():
+    # 22 images, batch 5: 4 batches per pass, 2 images left out of each pass.
+    x = np.repeat(np.arange(22, dtype=np.uint8), 28 * 28).reshape(22, 28, 28, 1)
+    y = np.arange(22)
+    full = [b[1].numpy().tolist() for b in data.train_pipeline(x, y, 5, seed=3).take(12)]
+    for p in range(3):
+        one_pass = sum(full[4 * p: 4 * p + 4], [])
+        assert len(set(one_pass)) == 20  # no image twice within a pass
+    # --steps-per-epoch 3: epoch 2 starts at step 6, in the middle of the second pass.
+    resumed = [b[1].numpy().tolist() for b in data.train_pipeline(x, y, 5, seed=3, start_step=6).take(6)]
+    assert resumed == full[6:12]
+    assert [b[1].numpy().tolist() for b in data.train_pipeline(x, y, 5, seed=3, start_epoch=2).take(2)] == full[8:10]

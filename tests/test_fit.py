@@ -64,11 +64,16 @@ def test_fit_writes_results_export_and_figure(tiny_data, tmp_path, monkeypatch):
     original = evaluate.linear_evaluation
     monkeypatch.setattr(evaluate, "linear_evaluation", lambda *a, **k: fits.append(original(*a, **k)) or fits[-1])
     out = str(tmp_path / "run")
-    assert load_script("fit").main(tiny_args(tiny_data, out)) == 0
+    # A 48-image subset of the 80 training images, a 4x4x3 code, 4 steps between validations.
+    extra = ["--train-size", "48", "--code-channels", "3", "--steps-per-epoch", "4"]
+    assert load_script("fit").main(tiny_args(tiny_data, out, *extra)) == 0
     with open(os.path.join(out, "results.json")) as f:
         results = json.load(f)
     assert RESULT_KEYS <= set(results)
     assert results["epochs"] == 2 and 1 <= results["best_epoch"] <= 2
+    assert (results["train_size"], results["num_train"], results["code_channels"], results["steps_per_epoch"]) == (
+        48, 48, 3, 4)
+    assert results["num_val"] == 16  # validation unchanged by the subset
     assert 0.0 <= results["test_probe_accuracy"] <= 1.0 and results["images_per_second"] > 0
     for name in ("log.csv", "best.keras", "checkpoint/last.keras", "interpolations.png",
                  "export/saved_model.pb", "export/metadata.json"):
@@ -81,10 +86,15 @@ def test_fit_writes_results_export_and_figure(tiny_data, tmp_path, monkeypatch):
     # The export serves the classifier of the linear evaluation, fitted once.
     assert len(fits) == 1
     x = np.random.default_rng(0).random((3, 28, 28, 1)).astype("float32")
-    codes = loaded.encode(x).numpy().reshape(3, -1)
+    codes = loaded.encode(x).numpy()
+    assert codes.shape == (3, 4, 4, 3)
+    codes = codes.reshape(3, -1)
     np.testing.assert_allclose(loaded.classify_linear(x).numpy(), fits[0]["classifier"].predict_proba(codes), atol=1e-4)
     with open(os.path.join(out, "export", "metadata.json")) as f:
-        heads = json.load(f)["heads"]
+        meta = json.load(f)
+    assert (meta["code_shape"], meta["code_channels"], meta["train_size"]) == ([4, 4, 3], 3, 48)
+    assert loaded.mix(x, x[::-1], np.ones((3, 3), "float32")).shape == (3, 28, 28, 1)
+    heads = meta["heads"]
     assert heads["classify_linear"]["test_accuracy"] == results["linear_eval_test_accuracy"]
     assert heads["classify"]["test_accuracy"] == results["test_probe_accuracy"]
 
@@ -138,6 +148,11 @@ def test_resume_with_other_settings_is_refused(tiny_data, tmp_path, capsys):
     (["--batch-size", "2", "--k", "3"], "at least k"),
     (["--config", "/nonexistent.json"], "does not exist"),
     (["--batch-size", "128"], "batch_size 128 is larger than the 80 training images"),
+    (["--train-size", "8"], "train_size 8 is smaller than one batch (16 images)"),
+    (["--train-size", "81"], "81"),
+    (["--code-channels", "0"], "code_channels must be an integer >= 1"),
+    (["--mixer", "bernoulli", "--code-channels", "1"], "needs --code-channels >= 2"),
+    (["--steps-per-epoch", "0"], "steps_per_epoch must be an integer >= 1"),
 ])
 def test_bad_settings_fail_with_one_line(tiny_data, tmp_path, capsys, extra, message):
     assert load_script("fit").main(tiny_args(tiny_data, str(tmp_path / "r"), *extra)) == 2
@@ -353,3 +368,20 @@ def test_malformed_tf_config_is_named(tiny_data, tmp_path, capsys, monkeypatch, 
     err = capsys.readouterr().err
     assert len(error_lines(err)) == 1 and message in error_lines(err)[0]
     assert not out.exists()
+
+
+def test_subset_and_code_size_name_the_run_and_bind_resume():
+    import dataclasses
+
+    from amr_keras.cli import Config, resolve, settings_diff
+
+    cfg = resolve(Config(dataset="mnist", train_size=1000, code_channels=16))
+    assert os.path.basename(cfg.out) == "mnist-n1000-mixup-k2-c16-lamb100-fast-s0"
+    assert os.path.basename(resolve(Config(dataset="mnist")).out) == "mnist-mixup-k2-lamb100-fast-s0"
+    saved = dataclasses.asdict(cfg)
+    assert settings_diff(cfg, saved) == []
+    assert settings_diff(dataclasses.replace(cfg, train_size=5000), saved) == ["train_size: run has 1000, now 5000"]
+    assert settings_diff(dataclasses.replace(cfg, code_channels=2), saved) == ["code_channels: run has 16, now 2"]
+    # A run made before these settings existed used the whole split and 2 channels.
+    old = {k: v for k, v in saved.items() if k not in ("train_size", "code_channels", "steps_per_epoch")}
+    assert settings_diff(dataclasses.replace(cfg, train_size=None, code_channels=2), old) == []

@@ -235,3 +235,16 @@ def test_diverging_trials_are_failed_and_stop_the_search(tiny_data, tmp_path, ca
     with open(os.path.join(out, "trials.md")) as f:
         assert f.read().count("d_loss became nan at step 3") == 2
     assert not os.path.exists(os.path.join(out, "best_hyperparameters.json"))
+
+
+def test_hypermodel_searches_the_code_size_and_builds_that_code():
+    base = Config(dataset="mnist_sample", depth=4, batch_size=16, code_channels=2, jit_compile=False)
+    hypermodel = tuning.AMRHyperModel(base, 1, 10, 5, search_space="code_channels")
+    hp = keras_tuner.HyperParameters()
+    hypermodel.sample(hp)  # declares the space
+    assert hp.get("code_channels") in tuning.CODE_CHANNELS_CHOICES
+    assert list(hp.space[-1].values) == [2, 4, 8, 16]
+    hp.values = {"lamb": 5.0, "lr": 3e-4, "code_channels": 16}
+    model = hypermodel.build(hp)
+    assert tuple(model.encoder.output_shape[1:]) == (4, 4, 16)
+    assert hypermodel.config(hp).code_channels == 16
