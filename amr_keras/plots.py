@@ -298,3 +298,54 @@ def make_figures(saved_model_dir, dataset=None, data_dir=None, pairs=6, out=None
     interp = interpolation_grid(endpoints, a, b, os.path.join(out, "interpolations.png"), seed=seed)
     recon = reconstruction_grid(endpoints, np.concatenate([a, b]), os.path.join(out, "reconstructions.png"))
     return interp, recon
+
+
+def accuracy_vs_train_size(records, path, title="Accuracy against training images"):
+    """Line plot of accuracy against the training set's size, one line per method, error bars over seeds.
+
+    One column per dataset; the top row is the post-hoc linear classifier, the bottom row the online
+    probe. Test accuracy where the runs have it, else validation (said on the axis).
+
+    Args:
+        records: the ``rows`` of a table's JSON (``amr_keras.reproduce.write_tables``): dicts with
+            ``dataset``, ``mixer``, ``k``, ``train_size`` and ``runs`` (each with ``*_accuracy`` keys).
+        path: the PNG to write.
+        title: figure title.
+
+    Returns:
+        ``path``.
+    """
+    datasets = list(dict.fromkeys(r["dataset"] for r in records if r.get("runs")))
+    metrics = (("post-hoc linear", "linear_eval_{}_accuracy"), ("online probe", None))
+    fig = Figure(figsize=(4.2 * max(len(datasets), 1), 6.4), dpi=DPI)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(2, max(len(datasets), 1), squeeze=False)
+    for col, dataset in enumerate(datasets):
+        rows = [r for r in records if r["dataset"] == dataset and r.get("runs") and r.get("train_size")]
+        split = "test" if any(run.get("test_probe_accuracy") is not None for r in rows for run in r["runs"]) else "val"
+        for row, (label, key) in enumerate(metrics):
+            ax = axes[row][col]
+            key = key.format(split) if key else ("test_probe_accuracy" if split == "test" else
+                                                 "best_val_probe_accuracy")
+            for mixer, k in dict.fromkeys((r["mixer"], r["k"]) for r in rows):
+                points = []
+                for r in sorted((r for r in rows if (r["mixer"], r["k"]) == (mixer, k)), key=lambda r: r["train_size"]):
+                    values = [100 * run[key] for run in r["runs"] if run.get(key) is not None]
+                    if values:
+                        points.append((r["train_size"], np.mean(values), np.std(values, ddof=1) if len(values) > 1
+                                       else 0.0))
+                if points:
+                    x, y, err = zip(*points)
+                    ax.errorbar(x, y, yerr=err, marker="o", capsize=3,
+                                label=mixer if k == 2 or mixer == "none" else f"{mixer} k={k}")
+            ax.set_xscale("log")
+            ax.set_title(f"{dataset}: {label}", fontsize=10)
+            ax.set_xlabel("training images (N)")
+            ax.set_ylabel(f"{split} accuracy (%)")
+            ax.grid(True, alpha=0.3)
+            ax.legend(fontsize=8)
+    fig.suptitle(title + " (mean ± std over seeds)", fontsize=11)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path)
+    return path

@@ -44,6 +44,10 @@ ROW_NAMES = {("none", 2): "none (AE + GAN)", ("mixup", 3): "mixup (triplet)", ("
 GRID_ROWS = (("none", 2), ("mixup", 2), ("bernoulli", 2), ("mixup", 3))
 GRID_CHOICES = GRID_ROWS + (("acai", 2),)
 
+# Training steps of every Table 2 run: 2,500 steps of 16 images (40,000 images, 4 validations), for 1,000
+# training images as for 20,000.
+TABLE2_STEPS = 2500
+
 # Recipe fields a table may override, and the tag that names an override in run folders and table files
 # (precision: its value alone, e.g. "-float32").
 RECIPE_TAGS = {"lr": "lr", "epochs": "e", "batch_size": "b", "depth": "d", "precision": ""}
@@ -54,8 +58,9 @@ RUN_RECORD_KEYS = ("seed", "epochs", "best_epoch", "best_val_probe_accuracy", "t
                    "train_seconds", "images_per_second", "precision", "cpu_model")
 
 # Recipe fields written beside a table (the run-defining settings that are not the table's axes).
-RECIPE_KEYS = ("preset", "lamb", "lr", "d_lr", "probe_lr", "schedule", "batch_size", "epochs", "update_g_every",
-               "depth", "slope", "recon", "beta", "acai_gamma", "acai_weight", "precision")
+RECIPE_KEYS = ("preset", "lamb", "lr", "d_lr", "probe_lr", "schedule", "batch_size", "epochs", "steps_per_epoch",
+               "update_g_every", "depth", "code_channels", "slope", "recon", "beta", "acai_gamma", "acai_weight",
+               "precision")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,7 +75,13 @@ class TableSpec:
         preset: preset of the recipe.
         lambs: lamb values; ``None``: the preset's one.
         stem: file name without extension (``OUT/STEM.md`` and ``OUT/STEM.json``).
-        gap: ``((mixer, k), (mixer, k))``: also tabulate the first row minus the second (paired by seed).
+        gaps: ``(((mixer, k), (mixer, k)), ...)``: also tabulate each first row minus its second
+            (paired by seed).
+        train_sizes: training subsets (``--train-size``); ``None`` is the whole training split.
+        code_channels: feature maps of the 4x4 code of every run.
+        budget_steps: training steps of every run whatever its training set's size (split into the
+            preset's epochs with ``--steps-per-epoch``); ``None``: the preset's epochs of whole passes.
+        figure: also draw ``OUT/STEM.png``, accuracy against the training set's size.
     """
 
     name: str
@@ -80,7 +91,11 @@ class TableSpec:
     preset: str
     lambs: tuple = None
     stem: str = "table1"
-    gap: tuple = None
+    gaps: tuple = ()
+    train_sizes: tuple = (None,)
+    code_channels: int = 2
+    budget_steps: int = None
+    figure: bool = False
 
 
 TABLES = {
@@ -91,16 +106,37 @@ TABLES = {
     "lamb": TableSpec(
         "lamb", "Reconstruction weight lamb on the official MNIST split: mixup against the AE + GAN baseline (%)",
         ("mnist",), (("none", 2), ("mixup", 2)), "mnist_full", lambs=(10.0, 30.0, 100.0), stem="lamb_sweep_mnist",
-        gap=(("mixup", 2), ("none", 2))),
+        gaps=((("mixup", 2), ("none", 2)),)),
+    # The paper's Table 2 trains on SVHN subsets; here on MNIST and Fashion-MNIST (offline), and on SVHN with
+    # --datasets svhn. Every run trains for the same number of steps, so a small subset is seen many times.
+    "2": TableSpec(
+        "2", "Table 2 of the paper, fewer training images: linear-probe accuracy (%), 32-value code",
+        ("mnist", "fashion_mnist"), (("none", 2), ("acai", 2), ("mixup", 2), ("bernoulli", 2)), "mnist_full",
+        stem="table2", train_sizes=(1000, 5000, 10000, 20000), budget_steps=TABLE2_STEPS,
+        gaps=((("mixup", 2), ("none", 2)), (("bernoulli", 2), ("none", 2))), figure=True),
+    # The paper's Table 3: 256-value codes (4x4x16); CIFAR-10 and SVHN need their data (tfds or --data-dir).
+    "3": TableSpec(
+        "3", "Table 3 of the paper, 256-value codes (4x4x16): linear-probe accuracy (%)",
+        ("mnist", "fashion_mnist", "cifar10", "svhn"), (("none", 2), ("mixup", 2), ("bernoulli", 2)), "mnist_full",
+        stem="table3", code_channels=16, gaps=((("mixup", 2), ("none", 2)), (("bernoulli", 2), ("none", 2)))),
 }
 
 
-def table_spec(name):
-    """The named table ``name`` (a key of ``TABLES``), or ``ConfigError`` listing the known ones."""
+def table_spec(name, datasets=None):
+    """The named table ``name`` (a key of ``TABLES``), or ``ConfigError`` listing the known ones.
+
+    Args:
+        name: a key of ``TABLES``.
+        datasets: replace the table's datasets (e.g. ``["svhn"]`` for the paper's own Table 2 grid); the
+            table file then carries their names (``table2-svhn``).
+    """
     if name not in TABLES:
         known = "; ".join(f"{key} ({spec.title.split(':')[0]})" for key, spec in TABLES.items())
         raise ConfigError(f"Unknown table {name!r}. Choose one of: {known}.")
-    return TABLES[name]
+    spec = TABLES[name]
+    if datasets and tuple(datasets) != spec.datasets:
+        spec = dataclasses.replace(spec, datasets=tuple(datasets), stem=f"{spec.stem}-{'_'.join(datasets)}")
+    return spec
 
 
 def grid_spec(datasets, rows, preset):
@@ -169,7 +205,7 @@ def table_stem(spec, preset=None, lambs=None, recipe=None):
 class PlannedRun:
     """One run of a table: its row, and its resolved Config (``cfg.out`` is its folder)."""
 
-    row: tuple  # (dataset, mixer, k, lamb)
+    row: tuple  # (dataset, mixer, k, lamb, train_size)
     cfg: Config
 
     @property
@@ -198,7 +234,7 @@ class PlannedRun:
 
 
 def plan_runs(spec, seeds, data_dirs, runs_dir, preset=None, lambs=None, recipe=None, verbose=2):
-    """Every run of ``spec``: datasets x rows x lambs x seeds, in table order.
+    """Every run of ``spec``: datasets x training sizes x rows x lambs x seeds, in table order.
 
     Args:
         spec: a ``TableSpec``.
@@ -219,15 +255,24 @@ def plan_runs(spec, seeds, data_dirs, runs_dir, preset=None, lambs=None, recipe=
     preset = preset or spec.preset
     recipe = {k: v for k, v in (recipe or {}).items() if v is not None}
     tag = recipe_tag(preset, recipe)
+    steps_per_epoch = None
+    if spec.budget_steps is not None:
+        epochs = recipe.get("epochs") or PRESETS[preset]["epochs"]
+        steps_per_epoch = max(1, spec.budget_steps // epochs)
+        tag += f"-spe{steps_per_epoch}"
     runs = []
     for dataset in spec.datasets:
-        for mixer, k in spec.rows:
-            for lamb in table_lambs(spec, preset, lambs):
-                for seed in seeds:
-                    cfg = Config(dataset=dataset, data_dir=data_dirs.get(dataset), preset=preset, mixer=mixer, k=k,
-                                 lamb=lamb, seed=seed, export=False, verbose=verbose, **recipe)
-                    cfg = resolve(dataclasses.replace(cfg, out=os.path.join(runs_dir, default_run_name(cfg, tag))))
-                    runs.append(PlannedRun((dataset, mixer, k, lamb), cfg))
+        for train_size in spec.train_sizes:
+            for mixer, k in spec.rows:
+                for lamb in table_lambs(spec, preset, lambs):
+                    for seed in seeds:
+                        cfg = Config(dataset=dataset, data_dir=data_dirs.get(dataset), preset=preset, mixer=mixer,
+                                     k=k, lamb=lamb, seed=seed, export=False, verbose=verbose,
+                                     train_size=train_size, code_channels=spec.code_channels,
+                                     steps_per_epoch=steps_per_epoch, **recipe)
+                        cfg = resolve(dataclasses.replace(cfg, out=os.path.join(runs_dir,
+                                                                                default_run_name(cfg, tag))))
+                        runs.append(PlannedRun((dataset, mixer, k, lamb, train_size), cfg))
     return runs
 
 
@@ -316,7 +361,7 @@ def format_percent(values):
 
 
 def collect(runs):
-    """``{(dataset, mixer, k, lamb): (results of finished runs, seeds asked)}`` in table order."""
+    """``{(dataset, mixer, k, lamb, train_size): (results of finished runs, seeds asked)}`` in table order."""
     rows = collections.OrderedDict()
     for run in runs:
         results, asked = rows.get(run.row, ([], 0))
@@ -342,48 +387,52 @@ METRICS = (("online_probe", "online probe", _online_key),
 
 
 def gaps(spec, rows):
-    """Per dataset and lamb, ``spec.gap``'s first row minus its second, paired by seed, in points.
+    """Per pair of ``spec.gaps``, dataset, training size and lamb: first row minus second, paired by seed, in points.
 
     Args:
-        spec: a ``TableSpec`` with ``gap`` set (else the result is empty).
+        spec: a ``TableSpec`` (without ``gaps`` the result is empty).
         rows: ``collect(runs)``.
 
     Returns:
-        A list of dicts: ``dataset``, ``lamb``, ``seeds`` (those finished in both rows), and per metric of
-        ``METRICS`` ``{"mean", "std", "per_seed", "exceeds_seed_spread"}``. The gap exceeds the seed spread
-        when its magnitude is larger than the standard deviation over seeds of both rows (``None`` with
-        fewer than 2 seeds).
+        A list of dicts: ``rows`` (``"mixup-k2 minus none-k2"``), ``dataset``, ``train_size``, ``lamb``,
+        ``seeds`` (those finished in both rows), and per metric of ``METRICS``
+        ``{"mean", "std", "per_seed", "exceeds_seed_spread"}``. The gap exceeds the seed spread when its
+        magnitude is larger than the standard deviation over seeds of both rows (``None`` with fewer than
+        2 seeds).
     """
-    if spec.gap is None:
-        return []
-    (a_mixer, a_k), (b_mixer, b_k) = spec.gap
     out = []
-    for (dataset, mixer, k, lamb), (a_results, _) in rows.items():
-        if (mixer, k) != (a_mixer, a_k):
-            continue
-        b_results = rows.get((dataset, b_mixer, b_k, lamb), ([], 0))[0]
-        a_by_seed, b_by_seed = {r["seed"]: r for r in a_results}, {r["seed"]: r for r in b_results}
-        seeds = sorted(set(a_by_seed) & set(b_by_seed))
-        entry = {"dataset": dataset, "lamb": lamb, "seeds": seeds}
-        split = _split(a_results)
-        for name, _, key_of in METRICS:
-            key = key_of(split)
-            a = [a_by_seed[s].get(key) for s in seeds]
-            b = [b_by_seed[s].get(key) for s in seeds]
-            diffs = [100 * (x - y) for x, y in zip(a, b) if x is not None and y is not None]
-            mean, std, n = mean_std(diffs)
-            spread = [mean_std(values)[1] for values in (a, b)]
-            entry[name] = {
-                "mean": mean, "std": std, "per_seed": diffs,
-                "exceeds_seed_spread": None if n < 2 or None in spread else abs(mean) > 100 * max(spread),
-            }
-        out.append(entry)
+    for (a_mixer, a_k), (b_mixer, b_k) in spec.gaps:
+        for (dataset, mixer, k, lamb, train_size), (a_results, _) in rows.items():
+            if (mixer, k) != (a_mixer, a_k):
+                continue
+            b_results = rows.get((dataset, b_mixer, b_k, lamb, train_size), ([], 0))[0]
+            out.append(_gap(f"{a_mixer}-k{a_k} minus {b_mixer}-k{b_k}", dataset, train_size, lamb,
+                            a_results, b_results))
     return out
+
+
+def _gap(label, dataset, train_size, lamb, a_results, b_results):
+    a_by_seed, b_by_seed = {r["seed"]: r for r in a_results}, {r["seed"]: r for r in b_results}
+    seeds = sorted(set(a_by_seed) & set(b_by_seed))
+    entry = {"rows": label, "dataset": dataset, "train_size": train_size, "lamb": lamb, "seeds": seeds}
+    split = _split(a_results)
+    for name, _, key_of in METRICS:
+        key = key_of(split)
+        a = [a_by_seed[s].get(key) for s in seeds]
+        b = [b_by_seed[s].get(key) for s in seeds]
+        diffs = [100 * (x - y) for x, y in zip(a, b) if x is not None and y is not None]
+        mean, std, n = mean_std(diffs)
+        spread = [mean_std(values)[1] for values in (a, b)]
+        entry[name] = {
+            "mean": mean, "std": std, "per_seed": diffs,
+            "exceeds_seed_spread": None if n < 2 or None in spread else abs(mean) > 100 * max(spread),
+        }
+    return entry
 
 
 def _recipe(runs):
     cfg = runs[0].cfg
-    recipe = {key: getattr(cfg, key) for key in RECIPE_KEYS}
+    recipe = {key: getattr(cfg, key) for key in RECIPE_KEYS if getattr(cfg, key) is not None}
     lambs = sorted({run.row[3] for run in runs})
     if len(lambs) > 1:
         recipe["lamb"] = lambs
@@ -427,8 +476,17 @@ def write_tables(spec, runs, out_dir, stem, command, unavailable=None):
     recipe = _recipe(runs)
     seeds = sorted({run.cfg.seed for run in runs})
     num_train = next((r["num_train"] for results, _ in rows.values() for r in results if r.get("num_train")), None)
-    budget = (f"{recipe['epochs']} epochs of {num_train:,} training images = {recipe['epochs'] * num_train:,} "
-              "images per run" if num_train else f"{recipe['epochs']} epochs per run")
+    by_size = any(run.row[4] is not None for run in runs)
+    if recipe.get("steps_per_epoch"):
+        steps = recipe["epochs"] * recipe["steps_per_epoch"]
+        budget = (f"{steps:,} training steps of {recipe['batch_size']} images = {steps * recipe['batch_size']:,} "
+                  f"images per run whatever its training set's size ({recipe['epochs']} validations)")
+    elif num_train and not by_size:
+        budget = (f"{recipe['epochs']} epochs of {num_train:,} training images = {recipe['epochs'] * num_train:,} "
+                  "images per run")
+    else:
+        budget = f"{recipe['epochs']} epochs per run"
+    size_head, size_rule = ("| N (train) ", "|---") if by_size else ("", "")
     lines = [
         f"# {spec.title}",
         "",
@@ -437,21 +495,26 @@ def write_tables(spec, runs, out_dir, stem, command, unavailable=None):
         f"Recipe, the same for every run (rows differ only in mixer and k, and in lamb where it is a list): "
         f"`{_recipe_text(recipe)}`; {budget}; seeds {', '.join(map(str, seeds))}.",
         "",
-        "| dataset | mixer | k | lamb | seeds | online probe (test) | post-hoc linear (test) | k-NN (test) "
+        f"| dataset {size_head}| mixer | k | lamb | seeds | online probe (test) | post-hoc linear (test) | k-NN (test) "
         "| best val (online) | report (online, test) | minutes / run |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        f"|---{size_rule}|---|---|---|---|---|---|---|---|---|---|",
     ]
     records = []
-    for (dataset, mixer, k, lamb), (results, asked) in rows.items():
-        report = REPORT.get("mnist" if dataset == "mnist_sample" else dataset, {}).get((mixer, k), "–")
+    for (dataset, mixer, k, lamb, train_size), (results, asked) in rows.items():
+        size_cell = (f" {'all' if train_size is None else f'{train_size:,}'} |") if by_size else ""
+        report = "–"
+        if train_size is None and spec.code_channels == 2:
+            report = REPORT.get("mnist" if dataset == "mnist_sample" else dataset, {}).get((mixer, k), "–")
         name = ROW_NAMES.get((mixer, k), mixer)
         seeds_text = f"{len(results)}" if len(results) == asked else f"{len(results)} of {asked}"
         status = ("done" if len(results) == asked else f"{len(results)} of {asked} seeds done") if results else (
             unavailable.get(dataset, "not run"))
-        record = {"dataset": dataset, "mixer": mixer, "k": k, "lamb": lamb, "report": report, "seeds_asked": asked,
+        record = {"dataset": dataset, "mixer": mixer, "k": k, "lamb": lamb, "train_size": train_size,
+                  "code_channels": spec.code_channels, "report": report, "seeds_asked": asked,
                   "seeds_done": len(results), "status": status}
         if not results:
-            lines.append(f"| {dataset} | {name} | {k} | {lamb:g} | 0 of {asked} | {status} | | | | {report} | |")
+            lines.append(f"| {dataset} |{size_cell} {name} | {k} | {lamb:g} | 0 of {asked} | {status} | | | "
+                         f"| {report} | |")
             records.append(record)
             continue
         split = _split(results)
@@ -462,7 +525,7 @@ def write_tables(spec, runs, out_dir, stem, command, unavailable=None):
 
         minutes = statistics.mean(r["train_seconds"] for r in results) / 60
         lines.append(
-            f"| {dataset} | {name} | {k} | {lamb:g} | {seeds_text} | {col(_online_key(split))} "
+            f"| {dataset} |{size_cell} {name} | {k} | {lamb:g} | {seeds_text} | {col(_online_key(split))} "
             f"| {col(f'linear_eval_{split}_accuracy')} | {col(f'knn_{split}_accuracy')} "
             f"| {format_percent([r['best_val_probe_accuracy'] for r in results])} | {report} | {minutes:.1f} |"
         )
@@ -476,7 +539,9 @@ def write_tables(spec, runs, out_dir, stem, command, unavailable=None):
         "deviation over the finished seeds (one seed: its value); seeds \"2 of 3\": a row still missing runs. "
         "Report: the reproduction report's Table 1 (50,000 training images, far longer training); it has numbers "
         "for mixup and Bernoulli only. Minutes / run: training only, mean over seeds. "
-        "Datasets without a test split show validation accuracy (val).",
+        "Datasets without a test split show validation accuracy (val)."
+        + (" N (train): a fixed, class-stratified subset of the training split, the same for every seed; "
+           "validation and test are the whole splits." if by_size else ""),
     ]
     machines = _machines(rows)
     if machines:
@@ -486,6 +551,12 @@ def write_tables(spec, runs, out_dir, stem, command, unavailable=None):
         lines += _gap_lines(spec, gap_entries)
     os.makedirs(out_dir, exist_ok=True)
     md_path, json_path = os.path.join(out_dir, f"{stem}.md"), os.path.join(out_dir, f"{stem}.json")
+    if spec.figure and any(r.get("runs") for r in records):
+        from amr_keras.plots import accuracy_vs_train_size
+
+        png = os.path.join(out_dir, f"{stem}.png")
+        accuracy_vs_train_size(records, png, title=spec.title.split(":")[0])
+        lines += ["", f"Figure: `{os.path.basename(png)}` (post-hoc linear and online probe accuracy against N)."]
     _write_text(md_path, "\n".join(lines) + "\n")
     data = {"table": spec.name, "title": spec.title, "command": command, "preset": recipe["preset"],
             "recipe": recipe, "seeds": seeds, "rows": records}
@@ -496,13 +567,14 @@ def write_tables(spec, runs, out_dir, stem, command, unavailable=None):
 
 
 def _gap_lines(spec, entries):
-    (a_mixer, a_k), (b_mixer, b_k) = spec.gap
+    by_size = any(entry["train_size"] is not None for entry in entries)
     lines = [
         "",
-        f"## {a_mixer} (k={a_k}) minus {b_mixer} (k={b_k}), points, paired by seed",
+        "## Gaps between rows, points, paired by seed",
         "",
-        "| dataset | lamb | seeds | " + " | ".join(label for _, label, _ in METRICS) + " |",
-        "|---|---|---|---|---|---|",
+        "| rows | dataset | " + ("N (train) | " if by_size else "") + "lamb | seeds | "
+        + " | ".join(label for _, label, _ in METRICS) + " |",
+        "|---|---|" + ("---|" if by_size else "") + "---|---|---|---|---|",
     ]
     for entry in entries:
         cells = []
@@ -514,7 +586,10 @@ def _gap_lines(spec, entries):
             if gap["exceeds_seed_spread"] is not None:
                 text += " (beyond spread)" if gap["exceeds_seed_spread"] else " (within spread)"
             cells.append(text)
-        lines.append(f"| {entry['dataset']} | {entry['lamb']:g} | {len(entry['seeds'])} | {' | '.join(cells)} |")
+        size = entry["train_size"]
+        size_cell = (f"{'all' if size is None else f'{size:,}'} | ") if by_size else ""
+        lines.append(f"| {entry['rows']} | {entry['dataset']} | {size_cell}{entry['lamb']:g} | {len(entry['seeds'])} "
+                     f"| {' | '.join(cells)} |")
     lines += [
         "",
         "Mean ± sample standard deviation over seeds of the per-seed difference. \"beyond spread\": the mean gap "

@@ -221,9 +221,8 @@ def test_a_folder_of_another_recipe_is_refused(dirs, monkeypatch, capsys):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--table", "2"], "Unknown table '2'. Choose one of: 1 (Table 1 of the paper"),
+    (["--table", "9"], "Unknown table '9'. Choose one of: 1 (Table 1 of the paper"),
     (["--table", "1", "--only", "bernoulli:3"], "--only takes settings among none:2 acai:2 mixup:2 bernoulli:2 mixup:3"),
-    (["--table", "1", "--datasets", "kmnist"], "--datasets is for the grid"),
     (["--table", "1", "--seeds", "0"], "--seeds N needs a count N >= 1"),
     (["--table", "1", "--lr", "0"], "lr must be a number > 0"),
 ])
@@ -251,8 +250,8 @@ def test_lamb_sweep_reuses_table1_runs_and_reports_the_gap(dirs, monkeypatch):
     assert script.main(table_args(dirs, table="lamb")) == 0
     assert len(fake.calls) == 6 + 12 and {c.lamb for c in fake.calls[6:]} == {30.0, 100.0}
     md = read(os.path.join(dirs["out"], "lamb_sweep_mnist.md"))
-    assert "| mnist | 10 | 3 | +3.00 ± 1.00 (beyond spread) |" in md
-    assert "| mnist | 100 | 3 | +0.50 ± 0.00 (within spread) |" in md
+    assert "| mixup-k2 minus none-k2 | mnist | 10 | 3 | +3.00 ± 1.00 (beyond spread) |" in md
+    assert "| mixup-k2 minus none-k2 | mnist | 100 | 3 | +0.50 ± 0.00 (within spread) |" in md
     with open(os.path.join(dirs["out"], "lamb_sweep_mnist.json")) as f:
         gaps = json.load(f)["gaps"]
     assert [g["lamb"] for g in gaps] == [10.0, 30.0, 100.0]
@@ -295,3 +294,53 @@ def test_tiny_real_row_runs_through_train_and_records_the_cpu(tmp_path):
     assert os.path.exists(os.path.join(runs, "mnist-mixup-k2-lamb10-mnist_full-e1-d4-float32-s0", "results.json"))
     md = read(os.path.join(out, f"{stem}.md"))
     assert "| 0 of 1 | not run |" in md_row(md, "acai", 2) and "| 1 |" in md_row(md, "mixup", 2)
+
+
+def fashion_args(dirs, *extra, table="2"):
+    return table_args(dirs, "--data-dir", f"fashion_mnist={dirs['data']}", *extra, table=table)
+
+
+def test_table2_trains_every_size_for_the_same_steps_and_answers_the_question(dirs, monkeypatch):
+    def accuracy(cfg):
+        # mixup beats none by 3 points at N = 1,000 (seed spread 1 point), ties elsewhere.
+        base = 0.80 + 0.01 * cfg.seed + 0.02 * (cfg.train_size // 5000)
+        return base + (0.03 if cfg.mixer == "mixup" and cfg.train_size == 1000 else 0.0)
+
+    fake = FakeTrain(accuracy)
+    monkeypatch.setattr("amr_keras.train.run", fake)
+    runs = reproduce.plan_runs(reproduce.TABLES["2"], [0, 1], {"mnist": dirs["data"]}, dirs["runs"])
+    assert len(runs) == 2 * 4 * 4 * 2
+    assert {(r.cfg.steps_per_epoch, r.cfg.epochs) for r in runs} == {(625, 4)}  # 2,500 steps whatever N
+    assert os.path.basename(runs[0].folder) == "mnist-n1000-none-k2-lamb10-mnist_full-spe625-s0"
+    assert [r.cfg.train_size for r in runs[::8]] == [1000, 5000, 10000, 20000] * 2
+    assert script_main(fashion_args(dirs, "--seeds", "2", "--datasets", "mnist", "--only", "none", "mixup")) == 0
+    assert len(fake.calls) == 4 * 2 * 2 and {c.train_size for c in fake.calls} == {1000, 5000, 10000, 20000}
+    md = read(os.path.join(dirs["out"], "table2-mnist.md"))
+    assert "| mnist | 1,000 | mixup | 2 | 10 | 2 |" in md and "2,500 training steps of 16 images" in md
+    assert "| mixup-k2 minus none-k2 | mnist | 1,000 | 10 | 2 | +3.00 ± 0.00 (beyond spread)" in md
+    assert "| mixup-k2 minus none-k2 | mnist | 5,000 | 10 | 2 | +0.00 ± 0.00 (within spread)" in md
+    with open(os.path.join(dirs["out"], "table2-mnist.json")) as f:
+        table = json.load(f)
+    row = next(r for r in table["rows"] if (r["mixer"], r["train_size"]) == ("mixup", 1000))
+    assert (row["code_channels"], row["seeds_done"], row["report"]) == (2, 2, "–")
+    assert next(r for r in table["rows"] if r["mixer"] == "acai")["status"] == "not run"
+    assert os.path.getsize(os.path.join(dirs["out"], "table2-mnist.png")) > 10_000
+
+
+def script_main(args):
+    return load_script().main(args)
+
+
+def test_table3_uses_256_value_codes_and_lists_unreachable_data(dirs, monkeypatch):
+    fake = FakeTrain(lambda cfg: 0.85)
+    monkeypatch.setattr("amr_keras.train.run", fake)
+    runs = reproduce.plan_runs(reproduce.TABLES["3"], [0], {"mnist": dirs["data"]}, dirs["runs"])
+    assert {r.cfg.code_channels for r in runs} == {16} and {r.cfg.dataset for r in runs} == {
+        "mnist", "fashion_mnist", "cifar10", "svhn"}
+    assert os.path.basename(runs[1].folder) == "mnist-mixup-k2-c16-lamb10-mnist_full-s0"
+    assert script_main(table_args(dirs, "--seeds", "1", "--datasets", "mnist", table="3")) == 0
+    assert len(fake.calls) == 3 and {c.code_channels for c in fake.calls} == {16}
+    with open(os.path.join(dirs["out"], "table3-mnist.json")) as f:
+        table = json.load(f)
+    assert table["recipe"]["code_channels"] == 16 and all(r["code_channels"] == 16 for r in table["rows"])
+    assert all(r["report"] == "–" for r in table["rows"])  # the report's numbers are for 32-value codes
