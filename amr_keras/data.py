@@ -5,12 +5,14 @@ Sources, in the order they are tried:
 1. ``data_dir``: a folder with the official raw files (no network needed):
    MNIST / Fashion-MNIST / KMNIST as IDX (``train-images-idx3-ubyte.gz`` ...),
    KMNIST also as ``kmnist-{train,test}-{imgs,labels}.npz``, SVHN as
-   ``{train,test}_32x32.mat``. A folder without test files gives train and
-   validation only.
+   ``{train,test}_32x32.mat``, CIFAR-10 as ``cifar-10-python.tar.gz`` (read
+   without extracting) or its extracted ``cifar-10-batches-py/`` (the folder
+   itself or a subfolder). A folder without test files gives train and
+   validation only (CIFAR-10 needs all six batches).
 2. ``mnist_sample``: real MNIST images shipped inside the package (first
    10,000 training images + the official 10,000 test images).
 3. tensorflow-datasets (``mnist``, ``kmnist``, ``svhn_cropped``,
-   ``fashion_mnist``), which downloads once into its data dir.
+   ``fashion_mnist``, ``cifar10``), which downloads once into its data dir.
 
 Validation data is carved out of the training split with a fixed seed:
 
@@ -18,19 +20,27 @@ Validation data is carved out of the training split with a fixed seed:
 |---|---|---|
 | mnist, kmnist, fashion_mnist | 50,000 / 10,000 of the official 60,000 training images | official 10,000 |
 | svhn | 90% / 10% of the official 73,257 training images (no ``extra``) | official 26,032 |
+| cifar10 | 45,000 / 5,000 of the official 50,000 training images | official 10,000 |
 | mnist_sample | 9,000 / 1,000 of the first 10,000 training images | official 10,000 |
 
 For a raw folder with another number of training images, MNIST-like datasets
-keep 1/6 for validation and SVHN 10%.
+keep 1/6 for validation, SVHN and CIFAR-10 10%.
+
+``load_dataset(..., train_size=N)`` trains on a fixed, class-stratified subset
+of N images of the training part (the paper's Table 2); validation and test
+stay whole. See ``subset_train``.
 """
 
 import dataclasses
 import glob
 import gzip
 import hashlib
+import io
 import os
+import pickle
 import socket
 import struct
+import tarfile
 import warnings
 import zlib
 
@@ -39,12 +49,18 @@ import tensorflow as tf
 
 from amr_keras.networks import IMAGE_SIZE
 
-DATASETS = ("mnist", "kmnist", "fashion_mnist", "svhn", "mnist_sample")
-TFDS_NAMES = {"mnist": "mnist", "kmnist": "kmnist", "fashion_mnist": "fashion_mnist", "svhn": "svhn_cropped"}
+DATASETS = ("mnist", "kmnist", "fashion_mnist", "svhn", "cifar10", "mnist_sample")
+TFDS_NAMES = {"mnist": "mnist", "kmnist": "kmnist", "fashion_mnist": "fashion_mnist", "svhn": "svhn_cropped",
+              "cifar10": "cifar10"}
 SOURCE_SHAPES = {"mnist": (28, 28, 1), "kmnist": (28, 28, 1), "fashion_mnist": (28, 28, 1),
-                 "svhn": (32, 32, 3), "mnist_sample": (28, 28, 1)}
-VAL_FRACTION = {"mnist": 1 / 6, "kmnist": 1 / 6, "fashion_mnist": 1 / 6, "svhn": 0.1, "mnist_sample": 0.1}
+                 "svhn": (32, 32, 3), "cifar10": (32, 32, 3), "mnist_sample": (28, 28, 1)}
+VAL_FRACTION = {"mnist": 1 / 6, "kmnist": 1 / 6, "fashion_mnist": 1 / 6, "svhn": 0.1, "cifar10": 0.1,
+                "mnist_sample": 0.1}
 SPLIT_SEED = 1234
+# Default seed of the training subset (``train_size``): fixed, so runs with different
+# training seeds train on the same images; distinct from SPLIT_SEED so the two draws
+# are not the same random stream.
+SUBSET_SEED = SPLIT_SEED + 1
 SAMPLE_DIR = os.path.join(os.path.dirname(__file__), "sample_data", "mnist")
 
 # md5 of the official files (as listed by their publishers and torchvision).
@@ -71,7 +87,14 @@ OFFICIAL_MD5 = {
         "train_32x32.mat": "e26dedcc434d2e4c54c9b2d4a06d8373",
         "test_32x32.mat": "eb5a983be6a315427106f1b0b7a7e4d5",
     },
+    "cifar10": {
+        "cifar-10-python.tar.gz": "c58f30108f718f92721af3b95e74349a",
+    },
 }
+
+CIFAR10_ARCHIVE = "cifar-10-python.tar.gz"
+CIFAR10_FOLDER = "cifar-10-batches-py"
+CIFAR10_BATCHES = {"train": tuple(f"data_batch_{i}" for i in range(1, 6)), "test": ("test_batch",)}
 
 
 class DataError(ValueError):
@@ -80,7 +103,8 @@ class DataError(ValueError):
 
 OFFLINE_HELP = (
     "To run offline, pass --data-dir DIR with the official raw files "
-    "(IDX .gz for MNIST/Fashion-MNIST/KMNIST, kmnist-*.npz, SVHN train_32x32.mat/test_32x32.mat), "
+    "(IDX .gz for MNIST/Fashion-MNIST/KMNIST, kmnist-*.npz, SVHN train_32x32.mat/test_32x32.mat, "
+    "CIFAR-10 cifar-10-python.tar.gz or its extracted cifar-10-batches-py/), "
     "or use --dataset mnist_sample (real MNIST images shipped with the package)."
 )
 
@@ -93,9 +117,10 @@ class DatasetInfo:
     source: str
     image_shape: tuple
     num_classes: int
-    num_train: int
+    num_train: int  # the subset size when train_size is set
     num_val: int
     num_test: int  # 0 when there is no test split
+    train_size: int = None  # None when the whole training part is used
 
     @property
     def colors(self):
@@ -185,6 +210,125 @@ def read_svhn_mat(path):
     return np.ascontiguousarray(np.transpose(x, (3, 0, 1, 2))), labels
 
 
+# The only globals an official CIFAR-10 batch refers to: numpy's array reconstruction
+# (written as numpy.core by numpy 1.x, numpy._core by numpy 2). ``_reconstruct`` is taken
+# from numpy's own pickling, so it is the right function under either numpy.
+_RECONSTRUCT = np.empty(0).__reduce__()[0]
+_CIFAR10_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"): _RECONSTRUCT,
+    ("numpy._core.multiarray", "_reconstruct"): _RECONSTRUCT,
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+}
+
+
+class _Cifar10Unpickler(pickle.Unpickler):
+    """Unpickler that can build numpy arrays and nothing else, so a pickle cannot run code."""
+
+    def __init__(self, raw, where):
+        super().__init__(io.BytesIO(raw), encoding="bytes")
+        self.where = where
+
+    def find_class(self, module, name):
+        if (module, name) not in _CIFAR10_GLOBALS:
+            raise DataError(
+                f"{self.where} is not an official CIFAR-10 batch: it asks for {module}.{name}, which the official "
+                f"files never do, so it was not loaded. Download {CIFAR10_ARCHIVE} again."
+            )
+        return _CIFAR10_GLOBALS[(module, name)]
+
+
+def _describe(value):
+    return f"shape {value.shape}, dtype {value.dtype}" if isinstance(value, np.ndarray) else type(value).__name__
+
+
+def read_cifar10_batch(raw, where):
+    """Decode one CIFAR-10 python batch (a pickle) into uint8 images and int labels.
+
+    Args:
+        raw: the bytes of ``data_batch_1`` ... ``data_batch_5`` or ``test_batch``.
+        where: the file (or ``archive:member``) they came from, for error messages.
+
+    Returns:
+        ``(images, labels)``: uint8 N x 32 x 32 x 3 and int64 N, labels 0-9.
+    """
+    try:
+        batch = _Cifar10Unpickler(raw, where).load()
+    except DataError:
+        raise
+    except Exception as e:  # a damaged pickle raises many types
+        raise DataError(f"{where} is truncated or corrupt ({type(e).__name__}: {e}); "
+                        f"download {CIFAR10_ARCHIVE} again.") from e
+    if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
+        got = sorted(map(repr, batch)) if isinstance(batch, dict) else type(batch).__name__
+        raise DataError(f"{where} is not an official CIFAR-10 batch: expected a dict with b'data' and b'labels', "
+                        f"got {got}.")
+    x, y = batch[b"data"], np.asarray(batch[b"labels"])
+    if not isinstance(x, np.ndarray) or x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != 3 * 32 * 32:
+        raise DataError(f"{where}: b'data' should be an N x 3072 uint8 array (per image 1024 red, 1024 green, "
+                        f"1024 blue values), got {_describe(x)}.")
+    if y.ndim != 1 or len(y) != len(x) or (y.size and not np.issubdtype(y.dtype, np.integer)):
+        raise DataError(f"{where}: b'labels' should be {len(x)} integers, one per image, got {_describe(y)}.")
+    if y.size and (y.min() < 0 or y.max() > 9):
+        raise DataError(f"{where}: labels should be 0-9, found {int(y.min())} to {int(y.max())}.")
+    # Each row is channel-major: 1024 red values (32x32, row-major), then green, then blue.
+    images = np.ascontiguousarray(x.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+    return images, y.astype(np.int64)
+
+
+def _read_cifar10_archive(path, names):
+    """Decode the batches ``names`` found in a tar.gz, member by member, without extracting it."""
+    found = {}
+    try:
+        with tarfile.open(path, "r:gz") as tar:
+            for member in tar:
+                name = os.path.basename(member.name)
+                if member.isfile() and name in names and name not in found:
+                    found[name] = read_cifar10_batch(tar.extractfile(member).read(), f"{path}:{member.name}")
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
+        raise DataError(f"{path} is not a readable tar.gz archive or is truncated ({type(e).__name__}: {e}); "
+                        "download it again.") from e
+    return found
+
+
+def read_cifar10(path):
+    """Read the official CIFAR-10 python version: its archive or the extracted folder.
+
+    Args:
+        path: ``cifar-10-python.tar.gz`` (its members are read directly, nothing is
+            extracted to disk) or the extracted ``cifar-10-batches-py`` folder.
+
+    Returns:
+        ``{"train": (images, labels), "test": (images, labels)}``: the five training
+        batches in order (50,000 images in the official files) and ``test_batch``
+        (10,000); uint8 images N x 32 x 32 x 3, int64 labels 0-9.
+    """
+    names = CIFAR10_BATCHES["train"] + CIFAR10_BATCHES["test"]
+    if os.path.isfile(path):
+        _verify_checksum("cifar10", path)
+        found = _read_cifar10_archive(path, names)
+    else:
+        found = {name: read_cifar10_batch(_open(p), p)
+                 for name in names if os.path.isfile(p := os.path.join(path, name))}
+    missing = [name for name in names if name not in found]
+    if missing:
+        raise DataError(f"{path} has no {', '.join(missing)}: CIFAR-10 needs data_batch_1 ... data_batch_5 and "
+                        f"test_batch. Download {CIFAR10_ARCHIVE} again (a truncated download also loses batches).")
+    return {split: (np.concatenate([found[n][0] for n in batch_names]),
+                    np.concatenate([found[n][1] for n in batch_names]))
+            for split, batch_names in CIFAR10_BATCHES.items()}
+
+
+def _find_cifar10(folder):
+    """Where CIFAR-10 is in ``folder``: extracted batches (in it or its cifar-10-batches-py/), else the archive."""
+    names = CIFAR10_BATCHES["train"] + CIFAR10_BATCHES["test"]
+    for candidate in (folder, os.path.join(folder, CIFAR10_FOLDER)):
+        if any(os.path.isfile(os.path.join(candidate, name)) for name in names):
+            return candidate
+    archive = os.path.join(folder, CIFAR10_ARCHIVE)
+    return archive if os.path.isfile(archive) else None
+
+
 def _md5(path):
     h = hashlib.md5()
     with open(path, "rb") as f:
@@ -250,14 +394,17 @@ def load_raw_folder(name, folder):
     """Read the official raw files of ``name`` from ``folder``: dict of (images, labels) per split."""
     if not os.path.isdir(folder):
         raise DataError(f"--data-dir {folder!r} does not exist or is not a folder.")
-    out = {}
-    for split in ("train", "test"):
-        pair = _read_pair(name, folder, split)
-        if pair is not None:
-            out[split] = pair
+    if name == "cifar10":
+        source = _find_cifar10(folder)
+        out = {} if source is None else read_cifar10(source)
+    else:
+        pairs = {split: _read_pair(name, folder, split) for split in ("train", "test")}
+        out = {split: pair for split, pair in pairs.items() if pair is not None}
     if "train" not in out:
         expected = {
             "svhn": "train_32x32.mat",
+            "cifar10": f"{CIFAR10_ARCHIVE}, or its extracted {CIFAR10_FOLDER}/ (data_batch_1 ... data_batch_5, "
+                       "test_batch) as a subfolder or as the folder itself",
             "kmnist": "train-images-idx3-ubyte.gz + train-labels-idx1-ubyte.gz or kmnist-train-imgs.npz + kmnist-train-labels.npz",
         }.get(name, "train-images-idx3-ubyte.gz + train-labels-idx1-ubyte.gz")
         raise DataError(f"No training files for {name} in {folder}: expected {expected}.")
@@ -368,12 +515,57 @@ def train_pipeline(images, labels, batch_size, seed=0, start_epoch=0, start_step
 def split_train_val(images, labels, val_fraction, seed=SPLIT_SEED):
     """Carve a validation set out of a training split with a fixed permutation."""
     n = len(images)
-    n_val = int(round(n * val_fraction))
+    n_val = round(n * val_fraction)
     if n_val < 1 or n_val >= n:
         raise DataError(f"Cannot carve a validation set ({val_fraction:.0%}) out of {n} training images.")
     perm = np.random.default_rng(seed).permutation(n)
     val, train = perm[:n_val], perm[n_val:]
     return (images[train], labels[train]), (images[val], labels[val])
+
+
+def subset_train(images, labels, size, seed=SUBSET_SEED):
+    """Draw a fixed training subset of ``size`` images, stratified by class (the paper's Table 2).
+
+    Each class gets ``size * (its share of the images)``, rounded by largest
+    remainder so the counts add up to exactly ``size``; the images of each class
+    are drawn without replacement. The draw depends only on ``seed`` (its own
+    generator, not numpy's global state), and the chosen images keep their
+    original order (the indices are sorted). With ``size`` below the number of
+    classes, every share rounds down and the ``size`` units of remainder go to
+    the classes with the largest remainders (ties, e.g. balanced classes, broken
+    at random by ``seed``): ``size`` classes get one image, the others none.
+
+    Args:
+        images: training images, shape (N, ...).
+        labels: their integer labels, N.
+        size: number of images to keep, 1 to N.
+        seed: seed of the draw; ``SUBSET_SEED`` (fixed) by default.
+
+    Returns:
+        ``(images, labels)`` of the subset.
+
+    Example:
+        >>> x, y = subset_train(np.zeros((100, 2)), np.arange(100) % 10, 20)
+        >>> np.bincount(y).tolist()
+        [2, 2, 2, 2, 2, 2, 2, 2, 2, 2]
+    """
+    n = len(labels)
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
+        raise DataError(f"train_size must be a positive integer (a number of images), got {size!r}.")
+    size = int(size)
+    if size > n:
+        raise DataError(f"train_size {size} is larger than the training split, which has {n} images "
+                        f"(after carving out validation): choose at most {n}.")
+    rng = np.random.default_rng(seed)
+    classes, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    # Largest remainder in exact integer arithmetic: quota = floor(size * count / n) + 1 for
+    # the classes with the largest remainders, ties broken by a seeded permutation.
+    quota, remainder = np.divmod(size * counts, n)
+    order = np.lexsort((rng.permutation(len(classes)), -remainder))
+    quota[order[: size - int(quota.sum())]] += 1
+    chosen = [rng.permutation(np.flatnonzero(inverse == c))[:q] for c, q in enumerate(quota)]
+    index = np.sort(np.concatenate(chosen))
+    return images[index], labels[index]
 
 
 def load_arrays(name, data_dir=None, tfds_data_dir=None):
@@ -386,7 +578,8 @@ def load_arrays(name, data_dir=None, tfds_data_dir=None):
     return load_tfds(name, tfds_data_dir), "tensorflow-datasets"
 
 
-def load_dataset(name, data_dir=None, batch_size=64, seed=0, tfds_data_dir=None, eval_batch_size=None):
+def load_dataset(name, data_dir=None, batch_size=64, seed=0, tfds_data_dir=None, eval_batch_size=None,
+                 train_size=None, subset_seed=None):
     """Load ``name`` as train / validation / test ``tf.data`` pipelines.
 
     Args:
@@ -397,9 +590,18 @@ def load_dataset(name, data_dir=None, batch_size=64, seed=0, tfds_data_dir=None,
         seed: shuffling seed of the training pipeline.
         tfds_data_dir: where tensorflow-datasets stores its data (its default when None).
         eval_batch_size: batch size of validation/test (default: ``batch_size``).
+        train_size: train on a fixed, class-stratified subset of this many images
+            of the training part (see ``subset_train``), drawn after the
+            validation images are carved out; validation and test stay whole.
+            None uses the whole training part.
+        subset_seed: seed of that subset. None (default) uses the fixed
+            ``SUBSET_SEED``, so runs with different ``seed`` train on the same
+            images; pass a value to draw another subset. Only with ``train_size``.
 
     Returns:
-        ``Splits`` with ``train``, ``val``, ``test`` (None without a test split) and ``info``.
+        ``Splits`` with ``train``, ``val``, ``test`` (None without a test split) and ``info``
+        (``info.num_train`` is the subset size and ``info.train_size`` is set when
+        ``train_size`` is given).
 
     Example:
         >>> splits = load_dataset("mnist_sample", batch_size=64)
@@ -408,8 +610,16 @@ def load_dataset(name, data_dir=None, batch_size=64, seed=0, tfds_data_dir=None,
     """
     if int(batch_size) != batch_size or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    if subset_seed is not None and train_size is None:
+        raise DataError(f"subset_seed {subset_seed!r} is only used with train_size: set train_size or drop it.")
     arrays, source = load_arrays(name, data_dir, tfds_data_dir)
     (x_tr, y_tr), (x_val, y_val) = split_train_val(*arrays["train"], VAL_FRACTION[name])
+    if train_size is not None:
+        x_tr, y_tr = subset_train(x_tr, y_tr, train_size, SUBSET_SEED if subset_seed is None else subset_seed)
+        train_size = len(x_tr)
+        if train_size < batch_size:
+            raise DataError(f"train_size {train_size} is smaller than one batch ({batch_size} images, and training "
+                            f"drops incomplete batches): use a train_size of at least {batch_size} or lower --batch-size.")
     if len(x_tr) < batch_size:
         raise DataError(f"batch_size {batch_size} is larger than the {len(x_tr)} training images: lower --batch-size.")
     test = arrays.get("test")
@@ -418,7 +628,7 @@ def load_dataset(name, data_dir=None, batch_size=64, seed=0, tfds_data_dir=None,
     info = DatasetInfo(
         name=name, source=source, image_shape=tuple(int(s) for s in x_tr.shape[1:]),
         num_classes=max(classes, 10), num_train=len(x_tr), num_val=len(x_val),
-        num_test=0 if test is None else len(test[0]),
+        num_test=0 if test is None else len(test[0]), train_size=train_size,
     )
     return Splits(
         train=make_pipeline(x_tr, y_tr, batch_size, shuffle=True, drop_remainder=True, seed=seed),

@@ -161,7 +161,7 @@ def test_bad_settings_fail_with_one_line(tiny_data, tmp_path, capsys, extra, mes
 
 
 @pytest.mark.parametrize("flag, value, accepted", [
-    ("--dataset", "cifar10", ("mnist", "kmnist", "fashion_mnist", "svhn", "mnist_sample")),
+    ("--dataset", "cifar100", ("mnist", "kmnist", "fashion_mnist", "svhn", "cifar10", "mnist_sample")),
     ("--mixer", "cutmix", ("mixup", "bernoulli", "acai", "none")),
 ])
 def test_unknown_choice_lists_the_accepted_values(tmp_path, capsys, flag, value, accepted):
