@@ -1,9 +1,14 @@
 """Shared fixtures: one tiny AMR run folder and its SavedModel exports (without and with the post-hoc head)."""
 
 import json
+import os
 import types
 
-import amr_keras  # noqa: F401  (first: it sets TF_ENABLE_ONEDNN_OPTS before TensorFlow is imported)
+# TensorFlow's start-up INFO notices would otherwise be printed by every test worker (tests/test_startup_log.py
+# checks them in a process of its own).
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+
+import amr_keras  # noqa: E402, F401  (first: it sets TF_ENABLE_ONEDNN_OPTS before TensorFlow is imported)
 import keras
 import numpy as np
 import pytest
