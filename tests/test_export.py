@@ -217,7 +217,7 @@ def test_linear_export_metadata_names_both_heads(tiny_linear_export):
 def test_add_linear_head_keeps_every_endpoint_and_adds_classify_linear(tiny_export, tiny_linear_export, loaded_export,
                                                                        tmp_path, monkeypatch):
     arrays = tiny_linear_export.arrays
-    monkeypatch.setattr(evaluate, "load_dataset", lambda name, data_dir=None, batch_size=64: types.SimpleNamespace(
+    monkeypatch.setattr(evaluate, "load_dataset", lambda name, data_dir=None, batch_size=64, train_size=None: types.SimpleNamespace(
         arrays=arrays))
     out = tmp_path / "with_head"
     main = runpy.run_path(str(SCRIPTS / "export.py"), run_name="export_script")["main"]
