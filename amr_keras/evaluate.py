@@ -386,7 +386,8 @@ def load_encoder(path):
     )
 
 
-def evaluate_saved(path, dataset, data_dir=None, seed=0, batch_size=512, k=10, return_classifier=False):
+def evaluate_saved(path, dataset, data_dir=None, seed=0, batch_size=512, k=10, return_classifier=False,
+                   train_size=None):
     """Evaluate the codes of a saved encoder on ``dataset`` (see ``load_encoder`` for ``path``).
 
     Args:
@@ -397,6 +398,8 @@ def evaluate_saved(path, dataset, data_dir=None, seed=0, batch_size=512, k=10, r
         batch_size: images per encoder call.
         k: neighbours of the k-NN vote.
         return_classifier: also return the fitted linear classifier (see ``evaluate_codes``).
+        train_size: fit on the same class-stratified subset of N training images as ``--train-size N``
+            (default: the whole training split).
 
     Returns:
         The dict of ``evaluate_codes`` (with ``return_classifier``, the pair ``(dict, classifier)``).
@@ -405,6 +408,6 @@ def evaluate_saved(path, dataset, data_dir=None, seed=0, batch_size=512, k=10, r
         >>> evaluate_saved("runs/mnist_mixup", "mnist")["linear_eval_test_accuracy"]
     """
     encode_fn, preprocess_fn, _ = load_encoder(path)
-    splits = load_dataset(dataset, data_dir=data_dir, batch_size=64)
+    splits = load_dataset(dataset, data_dir=data_dir, batch_size=64, train_size=train_size)
     return evaluate_codes(encode_fn, splits.arrays, seed=seed, batch_size=batch_size, k=k, preprocess_fn=preprocess_fn,
                           return_classifier=return_classifier)

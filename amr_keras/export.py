@@ -479,7 +479,10 @@ def add_linear_head(export_dir, dataset=None, data_dir=None, out=None, seed=0):
     export_dir = _check_export_dir(export_dir)
     meta = load_metadata(export_dir)
     dataset = dataset or meta.get("dataset")
-    scores, classifier = evaluate_saved(export_dir, dataset, data_dir=data_dir, seed=seed, return_classifier=True)
+    # A model trained on a subset (--train-size) gets a head fitted on the same labelled images.
+    train_size = meta.get("train_size") if dataset == meta.get("dataset") else None
+    scores, classifier = evaluate_saved(export_dir, dataset, data_dir=data_dir, seed=seed, return_classifier=True,
+                                        train_size=train_size)
     head = LinearHead.from_classifier(classifier, int(meta["num_classes"]))
     loaded = load_export(export_dir)
     loaded.linear_head = head

@@ -27,11 +27,15 @@ def main(argv=None):
     parser.add_argument("--data-dir", default=None, help="folder of official raw files (offline)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--k", type=int, default=10, help="neighbours of the k-NN vote")
+    parser.add_argument("--train-size", type=int, default=None,
+                        help="fit on the class-stratified subset of N training images that fit.py --train-size N "
+                             "trained on (default: the whole training split)")
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = parser.parse_args(argv)
 
     try:
-        results = evaluate_saved(args.path, args.dataset, data_dir=args.data_dir, seed=args.seed, k=args.k)
+        results = evaluate_saved(args.path, args.dataset, data_dir=args.data_dir, seed=args.seed, k=args.k,
+                                 train_size=args.train_size)
     except (FileNotFoundError, DataError, ValueError) as e:
         parser.exit(2, f"error: {e}\n")
     c = results["linear_eval_C"]

@@ -1,9 +1,14 @@
 """Shared fixtures: one tiny AMR run folder and its SavedModel exports (without and with the post-hoc head)."""
 
 import json
+import os
 import types
 
-import amr_keras  # noqa: F401  (first: it sets TF_ENABLE_ONEDNN_OPTS before TensorFlow is imported)
+# TensorFlow's start-up INFO notices would otherwise be printed by every test worker (tests/test_startup_log.py
+# checks them in a process of its own).
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+
+import amr_keras  # noqa: E402, F401  (first: it sets TF_ENABLE_ONEDNN_OPTS before TensorFlow is imported)
 import keras
 import numpy as np
 import pytest
@@ -63,7 +68,7 @@ def tiny_linear_export(tiny_export, tmp_path_factory):
     x, y = class_images(240, seed=0)
     arrays = {"train": (x[:160], y[:160]), "val": (x[160:200], y[160:200]), "test": (x[200:], y[200:])}
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(evaluate, "load_dataset", lambda name, data_dir=None, batch_size=64: types.SimpleNamespace(
+        mp.setattr(evaluate, "load_dataset", lambda name, data_dir=None, batch_size=64, train_size=None: types.SimpleNamespace(
             arrays=arrays))
         path = export_run(tiny_export.run_dir, tmp_path_factory.mktemp("linear") / "export", linear_head=True)
     scores, classifier = evaluate.evaluate_codes(tiny_export.model.encode, arrays, return_classifier=True)

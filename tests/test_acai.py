@@ -78,6 +78,7 @@ def test_keras_round_trip_keeps_the_acai_settings(tmp_path):
         assert float(a[name]) == pytest.approx(float(b[name]), rel=1e-5), name
 
 
+@pytest.mark.slow
 def test_export_records_acai_and_mixes_codes_like_the_eager_model(tmp_path):
     from amr_keras.export import Endpoints, export_model, load_metadata
 

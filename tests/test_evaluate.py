@@ -230,13 +230,15 @@ def test_evaluate_saved_loads_the_dataset_arrays(saved_run, monkeypatch):
     x, y = class_images(120, seed=12)
     calls = []
 
-    def fake_load_dataset(name, data_dir=None, batch_size=64):
-        calls.append((name, data_dir))
+    def fake_load_dataset(name, data_dir=None, batch_size=64, train_size=None):
+        calls.append((name, data_dir, train_size))
         return types.SimpleNamespace(arrays={"train": (x[:80], y[:80]), "val": (x[80:], y[80:])})
 
     monkeypatch.setattr(evaluate, "load_dataset", fake_load_dataset)
     res = evaluate.evaluate_saved(str(saved_run / "export"), "mnist", data_dir="/raw")
-    assert calls == [("mnist", "/raw")]
+    assert calls == [("mnist", "/raw", None)]
+    evaluate.evaluate_saved(str(saved_run / "export"), "mnist", data_dir="/raw", train_size=40)
+    assert calls[-1] == ("mnist", "/raw", 40)  # the subset a --train-size run was trained on
     assert set(res) == set(RESULT_KEYS)
     assert res["linear_eval_test_accuracy"] is None
     assert 0.0 <= res["knn_val_accuracy"] <= 1.0

@@ -68,6 +68,7 @@ def _inputs(n, seed, shape=(28, 28, 1), channels=2):
     }
 
 
+@pytest.mark.slow
 def test_fresh_process_matches_eager_model(tiny_linear_export, tmp_path):
     inputs = {}
     for i, n in enumerate(BATCHES):
@@ -212,10 +213,11 @@ def test_linear_export_metadata_names_both_heads(tiny_linear_export):
     assert meta["linear_eval_dataset"] == "mnist_sample"
 
 
+@pytest.mark.slow
 def test_add_linear_head_keeps_every_endpoint_and_adds_classify_linear(tiny_export, tiny_linear_export, loaded_export,
                                                                        tmp_path, monkeypatch):
     arrays = tiny_linear_export.arrays
-    monkeypatch.setattr(evaluate, "load_dataset", lambda name, data_dir=None, batch_size=64: types.SimpleNamespace(
+    monkeypatch.setattr(evaluate, "load_dataset", lambda name, data_dir=None, batch_size=64, train_size=None: types.SimpleNamespace(
         arrays=arrays))
     out = tmp_path / "with_head"
     main = runpy.run_path(str(SCRIPTS / "export.py"), run_name="export_script")["main"]

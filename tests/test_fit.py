@@ -308,6 +308,7 @@ def test_unreadable_checkpoint_without_previous_names_the_file(nan_run, tiny_dat
     assert len(error_lines(err)) == 1 and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_nan_in_the_first_epoch_says_no_checkpoint_exists(tiny_data, tmp_path, capsys, monkeypatch):
     from amr_keras import train
 

@@ -65,9 +65,11 @@ def test_each_optimizer_changes_only_its_own_network(moving, expected, mixer):
 
 
 def test_autoencoder_updates_only_every_update_g_every_steps():
+    # Eager steps (a traced step takes seconds to build): the same ops.cond runs its branch directly. The traced
+    # conditional is covered by test_fit_updates_the_autoencoder_every_update_g_every_steps (steps_per_execution).
     model = tiny_model(update_g_every=3)
     model.compile()
-    step = tf.function(model.train_step)
+    step = model.train_step
     changed = []
     for i in range(4):
         before = _snapshot(model)
@@ -130,7 +132,7 @@ def test_fit_updates_the_autoencoder_every_update_g_every_steps(compile_args):
 def test_keras_round_trip_keeps_outputs_config_and_optimizer_state(tmp_path):
     model = tiny_model(mixer="bernoulli", k=3, lamb=3.0)
     model.compile()
-    step = tf.function(model.train_step)
+    step = model.train_step  # eager: what is saved does not depend on tracing, which takes seconds
     for i in range(2):
         step(_batch(seed=i))
     path = str(tmp_path / "m.keras")
@@ -144,7 +146,7 @@ def test_keras_round_trip_keeps_outputs_config_and_optimizer_state(tmp_path):
     for a, b in zip(loaded.ae_optimizer.variables, model.ae_optimizer.variables):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b))
     # Training continues from the restored state.
-    tf.function(loaded.train_step)(_batch(seed=3))
+    loaded.train_step(_batch(seed=3))
     assert int(loaded.d_optimizer.iterations) == 3
 
 

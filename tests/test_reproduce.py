@@ -276,6 +276,7 @@ def test_unknown_table_names_the_known_ones():
         reproduce.table_spec("x")
 
 
+@pytest.mark.slow
 def test_tiny_real_row_runs_through_train_and_records_the_cpu(tmp_path):
     from amr_keras.precision import cpu_info
 

@@ -42,7 +42,9 @@ def test_saved_models_folder_has_the_three_exports_of_the_readme():
     assert {"mnist_sample_mixup", "mnist_sample_bernoulli", "fashion_mnist_mixup"} <= set(NAMES)
 
 
-@pytest.mark.parametrize("name", NAMES)
+# One export in the default suite (each takes a fresh TensorFlow process); the others with -m slow.
+@pytest.mark.parametrize("name", [n if n == "mnist_sample_mixup" else pytest.param(n, marks=pytest.mark.slow)
+                                  for n in NAMES])
 def test_export_serves_every_endpoint_with_tensorflow_alone(name):
     path = os.path.join(SAVED, name)
     meta = json.load(open(os.path.join(path, "metadata.json")))
