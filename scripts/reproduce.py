@@ -41,6 +41,7 @@ Examples:
 """
 
 import argparse
+import dataclasses
 import os
 import shlex
 import sys
@@ -53,6 +54,7 @@ from amr_keras.data import DATASETS  # noqa: E402
 from amr_keras.precision import PRECISIONS  # noqa: E402
 
 GRID_DATASETS = ["mnist_sample", "mnist", "kmnist", "svhn", "fashion_mnist"]
+QUICK_BUDGET_STEPS = 40  # --quick on a table whose runs train a fixed number of steps
 
 
 def parse_args(argv):
@@ -81,7 +83,8 @@ def parse_args(argv):
     r.add_argument("--depth", type=int, help="channels of the first scale of every network")
     r.add_argument("--precision", choices=PRECISIONS, help="compute precision (default auto)")
     p.add_argument("--quick", action="store_true",
-                   help="smoke run: 1 seed, 1 epoch, depth 4 (the grid: on mnist_sample)")
+                   help=f"smoke run: 1 seed, 1 epoch, depth 4 (the grid: on mnist_sample; --table 2: "
+                        f"{QUICK_BUDGET_STEPS} steps per run)")
     p.add_argument("--out", default="results", help="folder of the tables (and, for the grid, of runs/)")
     p.add_argument("--runs", help="folder of the run folders (default: runs for --table, OUT/runs for the grid)")
     p.add_argument("--table-only", action="store_true", help="tabulate the finished runs without training")
@@ -117,10 +120,9 @@ def command_line(args):
     words = ["python", "scripts/reproduce.py"]
     if args.table:
         words += ["--table", args.table]
-        words += ["--datasets", *args.datasets] if args.datasets else []
-    else:
-        words += ["--quick"] if args.quick else []
-        words += ["--datasets", *args.datasets] if args.datasets else []
+    words += ["--quick"] if args.quick else []
+    words += ["--datasets", *args.datasets] if args.datasets else []
+    if not args.table:
         words += ["--mixers", *args.mixers] if args.mixers else []
     for item in args.data_dir:
         words += ["--data-dir", item]
@@ -154,6 +156,8 @@ def _run(args, argv):
         seeds, recipe = [0], {**recipe, "epochs": args.epochs or 1, "depth": args.depth or 4}
     if args.table:
         spec = reproduce.table_spec(args.table, args.datasets)
+        if args.quick and spec.budget_steps:
+            spec = dataclasses.replace(spec, budget_steps=min(spec.budget_steps, QUICK_BUDGET_STEPS))
         rows = reproduce.parse_rows(args.mixers, spec.rows, flag="--only") if args.mixers else None
         runs_dir = args.runs or "runs"
     else:

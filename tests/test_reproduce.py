@@ -345,3 +345,13 @@ def test_table3_uses_256_value_codes_and_lists_unreachable_data(dirs, monkeypatc
         table = json.load(f)
     assert table["recipe"]["code_channels"] == 16 and all(r["code_channels"] == 16 for r in table["rows"])
     assert all(r["report"] == "–" for r in table["rows"])  # the report's numbers are for 32-value codes
+
+
+def test_quick_table2_trains_a_few_steps_per_run(dirs, monkeypatch):
+    fake = FakeTrain(lambda cfg: 0.5)
+    monkeypatch.setattr("amr_keras.train.run", fake)
+    assert script_main(table_args(dirs, "--quick", "--datasets", "mnist", "--only", "mixup", table="2")) == 0
+    assert len(fake.calls) == 4  # one seed, every N
+    assert {(c.steps_per_epoch, c.epochs, c.depth) for c in fake.calls} == {(40, 1, 4)}
+    md = read(os.path.join(dirs["out"], "table2-mnist-e1-d4.md"))
+    assert "scripts/reproduce.py --table 2 --quick --datasets mnist" in md
