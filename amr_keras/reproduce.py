@@ -301,12 +301,19 @@ def check_runs(runs):
             )
 
 
-def train_missing(runs, rows=None, argv=None, on_finished=None):
+def selected(run, rows=None, train_sizes=None):
+    """Whether ``run`` is among the ``(mixer, k)`` settings ``rows`` and the training sizes ``train_sizes``
+    (``None``: all of them)."""
+    return (rows is None or run.row[1:3] in rows) and (train_sizes is None or run.row[4] in train_sizes)
+
+
+def train_missing(runs, rows=None, argv=None, on_finished=None, train_sizes=None):
     """Train the runs that are not done, resuming started ones; datasets that cannot be loaded are skipped.
 
     Args:
         runs: ``PlannedRun`` list.
         rows: ``(mixer, k)`` settings to train (default: all); the other runs are left as they are.
+        train_sizes: training-set sizes to train (default: all); the other runs are left as they are.
         argv: the command line, recorded in each run's ``results.json``.
         on_finished: called after every finished run (e.g. to rewrite the tables).
 
@@ -321,7 +328,7 @@ def train_missing(runs, rows=None, argv=None, on_finished=None):
     from amr_keras.callbacks import NonFiniteLossError
     from amr_keras.data import DataError
 
-    todo = [r for r in runs if (rows is None or r.row[1:3] in rows) and r.state() != "done"]
+    todo = [r for r in runs if selected(r, rows, train_sizes) and r.state() != "done"]
     unavailable, failed = {}, []
     for i, run in enumerate(todo, 1):
         if run.cfg.dataset in unavailable:
@@ -599,12 +606,14 @@ def _gap_lines(spec, entries):
     return lines
 
 
-def describe_plan(runs, rows=None):
+def describe_plan(runs, rows=None, train_sizes=None):
     """A summary line, then one line per run: done, resume (with its finished epochs), pending.
 
     Args:
         runs: ``PlannedRun`` list.
         rows: ``(mixer, k)`` settings selected for training; runs of other rows that are not done are
+            marked "(not selected)".
+        train_sizes: training-set sizes selected for training; runs of other sizes that are not done are
             marked "(not selected)".
     """
     lines, counts = [], collections.Counter()
@@ -615,7 +624,7 @@ def describe_plan(runs, rows=None):
             text = f"resume   {run.name} ({run.epochs_done()} of {run.cfg.epochs} epochs done)"
         else:
             text = f"{state:<8} {run.name}"
-        if state != "done" and rows is not None and run.row[1:3] not in rows:
+        if state != "done" and not selected(run, rows, train_sizes):
             label, text = "not selected", text + " (not selected)"
         counts[label] += 1
         lines.append("  " + text)

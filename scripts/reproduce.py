@@ -35,6 +35,7 @@ Examples:
     python scripts/reproduce.py --table 1 --data-dir mnist=DIR --only acai    # one row (here ACAI, k=2)
     python scripts/reproduce.py --table lamb --data-dir mnist=DIR             # lamb 5 / 10 / 30 / 100 sweep
     python scripts/reproduce.py --table 2 --data-dir mnist=DIR --data-dir fashion_mnist=DIR2 --seeds 2
+    python scripts/reproduce.py --table 2 --data-dir mnist=DIR --only-sizes 1000 5000   # the small subsets first
     python scripts/reproduce.py --table 3 --data-dir mnist=DIR --data-dir fashion_mnist=DIR2 --seeds 2
     python scripts/reproduce.py --quick                                       # smoke run of the grid, a few minutes
     python scripts/reproduce.py --datasets mnist_sample fashion_mnist --data-dir fashion_mnist=DIR --seeds 3
@@ -73,6 +74,9 @@ def parse_args(argv):
                    help="grid: its settings (default: none:2 mixup:2 bernoulli:2 mixup:3; also acai:2). "
                         "--table: train only these rows (e.g. --only acai mixup:3); the table still lists every row. "
                         "MIXER alone means MIXER:2")
+    p.add_argument("--only-sizes", nargs="+", type=int, metavar="N",
+                   help="--table 2: train only the runs on these training-set sizes (e.g. --only-sizes 1000 5000); "
+                        "the table still lists every size")
     r = p.add_argument_group("recipe (every run of the table; default: the table's preset)")
     r.add_argument("--preset", choices=tuple(PRESETS), help="grid: fast by default; --table 1 and lamb: mnist_full")
     r.add_argument("--lamb", nargs="+", type=float, help="lamb value(s); several make one row per value")
@@ -104,6 +108,17 @@ def parse_seeds(values):
     return sorted(set(values))
 
 
+def parse_sizes(values, spec):
+    """``--only-sizes`` values, checked against the training-set sizes of ``spec``."""
+    known = [n for n in spec.train_sizes if n is not None]
+    unknown = [n for n in values if n not in known]
+    if unknown:
+        sizes = " ".join(map(str, known)) if known else "none (it trains on whole training splits)"
+        raise ConfigError(f"--only-sizes takes training-set sizes of table {spec.name}: {sizes}; "
+                          f"got {' '.join(map(str, unknown))}.")
+    return set(values)
+
+
 def parse_data_dirs(items):
     """``["mnist=/data/mnist"]`` -> ``{"mnist": "/data/mnist"}``."""
     dirs = {}
@@ -116,7 +131,7 @@ def parse_data_dirs(items):
 
 
 def command_line(args):
-    """The command that makes the whole table: what was given, less --only, --dry-run and --table-only."""
+    """The command that makes the whole table: what was given, less --only, --only-sizes, --dry-run and --table-only."""
     words = ["python", "scripts/reproduce.py"]
     if args.table:
         words += ["--table", args.table]
@@ -159,17 +174,22 @@ def _run(args, argv):
         if args.quick and spec.budget_steps:
             spec = dataclasses.replace(spec, budget_steps=min(spec.budget_steps, QUICK_BUDGET_STEPS))
         rows = reproduce.parse_rows(args.mixers, spec.rows, flag="--only") if args.mixers else None
+        sizes = parse_sizes(args.only_sizes, spec) if args.only_sizes else None
         runs_dir = args.runs or "runs"
     else:
         datasets = ["mnist_sample"] if args.quick else (args.datasets or GRID_DATASETS)
         grid = reproduce.parse_rows(args.mixers or [f"{m}:{k}" for m, k in reproduce.GRID_ROWS],
                                     reproduce.GRID_CHOICES)
         spec, rows = reproduce.grid_spec(datasets, grid, args.preset or "fast"), None
+        if args.only_sizes:
+            raise ConfigError("--only-sizes selects among the training-set sizes of a named table (--table 2); "
+                              "the grid trains on whole training splits.")
+        sizes = None
         runs_dir = args.runs or os.path.join(args.out, "runs")
     runs = reproduce.plan_runs(spec, seeds, data_dirs, runs_dir, preset=args.preset, lambs=args.lamb, recipe=recipe)
     reproduce.check_runs(runs)
     stem = reproduce.table_stem(spec, args.preset, args.lamb, recipe)
-    plan = reproduce.describe_plan(runs, rows)
+    plan = reproduce.describe_plan(runs, rows, sizes)
     print(f"table {spec.name} -> {os.path.join(args.out, stem)}.md; {plan[0]}; run folders in {runs_dir}")
     if args.dry_run:
         print("\n".join(plan[1:]))
@@ -182,7 +202,7 @@ def _run(args, argv):
     unavailable, failed = {}, []
     if not args.table_only:
         unavailable, failed = reproduce.train_missing(runs, rows, argv=["scripts/reproduce.py", *argv],
-                                                      on_finished=write)
+                                                      on_finished=write, train_sizes=sizes)
     md, js = write(unavailable)
     print(f"wrote {md} and {js}")
     return 1 if failed else 0

@@ -225,6 +225,10 @@ def test_a_folder_of_another_recipe_is_refused(dirs, monkeypatch, capsys):
     (["--table", "1", "--only", "bernoulli:3"], "--only takes settings among none:2 acai:2 mixup:2 bernoulli:2 mixup:3"),
     (["--table", "1", "--seeds", "0"], "--seeds N needs a count N >= 1"),
     (["--table", "1", "--lr", "0"], "lr must be a number > 0"),
+    (["--table", "2", "--only-sizes", "1000", "3000"],
+     "--only-sizes takes training-set sizes of table 2: 1000 5000 10000 20000; got 3000"),
+    (["--table", "1", "--only-sizes", "1000"], "--only-sizes takes training-set sizes of table 1: none"),
+    (["--only-sizes", "1000"], "--only-sizes selects among the training-set sizes of a named table"),
 ])
 def test_bad_table_arguments_fail_with_one_line(args, message, tmp_path, capsys):
     assert load_script().main([*args, "--out", str(tmp_path / "out"), "--runs", str(tmp_path / "runs")]) == 2
@@ -355,3 +359,24 @@ def test_quick_table2_trains_a_few_steps_per_run(dirs, monkeypatch):
     assert {(c.steps_per_epoch, c.epochs, c.depth) for c in fake.calls} == {(40, 1, 4)}
     md = read(os.path.join(dirs["out"], "table2-mnist-e1-d4.md"))
     assert "scripts/reproduce.py --table 2 --quick --datasets mnist" in md
+
+
+def test_only_sizes_trains_the_chosen_subsets_and_tabulates_them_all(dirs, monkeypatch, capsys):
+    fake = FakeTrain(lambda cfg: 0.8 + cfg.train_size / 1e6)
+    monkeypatch.setattr("amr_keras.train.run", fake)
+    args = ("--quick", "--datasets", "mnist", "--only", "mixup", "none")
+    assert script_main(table_args(dirs, *args, "--only-sizes", "5000", "1000", table="2")) == 0
+    assert sorted((c.mixer, c.train_size) for c in fake.calls) == [
+        ("mixup", 1000), ("mixup", 5000), ("none", 1000), ("none", 5000)]
+    capsys.readouterr()
+    assert script_main(table_args(dirs, *args, "--only-sizes", "20000", "--dry-run", table="2")) == 0
+    out = capsys.readouterr().out
+    assert "4 done, 2 pending, 10 not selected" in out
+    line = {run: text for text in out.splitlines() for run in ("n20000-mixup", "n10000-mixup", "n1000-mixup")
+            if f"mnist-{run}-k2-" in text}
+    assert line["n20000-mixup"].strip().startswith("pending") and "not selected" not in line["n20000-mixup"]
+    assert line["n10000-mixup"].endswith("(not selected)") and line["n1000-mixup"].strip().startswith("done")
+    md = read(os.path.join(dirs["out"], "table2-mnist-e1-d4.md"))
+    assert "--only-sizes" not in md  # the table's command makes the whole table
+    assert script_main(table_args(dirs, *args, "--only-sizes", "20000", table="2")) == 0
+    assert [(c.mixer, c.train_size) for c in fake.calls[4:]] == [("none", 20000), ("mixup", 20000)]
