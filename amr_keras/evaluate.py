@@ -41,6 +41,8 @@ RESULT_KEYS = (
     "linear_eval_test_accuracy",
     "linear_eval_l2",
     "linear_eval_C",
+    "linear_eval_iterations",
+    "linear_eval_converged",
     "knn_val_accuracy",
     "knn_test_accuracy",
 )
@@ -295,7 +297,9 @@ def evaluate_codes(encode_fn, arrays, seed=0, batch_size=512, k=10, preprocess_f
     Returns:
         Flat JSON-ready dict (the keys of ``RESULT_KEYS``): ``linear_eval_val_accuracy``,
         ``linear_eval_test_accuracy`` (None without test), ``linear_eval_l2``,
-        ``linear_eval_C`` (None for no penalty), ``knn_val_accuracy``, ``knn_test_accuracy``
+        ``linear_eval_C`` (None for no penalty), ``linear_eval_iterations`` and
+        ``linear_eval_converged`` (lbfgs iterations of the chosen strength's fit, and whether it
+        stopped before the iteration limit), ``knn_val_accuracy``, ``knn_test_accuracy``
         (None without test). With ``return_classifier``, the pair ``(dict, classifier)``:
         the ``Pipeline`` of ``linear_evaluation`` that scored them (``predict_proba`` on
         flattened codes), e.g. for ``amr_keras.export.export_model(..., linear_head=...)``.
@@ -318,6 +322,8 @@ def evaluate_codes(encode_fn, arrays, seed=0, batch_size=512, k=10, preprocess_f
         "linear_eval_test_accuracy": linear["test_accuracy"],
         "linear_eval_l2": linear["l2"],
         "linear_eval_C": None if np.isinf(linear["C"]) else float(linear["C"]),
+        "linear_eval_iterations": linear["per_l2"][linear["l2"]]["iterations"],
+        "linear_eval_converged": linear["per_l2"][linear["l2"]]["converged"],
         "knn_val_accuracy": knn_accuracy(*codes["train"], *codes["val"], k=k),
         "knn_test_accuracy": None if test[0] is None else knn_accuracy(*codes["train"], *test, k=k),
     }

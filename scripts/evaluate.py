@@ -41,7 +41,9 @@ def main(argv=None):
     c = results["linear_eval_C"]
     print(f"linear evaluation (L2 = {results['linear_eval_l2']:g}, "
           f"scikit-learn C = {'inf (no penalty)' if c is None else f'{c:g}'}): "
-          f"validation {_fmt(results['linear_eval_val_accuracy'])}, test {_fmt(results['linear_eval_test_accuracy'])}")
+          f"validation {_fmt(results['linear_eval_val_accuracy'])}, test {_fmt(results['linear_eval_test_accuracy'])}"
+          + ("" if results["linear_eval_converged"] else
+             f" (the fit stopped at its iteration limit, {results['linear_eval_iterations']} iterations)"))
     print(f"k-NN (k = {args.k}, cosine): "
           f"validation {_fmt(results['knn_val_accuracy'])}, test {_fmt(results['knn_test_accuracy'])}")
     if args.json:

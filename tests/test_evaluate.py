@@ -170,6 +170,12 @@ def test_evaluate_codes_separable_stand_in_encoder():
     codes = encode_arrays(row_means, x[550:])
     assert np.mean(classifier.predict(codes) == y[550:]) == res["linear_eval_test_accuracy"]
     assert res["linear_eval_C"] in (None, l2_to_C(res["linear_eval_l2"], 400))
+    # The chosen strength's fit: its lbfgs iterations and whether it stopped before the limit (3000).
+    linear = linear_evaluation(encode_arrays(row_means, x[:400]), y[:400], encode_arrays(row_means, x[400:550]),
+                               y[400:550])
+    fit = linear["per_l2"][res["linear_eval_l2"]]
+    assert res["linear_eval_iterations"] == fit["iterations"] >= 1
+    assert res["linear_eval_converged"] is fit["converged"] is (fit["iterations"] < 3000)
 
 
 def test_evaluate_codes_leaves_encoder_weights_unchanged():

@@ -1,4 +1,4 @@
-"""scripts/bench.py and scripts/reproduce.py on tiny settings."""
+"""scripts/bench.py, scripts/reproduce.py and scripts/evaluate.py on tiny settings."""
 
 import importlib.util
 import json
@@ -47,3 +47,27 @@ def test_reproduce_takes_acai_as_a_grid_setting(tmp_path):
     with open(tmp_path / "table1.json") as f:
         rows = json.load(f)["rows"]
     assert [(r["mixer"], r["k"], r["status"]) for r in rows] == [("acai", 2, "not run"), ("mixup", 2, "not run")]
+
+
+@pytest.mark.parametrize("converged", [True, False])
+def test_evaluate_script_prints_the_scores_and_a_fit_that_hit_its_limit(converged, tmp_path, monkeypatch, capsys):
+    script = _script("evaluate")
+    scores = {"linear_eval_val_accuracy": 0.9, "linear_eval_test_accuracy": 0.91, "linear_eval_l2": 0.0,
+              "linear_eval_C": None, "linear_eval_iterations": 1200 if converged else 3000,
+              "linear_eval_converged": converged, "knn_val_accuracy": 0.95, "knn_test_accuracy": None}
+    seen = {}
+
+    def fake_evaluate_saved(path, dataset, **kwargs):
+        seen.update(path=path, dataset=dataset, **kwargs)
+        return scores
+
+    monkeypatch.setattr(script, "evaluate_saved", fake_evaluate_saved)
+    out_json = str(tmp_path / "scores.json")
+    assert script.main(["runs/x", "--dataset", "mnist", "--train-size", "1000", "--json", out_json]) == 0
+    out = capsys.readouterr().out
+    assert seen["path"] == "runs/x" and seen["dataset"] == "mnist" and seen["train_size"] == 1000
+    assert "C = inf (no penalty)): validation 0.9000, test 0.9100" in out
+    assert "k-NN (k = 10, cosine): validation 0.9500, test n/a (no test split)" in out
+    assert ("stopped at its iteration limit, 3000 iterations" in out) is (not converged)
+    with open(out_json) as f:
+        assert json.load(f) == scores
