@@ -15,6 +15,9 @@ and ``float32`` elsewhere:
   on those units.
 
 Elsewhere bfloat16 is emulated and slower than float32, so ``auto`` leaves it off.
+It also leaves it off when ``ONEDNN_MAX_CPU_ISA`` (or its older spelling
+``DNNL_MAX_CPU_ISA``) caps oneDNN below its bfloat16 kernels (e.g. ``AVX2``,
+``AVX512_CORE``): the units are there, but oneDNN will not use them.
 
 Example:
     >>> resolve_precision("auto")          # on a CPU with AMX-BF16
@@ -32,6 +35,11 @@ PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
 # Flags worth recording beside a speed figure.
 REPORTED_CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+# Environment variables that cap the instruction sets oneDNN (TensorFlow's and
+# PyTorch's) and PyTorch's own kernels may use; recorded beside speed figures.
+ISA_CAP_VARIABLES = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")
+# ONEDNN_MAX_CPU_ISA values below oneDNN's bfloat16 kernels (AVX512_CORE_BF16 and up).
+ISA_CAPS_WITHOUT_BF16 = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI")
 
 
 def cpu_info(path="/proc/cpuinfo"):
@@ -57,6 +65,14 @@ def cpu_info(path="/proc/cpuinfo"):
     return {"model": model, "flags": {flag: flag in flags for flag in REPORTED_CPU_FLAGS}}
 
 
+def isa_caps(environ=None):
+    """The instruction-set caps set in the environment (``ISA_CAP_VARIABLES``), e.g. ``{"ONEDNN_MAX_CPU_ISA": "AVX2"}``."""
+    import os
+
+    environ = os.environ if environ is None else environ
+    return {name: environ[name] for name in ISA_CAP_VARIABLES if environ.get(name)}
+
+
 def _gpu_compute_capabilities():
     import tensorflow as tf
 
@@ -68,12 +84,14 @@ def _gpu_compute_capabilities():
     return caps
 
 
-def native_bfloat16(cpuinfo_path="/proc/cpuinfo"):
+def native_bfloat16(cpuinfo_path="/proc/cpuinfo", environ=None):
     """Whether this machine computes bfloat16 natively, and why.
 
     When GPUs are visible they decide (training runs there): every GPU needs
     compute capability >= 8.0. Without GPUs the CPU decides: it needs one of
-    ``BF16_CPU_FLAGS``.
+    ``BF16_CPU_FLAGS``, and oneDNN must not be capped below them by
+    ``ONEDNN_MAX_CPU_ISA`` / ``DNNL_MAX_CPU_ISA`` (read from ``environ``,
+    default ``os.environ``).
 
     Returns:
         ``(bool, reason)``, e.g. ``(True, "CPU with amx_bf16")``.
@@ -86,6 +104,10 @@ def native_bfloat16(cpuinfo_path="/proc/cpuinfo"):
     flags = cpu_info(cpuinfo_path)["flags"]
     found = [flag for flag in BF16_CPU_FLAGS if flags.get(flag)]
     if found:
+        caps = isa_caps(environ)
+        for name in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):
+            if caps.get(name, "").strip().upper() in ISA_CAPS_WITHOUT_BF16:
+                return False, f"CPU with {', '.join(found)}, but {name}={caps[name]} keeps oneDNN off them"
         return True, f"CPU with {', '.join(found)}"
     return False, f"CPU without {' or '.join(BF16_CPU_FLAGS)}"
 

@@ -106,7 +106,7 @@ def bench_keras(batch_size, jit, update_g_every, steps, warmup, repeats, depth, 
 
     from amr_keras.model import AMR
     from amr_keras.networks import build_networks
-    from amr_keras.precision import compute_dtype, cpu_info, precision_scope, resolve_precision
+    from amr_keras.precision import compute_dtype, cpu_info, isa_caps, precision_scope, resolve_precision
 
     keras.utils.set_random_seed(0)
     precision = resolve_precision(precision)
@@ -169,7 +169,7 @@ def bench_keras(batch_size, jit, update_g_every, steps, warmup, repeats, depth, 
         "repeats": repeats, "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "other_processes_cores": other, "device": tf.config.list_logical_devices()[-1].device_type,
         "onednn": amr_keras.onednn_enabled(), "cpu": cpu_info()["model"], "cpu_flags": cpu_info()["flags"],
-        "cpu_count": os.cpu_count(),
+        "cpu_count": os.cpu_count(), **({"isa_caps": isa_caps()} if isa_caps() else {}),
         "tensorflow": tf.__version__, "keras": keras.__version__, "python": platform.python_version(),
         "traces_during_warmup": traced_in_warmup, "traces_during_timing": traces_during_timing,
         **({"profile": profile_summary} if profile_summary else {}),
@@ -184,7 +184,10 @@ def bench_torch(path, batch_size, update_g_every, steps, warmup, repeats, mixer,
     if out.returncode != 0:
         return {"impl": "torch_ref", "error": out.stderr.strip().splitlines()[-1] if out.stderr else "failed"}
     line = [ln for ln in out.stdout.splitlines() if ln.startswith("{")][-1]
-    return {"impl": "torch_ref", **json.loads(line)}
+    from amr_keras.precision import isa_caps
+
+    caps = isa_caps()
+    return {"impl": "torch_ref", **json.loads(line), **({"isa_caps": caps} if caps else {})}
 
 
 def main(argv=None):

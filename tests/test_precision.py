@@ -152,3 +152,27 @@ def test_bfloat16_run_resumes_in_bfloat16_and_records_it(tmp_path, monkeypatch):
         results = json.load(f)
     assert seen["compute_dtype"] == "bfloat16"
     assert (results["precision"], results["compute_dtype"], results["epochs"]) == ("mixed_bfloat16", "bfloat16", 2)
+
+
+@pytest.mark.parametrize("env, expected", [
+    ({"ONEDNN_MAX_CPU_ISA": "AVX2"}, "float32"),
+    ({"ONEDNN_MAX_CPU_ISA": "avx512_core"}, "float32"),
+    ({"DNNL_MAX_CPU_ISA": "AVX512_CORE_VNNI"}, "float32"),
+    ({"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_AMX"}, "mixed_bfloat16"),
+    ({"ONEDNN_MAX_CPU_ISA": "ALL"}, "mixed_bfloat16"),
+    ({"ATEN_CPU_CAPABILITY": "avx2"}, "mixed_bfloat16"),  # PyTorch's own kernels: not TensorFlow's business
+    ({}, "mixed_bfloat16"),
+])
+def test_auto_respects_a_onednn_isa_cap_below_bfloat16(tmp_path, monkeypatch, env, expected):
+    monkeypatch.setattr(prec, "_gpu_compute_capabilities", lambda: [])
+    for name in prec.ISA_CAP_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    path = _cpuinfo(tmp_path, "avx2 avx512f avx512_bf16 amx_bf16")
+    assert prec.resolve_precision("auto", cpuinfo_path=path) == expected
+    ok, reason = prec.native_bfloat16(path)
+    assert ok == (expected == "mixed_bfloat16")
+    if not ok:
+        assert "keeps oneDNN off them" in reason and next(iter(env)) in reason
+    assert prec.isa_caps() == env

@@ -32,6 +32,24 @@ def test_bench_reports_throughput_no_retracing_and_an_op_profile(tmp_path):
     assert 0.0 <= profile["input_wait_share_of_step_time"] < 1.0
 
 
+def test_bench_torch_records_the_isa_caps_it_ran_under(tmp_path, monkeypatch):
+    # A stand-in reference script that reports the caps its own process saw.
+    ref = tmp_path / "ref.py"
+    ref.write_text("import json, os\nprint('warming up')\n"
+                   "print(json.dumps({'images_per_second': 1.5, 'seen': os.environ.get('ONEDNN_MAX_CPU_ISA')}))\n")
+    bench = _script("bench")
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
+    plain = bench.bench_torch(str(ref), 4, 1, 2, 1, 1, "mixup", 1)
+    assert plain == {"impl": "torch_ref", "images_per_second": 1.5, "seen": None}
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
+    capped = bench.bench_torch(str(ref), 4, 1, 2, 1, 1, "mixup", 1)
+    assert capped["seen"] == "AVX2"
+    assert capped["isa_caps"] == {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
+
+
 @pytest.mark.parametrize("bad", ["mixup:4", "cutmix", "mixup:x", "acai:3"])
 def test_reproduce_rejects_unknown_grid_settings(bad, tmp_path, capsys):
     reproduce = _script("reproduce")
