@@ -35,8 +35,8 @@ def build_parser():
     p.add_argument("--epochs", type=int, help="epochs per trial (hyperband: at most; default: the preset's)")
     p.add_argument("--search", default="",
                    help=f"comma-separated hyper-parameters to search besides lamb and lr: {','.join(SEARCHABLE)}")
-    p.add_argument("--preset", choices=tuple(PRESETS), default="fast",
-                   help="base settings of every trial (default fast)")
+    p.add_argument("--preset", choices=tuple(PRESETS),
+                   help="base settings of every trial (default mnist_full for --dataset mnist, fast otherwise)")
     p.add_argument("--depth", type=int, help="channels of the first scale of every network (default: the preset's)")
     p.add_argument("--code-channels", type=int, default=2,
                    help="feature maps of the 4x4 code (default 2: 32 values; searched with --search code_channels)")

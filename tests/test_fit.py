@@ -376,9 +376,9 @@ def test_subset_and_code_size_name_the_run_and_bind_resume():
 
     from amr_keras.cli import Config, resolve, settings_diff
 
-    cfg = resolve(Config(dataset="mnist", train_size=1000, code_channels=16))
+    cfg = resolve(Config(dataset="mnist", train_size=1000, code_channels=16, preset="fast"))
     assert os.path.basename(cfg.out) == "mnist-n1000-mixup-k2-c16-lamb100-fast-s0"
-    assert os.path.basename(resolve(Config(dataset="mnist")).out) == "mnist-mixup-k2-lamb100-fast-s0"
+    assert os.path.basename(resolve(Config(dataset="mnist", preset="fast")).out) == "mnist-mixup-k2-lamb100-fast-s0"
     saved = dataclasses.asdict(cfg)
     assert settings_diff(cfg, saved) == []
     assert settings_diff(dataclasses.replace(cfg, train_size=5000), saved) == ["train_size: run has 1000, now 5000"]
@@ -386,3 +386,28 @@ def test_subset_and_code_size_name_the_run_and_bind_resume():
     # A run made before these settings existed used the whole split and 2 channels.
     old = {k: v for k, v in saved.items() if k not in ("train_size", "code_channels", "steps_per_epoch")}
     assert settings_diff(dataclasses.replace(cfg, train_size=None, code_channels=2), old) == []
+
+
+@pytest.mark.parametrize("argv, preset, lamb, epochs", [
+    (["--dataset", "mnist"], "mnist_full", 10.0, 4),            # the 50,000-image split: the paper's lamb
+    (["--dataset", "mnist", "--preset", "fast"], "fast", 100.0, 5),  # a named preset wins
+    (["--dataset", "mnist", "--lamb", "30"], "mnist_full", 30.0, 4),  # a flag still beats the preset
+    ([], "fast", 100.0, 5),                                      # mnist_sample
+    (["--dataset", "fashion_mnist"], "fast", 100.0, 5),
+])
+def test_the_default_preset_depends_on_the_dataset(argv, preset, lamb, epochs):
+    from amr_keras.cli import config_from_args, default_preset
+
+    cfg = config_from_args(argv + ["--out", "x"])
+    assert (cfg.preset, cfg.lamb, cfg.epochs) == (preset, lamb, epochs)
+    assert default_preset("mnist") == "mnist_full" and default_preset("svhn") == "fast"
+
+
+def test_a_run_made_under_the_old_mnist_default_names_the_preset_on_resume():
+    import dataclasses
+
+    from amr_keras.cli import Config, resolve, settings_diff
+
+    old = dataclasses.asdict(resolve(Config(dataset="mnist", preset="fast", out="x")))
+    now = resolve(Config(dataset="mnist", out="x"))
+    assert "preset: run has 'fast', now 'mnist_full'" in settings_diff(now, old)

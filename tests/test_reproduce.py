@@ -272,7 +272,7 @@ def test_settings_diff_compares_data_folders_as_real_paths(tmp_path, monkeypatch
     monkeypatch.chdir(tmp_path)
     cfg = resolve(Config(dataset="mnist", data_dir=str(tmp_path / "data"), out="x"))
     assert settings_diff(cfg, {**dataclasses.asdict(cfg), "data_dir": "./data"}) == []
-    assert settings_diff(cfg, {**dataclasses.asdict(cfg), "lamb": 10.0}) == ["lamb: run has 10.0, now 100.0"]
+    assert settings_diff(cfg, {**dataclasses.asdict(cfg), "lamb": 100.0}) == ["lamb: run has 100.0, now 10.0"]
 
 
 def test_unknown_table_names_the_known_ones():

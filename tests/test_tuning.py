@@ -113,7 +113,7 @@ def test_best_hyperparameters_lie_in_the_search_space(search_run):
     assert best["d_lr"] == best["lr"]
     assert best["mixer"] in MIXERS and best["k"] in (2, 3) and best["update_g_every"] in range(1, 6)
     base = (best["dataset"], best["preset"], best["epochs"], best["depth"], best["batch_size"])
-    assert base == ("mnist", "fast", 1, 4, 16)
+    assert base == ("mnist", "mnist_full", 1, 4, 16)  # the default preset of --dataset mnist
     assert best["data_dir"] == os.path.abspath(search_run.data)
 
 
