@@ -98,6 +98,19 @@ def test_table1_plans_the_papers_five_rows_with_one_recipe(dirs):
     assert runs[3].folder == os.path.join(dirs["runs"], "mnist-acai-k2-lamb10-mnist_full-s0")
 
 
+@pytest.mark.parametrize("mixer, k, seed", [("mixup", 2, 0), ("bernoulli", 2, 1), ("none", 2, 2), ("mixup", 3, 0)])
+def test_plain_fit_on_mnist_trains_a_run_of_the_table1_row(dirs, mixer, k, seed):
+    # `fit.py --dataset mnist --data-dir DIR --mixer M --k K --seed S`, no preset named: the table's recipe.
+    from amr_keras.cli import config_from_args
+
+    runs = reproduce.plan_runs(reproduce.TABLES["1"], [seed], {"mnist": dirs["data"]}, "runs")
+    (planned,) = [run.cfg for run in runs if run.row[1:3] == (mixer, k)]
+    cfg = config_from_args(["--dataset", "mnist", "--data-dir", dirs["data"], "--mixer", mixer, "--k", str(k),
+                            "--seed", str(seed)])
+    assert settings_diff(cfg, dataclasses.asdict(planned)) == []
+    assert cfg.out == planned.out  # the same run folder under runs/
+
+
 def test_mnist_full_preset_is_fast_with_lamb_10_within_200k_images():
     num_train = round(60000 * (1 - VAL_FRACTION["mnist"]))
     assert num_train == 50000
