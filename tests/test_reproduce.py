@@ -173,6 +173,12 @@ def test_table1_md_and_json_hold_means_stds_report_numbers_and_the_recipe(dirs, 
     assert "preset=mnist_full lamb=10 lr=0.001" in md and "epochs=4" in md and "precision=auto" in md
     assert "4 epochs of 50,000 training images = 200,000 images per run" in md
     assert "15 on Test CPU @ 2.0GHz (float32)" in md
+    # The verdict's gaps, paired by seed; every row's seed spread is 2 points.
+    assert "| mixup-k2 minus none-k2 | mnist | 10 | 3 | +2.00 ± 0.00 (within spread) |" in md
+    assert "| bernoulli-k2 minus none-k2 | mnist | 10 | 3 | +3.00 ± 0.00 (beyond spread) |" in md
+    assert "| mixup-k3 minus none-k2 | mnist | 10 | 3 | +4.00 ± 0.00 (beyond spread) |" in md
+    assert "| acai-k2 minus none-k2 | mnist | 10 | 3 | +1.00 ± 0.00 (within spread) |" in md
+    assert "| mixup-k2 minus acai-k2 |" in md and "| bernoulli-k2 minus acai-k2 |" in md
     with open(os.path.join(dirs["out"], "table1_mnist.json")) as f:
         data = json.load(f)
     assert [(r["dataset"], r["mixer"], r["k"]) for r in data["rows"]] == [("mnist", m, k) for m, k in TABLE1_ROWS]
