@@ -3,7 +3,10 @@
 Each setting builds the reference networks, runs warm-up steps (tracing and
 compilation), then ``--repeats`` timed blocks of ``--steps`` steps through
 ``model.make_train_function()`` (what ``model.fit`` runs) and reports the
-median images/second and the peak resident memory of the process.
+median images/second and its peak resident memory. Each setting runs in a fresh
+Python process (``peak_rss_scope: "setting"``), so its peak memory and its
+oneDNN caches are its own; ``--same-process`` times them all in one process,
+where the peak is the process's so far (``peak_rss_scope: "process"``).
 
 With ``--torch-ref PATH`` (a PyTorch re-implementation of the reference step
 that prints one JSON line with ``images_per_second``) and torch installed,
@@ -176,6 +179,17 @@ def bench_keras(batch_size, jit, update_g_every, steps, warmup, repeats, depth, 
     }
 
 
+def bench_keras_in_subprocess(setting):
+    """``bench_keras(**setting)`` in a fresh Python process: its peak memory is that setting's alone."""
+    out = subprocess.run([sys.executable, os.path.abspath(__file__), "--setting-json", json.dumps(setting)],
+                         capture_output=True, text=True)
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
+    if out.returncode != 0 or not lines:
+        last = out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"exit code {out.returncode}"
+        return {"impl": "amr_keras", "error": last, **{k: setting[k] for k in ("batch_size", "precision")}}
+    return json.loads(lines[-1])
+
+
 def bench_torch(path, batch_size, update_g_every, steps, warmup, repeats, mixer, threads):
     cmd = [sys.executable, path, "--batch-size", str(batch_size), "--update-g-every", str(update_g_every),
            "--steps", str(steps), "--warmup", str(warmup), "--repeats", str(repeats), "--mixer", mixer,
@@ -206,7 +220,14 @@ def main(argv=None):
     p.add_argument("--torch-ref", help="path of a PyTorch reference step script to compare against")
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--profile", metavar="DIR", help="also profile each setting into DIR and print an op summary")
+    p.add_argument("--same-process", dest="one_setting_per_process", action="store_false",
+                   help="time every setting in this process (default: each in a fresh one, so that its peak memory "
+                        "and its oneDNN caches are its own)")
+    p.add_argument("--setting-json", help=argparse.SUPPRESS)  # internal: time one setting, print its JSON line
     args = p.parse_args(argv)
+    if args.setting_json:
+        print(json.dumps({**bench_keras(**json.loads(args.setting_json)), "peak_rss_scope": "setting"}), flush=True)
+        return
     jits = {"off": [False], "on": [True], "both": [False, True]}[args.jit]
     torch_ok = False
     if args.torch_ref:
@@ -224,8 +245,13 @@ def main(argv=None):
                                   args.threads)
                 print(json.dumps(ref), flush=True)
             for jit, precision in [(j, prec) for prec in args.precision for j in jits]:
-                res = bench_keras(bs, jit, every, args.steps, args.warmup, args.repeats, args.depth, args.mixer,
-                                  precision, args.profile)
+                setting = dict(batch_size=bs, jit=jit, update_g_every=every, steps=args.steps, warmup=args.warmup,
+                               repeats=args.repeats, depth=args.depth, mixer=args.mixer, precision=precision,
+                               profile=args.profile)
+                if args.one_setting_per_process:
+                    res = bench_keras_in_subprocess(setting)
+                else:
+                    res = {**bench_keras(**setting), "peak_rss_scope": "process"}
                 if ref and "images_per_second" in ref:
                     res["torch_ref_images_per_second"] = ref["images_per_second"]
                     res["ratio_vs_torch_ref"] = round(res["images_per_second"] / ref["images_per_second"], 2)

@@ -89,3 +89,16 @@ def test_evaluate_script_prints_the_scores_and_a_fit_that_hit_its_limit(converge
     assert ("stopped at its iteration limit, 3000 iterations" in out) is (not converged)
     with open(out_json) as f:
         assert json.load(f) == scores
+
+
+@pytest.mark.slow
+def test_bench_times_each_setting_in_its_own_process(capsys):
+    bench = _script("bench")
+    bench.main(["--batch-sizes", "8", "--jit", "off", "--update-g-every", "1", "--steps", "2", "--warmup", "1",
+                "--repeats", "1", "--depth", "4", "--precision", "float32", "mixed_bfloat16"])
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert [(r["precision"], r["compute_dtype"]) for r in lines] == [("float32", "float32"),
+                                                                      ("mixed_bfloat16", "bfloat16")]
+    for r in lines:
+        assert "error" not in r and r["images_per_second"] > 0
+        assert r["peak_rss_scope"] == "setting" and r["peak_rss_mib"] > 0
