@@ -21,6 +21,7 @@ import math
 
 import keras
 from keras import layers
+import tensorflow as tf
 
 IMAGE_SIZE = 32
 
@@ -73,7 +74,11 @@ class LeakyReLU(layers.Layer):
             def grad(*args, upstream=None):
                 if upstream is None:
                     (upstream,) = args
-                return upstream * keras.ops.where(y > 0, keras.ops.ones_like(y), keras.ops.full_like(y, slope))
+                # TensorFlow's LeakyReluGrad passes the upstream gradient where its ``features`` are positive and
+                # scales it by ``alpha`` elsewhere; ``y`` has the sign of ``x``, so it can stand in for ``x``. One
+                # fused kernel instead of a comparison, a select and a product (under bfloat16 these elementwise
+                # passes cost about a sixth of the step).
+                return tf.raw_ops.LeakyReluGrad(gradients=upstream, features=y, alpha=slope)
 
             return y, grad
 

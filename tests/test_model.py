@@ -171,3 +171,38 @@ def test_dataset_without_labels_is_rejected():
     model.compile()
     with pytest.raises(ValueError, match="labels"):
         model.train_step(_batch()[0])
+
+
+@pytest.mark.parametrize("precision", ["float32", "mixed_bfloat16"])
+def test_leaky_relu_gradient_matches_tensorflows_and_reads_the_output(precision):
+    from amr_keras.networks import LeakyReLU
+    from amr_keras.precision import precision_scope
+
+    with precision_scope(precision):
+        layer = LeakyReLU(0.2)
+    x = tf.constant(np.random.default_rng(0).normal(size=(4, 6, 6, 3)).astype("float32"))
+    weights = tf.range(x.shape[-1], dtype=tf.float32) + 1.0
+
+    def loss(fn, x):
+        return tf.reduce_sum(tf.cast(fn(x), tf.float32) * weights)
+
+    cast = tf.bfloat16 if precision == "mixed_bfloat16" else tf.float32
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        ours, theirs = loss(layer, x), loss(lambda v: tf.nn.leaky_relu(tf.cast(v, cast), 0.2), x)
+    np.testing.assert_array_equal(tape.gradient(ours, x).numpy(), tape.gradient(theirs, x).numpy())
+    slopes = np.unique(np.round(tape.gradient(ours, x).numpy() / weights.numpy(), 2))  # bfloat16 0.2 is 0.2002
+    np.testing.assert_array_equal(slopes, np.array([0.2, 1.0], dtype=np.float32))
+
+    # In a traced gradient, every LeakyReluGrad reads the activation's output, never its input (a BiasAdd that
+    # grappler's remapper fuses into the convolution).
+    @tf.function
+    def grad(v):
+        with tf.GradientTape() as t:
+            t.watch(v)
+            out = loss(lambda u: layer(tf.nn.bias_add(u, tf.ones([3]))), v)
+        return t.gradient(out, v)
+
+    ops = grad.get_concrete_function(tf.TensorSpec(x.shape, tf.float32)).graph.get_operations()
+    grads = [op for op in ops if op.type == "LeakyReluGrad"]
+    assert grads and all(op.inputs[1].op.type == "LeakyRelu" for op in grads)
