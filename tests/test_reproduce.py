@@ -174,10 +174,10 @@ def test_table1_md_and_json_hold_means_stds_report_numbers_and_the_recipe(dirs, 
     assert "4 epochs of 50,000 training images = 200,000 images per run" in md
     assert "15 on Test CPU @ 2.0GHz (float32)" in md
     # The verdict's gaps, paired by seed; every row's seed spread is 2 points.
-    assert "| mixup-k2 minus none-k2 | mnist | 10 | 3 | +2.00 ± 0.00 (within spread) |" in md
-    assert "| bernoulli-k2 minus none-k2 | mnist | 10 | 3 | +3.00 ± 0.00 (beyond spread) |" in md
-    assert "| mixup-k3 minus none-k2 | mnist | 10 | 3 | +4.00 ± 0.00 (beyond spread) |" in md
-    assert "| acai-k2 minus none-k2 | mnist | 10 | 3 | +1.00 ± 0.00 (within spread) |" in md
+    assert "| mixup-k2 minus none-k2 | mnist | 10 | 3 | +2.00 ± 0.00 (within spread; CI +2.00 to +2.00) |" in md
+    assert "| bernoulli-k2 minus none-k2 | mnist | 10 | 3 | +3.00 ± 0.00 (beyond spread; CI +3.00 to +3.00) |" in md
+    assert "| mixup-k3 minus none-k2 | mnist | 10 | 3 | +4.00 ± 0.00 (beyond spread; CI +4.00 to +4.00) |" in md
+    assert "| acai-k2 minus none-k2 | mnist | 10 | 3 | +1.00 ± 0.00 (within spread; CI +1.00 to +1.00) |" in md
     assert "| mixup-k2 minus acai-k2 |" in md and "| bernoulli-k2 minus acai-k2 |" in md
     with open(os.path.join(dirs["out"], "table1_mnist.json")) as f:
         data = json.load(f)
@@ -273,14 +273,16 @@ def test_lamb_sweep_reuses_table1_runs_and_reports_the_gap(dirs, monkeypatch):
     assert script.main(table_args(dirs, table="lamb")) == 0
     assert len(fake.calls) == 6 + 18 and {c.lamb for c in fake.calls[6:]} == {5.0, 30.0, 100.0}
     md = read(os.path.join(dirs["out"], "lamb_sweep_mnist.md"))
-    assert "| mixup-k2 minus none-k2 | mnist | 10 | 3 | +3.00 ± 1.00 (beyond spread) |" in md
-    assert "| mixup-k2 minus none-k2 | mnist | 100 | 3 | +0.50 ± 0.00 (within spread) |" in md
+    assert "| mixup-k2 minus none-k2 | mnist | 10 | 3 | +3.00 ± 1.00 (beyond spread; CI +0.52 to +5.48) |" in md
+    assert "| mixup-k2 minus none-k2 | mnist | 100 | 3 | +0.50 ± 0.00 (within spread; CI +0.50 to +0.50) |" in md
     with open(os.path.join(dirs["out"], "lamb_sweep_mnist.json")) as f:
         gaps = json.load(f)["gaps"]
     assert [g["lamb"] for g in gaps] == [5.0, 10.0, 30.0, 100.0]
     assert gaps[1]["online_probe"]["mean"] == pytest.approx(3.0)
     assert gaps[1]["online_probe"]["per_seed"] == pytest.approx([2.0, 3.0, 4.0])
     assert gaps[1]["online_probe"]["exceeds_seed_spread"] is True
+    # 3 seeds: mean 3, std 1, t(0.975, 2) = 4.303, so 3 +- 4.303 / sqrt(3).
+    assert gaps[1]["online_probe"]["ci95"] == pytest.approx([3 - 2.4843, 3 + 2.4843], abs=1e-3)
     assert gaps[3]["knn"]["exceeds_seed_spread"] is False
 
 
@@ -341,8 +343,8 @@ def test_table2_trains_every_size_for_the_same_steps_and_answers_the_question(di
     assert len(fake.calls) == 4 * 2 * 2 and {c.train_size for c in fake.calls} == {1000, 5000, 10000, 20000}
     md = read(os.path.join(dirs["out"], "table2-mnist.md"))
     assert "| mnist | 1,000 | mixup | 2 | 10 | 2 |" in md and "2,500 training steps of 16 images" in md
-    assert "| mixup-k2 minus none-k2 | mnist | 1,000 | 10 | 2 | +3.00 ± 0.00 (beyond spread)" in md
-    assert "| mixup-k2 minus none-k2 | mnist | 5,000 | 10 | 2 | +0.00 ± 0.00 (within spread)" in md
+    assert "| mixup-k2 minus none-k2 | mnist | 1,000 | 10 | 2 | +3.00 ± 0.00 (beyond spread; CI +3.00 to +3.00)" in md
+    assert "| mixup-k2 minus none-k2 | mnist | 5,000 | 10 | 2 | +0.00 ± 0.00 (within spread; CI +0.00 to +0.00)" in md
     with open(os.path.join(dirs["out"], "table2-mnist.json")) as f:
         table = json.load(f)
     row = next(r for r in table["rows"] if (r["mixer"], r["train_size"]) == ("mixup", 1000))
