@@ -12,9 +12,18 @@ finds the same folder: a finished run (``results.json``) is read, not trained
 again; a started one (``config.json``, usually with a checkpoint) resumes from
 its last finished epoch; the tables are rewritten after every finished run.
 
+Run folders are large and stay out of version control, so every finished run
+is also recorded, settings and scores, in the tables' folder
+(``OUT/finished_runs.jsonl``, one JSON line per run, ``LEDGER_NAME``). A run
+recorded there with this table's settings counts as finished even where its
+folder is gone (a fresh clone, another machine): the grid continues where it
+stopped, and its tables keep every run.
+
 Example:
     >>> spec = TABLES["1"]
     >>> runs = plan_runs(spec, seeds=[0, 1, 2], data_dirs={"mnist": "/data/mnist"}, runs_dir="runs")
+    >>> runs = plan_runs(spec, seeds=[0, 1, 2], data_dirs={"mnist": "/data/mnist"}, runs_dir="runs",
+    ...                  ledger=load_ledger("results"))
     >>> check_runs(runs)
     >>> train_missing(runs, on_finished=lambda: write_tables(spec, runs, "results", "table1_mnist", "..."))
 """
@@ -28,7 +37,7 @@ import statistics
 import sys
 
 from amr_keras.callbacks import checkpoint_epochs
-from amr_keras.cli import PRESETS, Config, ConfigError, default_run_name, resolve, settings_diff
+from amr_keras.cli import PRESETS, RUN_KEYS, Config, ConfigError, default_run_name, resolve, settings_diff
 
 # Table 1 of the reproduction report (online probe, test accuracy %, 32-value code, k=2): mixup and Bernoulli
 # only; it has no numbers for the AE + GAN baseline, ACAI or k=3.
@@ -57,6 +66,14 @@ RECIPE_TAGS = {"lr": "lr", "epochs": "e", "batch_size": "b", "depth": "d", "prec
 RUN_RECORD_KEYS = ("seed", "epochs", "best_epoch", "best_val_probe_accuracy", "test_probe_accuracy",
                    "linear_eval_val_accuracy", "linear_eval_test_accuracy", "knn_val_accuracy", "knn_test_accuracy",
                    "train_seconds", "images_per_second", "precision", "cpu_model")
+
+# The record of finished runs in a tables' folder, and the results.json fields it keeps per run.
+LEDGER_NAME = "finished_runs.jsonl"
+LEDGER_RESULT_KEYS = RUN_RECORD_KEYS + ("dataset", "mixer", "k", "lamb", "train_size", "code_channels", "num_train",
+                                        "num_val", "num_test", "compute_dtype", "linear_eval_l2",
+                                        "linear_eval_converged", "command")
+# Settings a recorded run is checked against: those of RUN_KEYS that do not name a place on one machine.
+LEDGER_SETTING_KEYS = tuple(key for key in RUN_KEYS if key != "data_dir")
 
 # Recipe fields written beside a table (the run-defining settings that are not the table's axes).
 RECIPE_KEYS = ("preset", "lamb", "lr", "d_lr", "probe_lr", "schedule", "batch_size", "epochs", "steps_per_epoch",
@@ -206,12 +223,79 @@ def table_stem(spec, preset=None, lambs=None, recipe=None):
     return stem + recipe_tag(preset, recipe or {})
 
 
+def load_ledger(out_dir):
+    """The finished runs recorded in ``OUT/finished_runs.jsonl``: ``{run name: entry}``, the last line of a
+    name winning; ``{}`` without the file.
+
+    An entry is ``{"run": NAME, "settings": {...}, "results": {...}}`` (``ledger_entry``).
+
+    Raises:
+        ConfigError: a line that is not a JSON object with those three fields (it names the line).
+    """
+    path = os.path.join(out_dir, LEDGER_NAME)
+    if not os.path.exists(path):
+        return {}
+    entries = {}
+    with open(path) as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ConfigError(f"{path}, line {number}, is not valid JSON ({e.msg}). Mend or delete that line "
+                                  "(the run it recorded is then trained again).") from None
+            if not isinstance(entry, dict) or not {"run", "settings", "results"} <= set(entry):
+                raise ConfigError(f"{path}, line {number}, is not a finished-run record "
+                                  "(a JSON object with run, settings and results). Mend or delete that line.")
+            entries[entry["run"]] = entry
+    return entries
+
+
+def ledger_entry(name, settings, results):
+    """The record of one finished run: its folder name, its settings (``LEDGER_SETTING_KEYS`` of its
+    ``config.json``) and the fields of its ``results.json`` that tables use (``LEDGER_RESULT_KEYS``)."""
+    return {"run": name, "settings": {key: settings.get(key) for key in LEDGER_SETTING_KEYS},
+            "results": {key: results[key] for key in LEDGER_RESULT_KEYS if key in results}}
+
+
+def record_finished(runs, out_dir):
+    """Append to ``OUT/finished_runs.jsonl`` every run of ``runs`` finished on disk and not recorded as it is.
+
+    Returns:
+        The names of the runs appended.
+    """
+    ledger = load_ledger(out_dir)
+    lines, names = [], []
+    for run in runs:
+        path = os.path.join(run.folder, "results.json")
+        if not os.path.exists(path):
+            continue
+        config_path = os.path.join(run.folder, "config.json")
+        if os.path.exists(config_path):
+            with open(config_path) as f:
+                settings = json.load(f)
+        else:
+            settings = dataclasses.asdict(run.cfg)
+        entry = ledger_entry(run.name, settings, run.results())
+        if ledger.get(run.name) != entry:
+            lines.append(json.dumps(entry, ensure_ascii=False) + "\n")
+            names.append(run.name)
+    if lines:
+        os.makedirs(out_dir, exist_ok=True)
+        with open(os.path.join(out_dir, LEDGER_NAME), "a") as f:
+            f.writelines(lines)
+    return names
+
+
 @dataclasses.dataclass(frozen=True)
 class PlannedRun:
-    """One run of a table: its row, and its resolved Config (``cfg.out`` is its folder)."""
+    """One run of a table: its row, its resolved Config (``cfg.out`` is its folder) and, when the ledger
+    records it as finished with the same settings, that record."""
 
     row: tuple  # (dataset, mixer, k, lamb, train_size)
     cfg: Config
+    recorded: dict = None
 
     @property
     def folder(self):
@@ -222,8 +306,9 @@ class PlannedRun:
         return os.path.basename(self.folder)
 
     def state(self):
-        """``"done"`` (``results.json``), ``"started"`` (``config.json``: it resumes) or ``"pending"``."""
-        if os.path.exists(os.path.join(self.folder, "results.json")):
+        """``"done"`` (``results.json``, or recorded in the ledger), ``"started"`` (``config.json``: it resumes)
+        or ``"pending"``."""
+        if os.path.exists(os.path.join(self.folder, "results.json")) or self.recorded is not None:
             return "done"
         if os.path.exists(os.path.join(self.folder, "config.json")):
             return "started"
@@ -234,11 +319,23 @@ class PlannedRun:
         return checkpoint_epochs(os.path.join(self.folder, "checkpoint"))
 
     def results(self):
-        with open(os.path.join(self.folder, "results.json")) as f:
-            return json.load(f)
+        """Its ``results.json``, else the results its ledger record kept."""
+        path = os.path.join(self.folder, "results.json")
+        if os.path.exists(path) or self.recorded is None:
+            with open(path) as f:
+                return json.load(f)
+        return dict(self.recorded["results"])
 
 
-def plan_runs(spec, seeds, data_dirs, runs_dir, preset=None, lambs=None, recipe=None, verbose=2):
+def _recorded(cfg, entry):
+    """``entry`` if it records a run of ``cfg``'s settings (precision ``auto`` accepts what it picked), else None."""
+    if entry is None:
+        return None
+    ignore = ("data_dir",) + (("precision",) if cfg.precision == "auto" else ())
+    return entry if not settings_diff(cfg, entry["settings"], ignore=ignore) else None
+
+
+def plan_runs(spec, seeds, data_dirs, runs_dir, preset=None, lambs=None, recipe=None, verbose=2, ledger=None):
     """Every run of ``spec``: datasets x training sizes x rows x lambs x seeds, in table order.
 
     Args:
@@ -250,6 +347,7 @@ def plan_runs(spec, seeds, data_dirs, runs_dir, preset=None, lambs=None, recipe=
         lambs: lamb values (default: the spec's, else the preset's).
         recipe: overrides of ``RECIPE_TAGS`` fields, the same for every run.
         verbose: Keras progress output of the runs.
+        ledger: ``load_ledger(OUT)``: runs recorded there with the same settings count as finished.
 
     Returns:
         A list of ``PlannedRun``.
@@ -277,7 +375,8 @@ def plan_runs(spec, seeds, data_dirs, runs_dir, preset=None, lambs=None, recipe=
                                      steps_per_epoch=steps_per_epoch, **recipe)
                         cfg = resolve(dataclasses.replace(cfg, out=os.path.join(runs_dir,
                                                                                 default_run_name(cfg, tag))))
-                        runs.append(PlannedRun((dataset, mixer, k, lamb, train_size), cfg))
+                        entry = _recorded(cfg, (ledger or {}).get(os.path.basename(cfg.out)))
+                        runs.append(PlannedRun((dataset, mixer, k, lamb, train_size), cfg, entry))
     return runs
 
 
@@ -481,7 +580,8 @@ def _machines(rows):
 
 
 def write_tables(spec, runs, out_dir, stem, command, unavailable=None):
-    """Write ``OUT/STEM.md`` and ``OUT/STEM.json`` from the finished runs on disk.
+    """Write ``OUT/STEM.md`` and ``OUT/STEM.json`` from the finished runs (on disk or in the ledger), after
+    recording those on disk in ``OUT/finished_runs.jsonl``.
 
     Every row of the table is written, with the seeds finished so far ("2 of 3"
     while one is missing), so a partial table can be committed.
@@ -498,6 +598,7 @@ def write_tables(spec, runs, out_dir, stem, command, unavailable=None):
         The paths of the Markdown and JSON files.
     """
     unavailable = unavailable or {}
+    record_finished(runs, out_dir)
     rows = collect(runs)
     recipe = _recipe(runs)
     seeds = sorted({run.cfg.seed for run in runs})
@@ -647,6 +748,8 @@ def describe_plan(runs, rows=None, train_sizes=None):
             text = f"resume   {run.name} ({run.epochs_done()} of {run.cfg.epochs} epochs done)"
         else:
             text = f"{state:<8} {run.name}"
+        if state == "done" and not os.path.exists(os.path.join(run.folder, "results.json")):
+            text += f" (recorded in {LEDGER_NAME})"
         if state != "done" and not selected(run, rows, train_sizes):
             label, text = "not selected", text + " (not selected)"
         counts[label] += 1

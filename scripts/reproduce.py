@@ -25,7 +25,9 @@ OUT/table1.md and OUT/table1.json, runs in OUT/runs/. Datasets that cannot be re
 tensorflow-datasets and no --data-dir) are listed as "not available offline".
 
 A finished run (results.json) is read, not trained again; a started one (config.json and its checkpoint) resumes
-from its last finished epoch; the tables are rewritten after every finished run, so a partial table can be
+from its last finished epoch. Every finished run is also recorded in OUT/finished_runs.jsonl (settings and
+scores), and a run recorded there with the table's settings counts as finished where its folder is gone (a fresh
+clone): --out results continues the committed tables; another --out trains every run afresh; the tables are rewritten after every finished run, so a partial table can be
 committed and the command run again later (or one row at a time with --only). Exit status: 0, 1 when a run
 stopped on a NaN loss (the others still ran), 2 on a bad setting.
 
@@ -186,7 +188,8 @@ def _run(args, argv):
                               "the grid trains on whole training splits.")
         sizes = None
         runs_dir = args.runs or os.path.join(args.out, "runs")
-    runs = reproduce.plan_runs(spec, seeds, data_dirs, runs_dir, preset=args.preset, lambs=args.lamb, recipe=recipe)
+    runs = reproduce.plan_runs(spec, seeds, data_dirs, runs_dir, preset=args.preset, lambs=args.lamb, recipe=recipe,
+                               ledger=reproduce.load_ledger(args.out))
     reproduce.check_runs(runs)
     stem = reproduce.table_stem(spec, args.preset, args.lamb, recipe)
     plan = reproduce.describe_plan(runs, rows, sizes)

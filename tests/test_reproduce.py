@@ -239,6 +239,67 @@ def test_a_folder_of_another_recipe_is_refused(dirs, monkeypatch, capsys):
     assert "epochs: run has 2, now 4" in err and len(fake.calls) == 1
 
 
+def test_finished_runs_are_recorded_and_count_where_their_folders_are_gone(dirs, monkeypatch, capsys):
+    # A fresh clone has the tables' folder (results/) but none of the run folders (runs/ is not versioned).
+    import shutil
+
+    fake = FakeTrain()
+    monkeypatch.setattr("amr_keras.train.run", fake)
+    script = load_script()
+    assert script.main(table_args(dirs, "--seeds", "2", "--only", "mixup:2", "none")) == 0
+    md_before = read(os.path.join(dirs["out"], "table1_mnist.md"))
+    ledger = reproduce.load_ledger(dirs["out"])
+    assert sorted(ledger) == sorted(f"mnist-{m}-k2-lamb10-mnist_full-s{s}" for m in ("none", "mixup") for s in (0, 1))
+    entry = ledger["mnist-mixup-k2-lamb10-mnist_full-s1"]
+    assert entry["settings"]["lamb"] == 10.0 and entry["settings"]["seed"] == 1 and "data_dir" not in entry["settings"]
+    assert entry["results"]["test_probe_accuracy"] == pytest.approx(0.92) and entry["results"]["num_train"] == 50000
+    shutil.rmtree(dirs["runs"])
+    capsys.readouterr()
+    assert script.main(table_args(dirs, "--seeds", "2", "--dry-run")) == 0
+    out = capsys.readouterr().out
+    assert "10 runs: 4 done, 6 pending" in out
+    assert "done     mnist-mixup-k2-lamb10-mnist_full-s1 (recorded in finished_runs.jsonl)" in out
+    # The recorded runs are not trained again, and the table keeps them.
+    assert script.main(table_args(dirs, "--seeds", "2", "--only", "mixup:2", "none")) == 0
+    assert len(fake.calls) == 4
+    assert read(os.path.join(dirs["out"], "table1_mnist.md")) == md_before
+    assert "| 2 | 91.00 ± 1.41 |" in md_row(md_before, "mixup", 2)  # seeds 0 and 1: 90 and 92
+    # Recording again adds nothing: one line per run.
+    with open(os.path.join(dirs["out"], reproduce.LEDGER_NAME)) as f:
+        assert len(f.readlines()) == 4
+
+
+def test_a_recorded_run_of_other_settings_is_trained_again_and_superseded(dirs, monkeypatch):
+    fake = FakeTrain()
+    monkeypatch.setattr("amr_keras.train.run", fake)
+    script = load_script()
+    assert script.main(table_args(dirs, "--seeds", "1", "--only", "acai")) == 0
+    path = os.path.join(dirs["out"], reproduce.LEDGER_NAME)
+    entry = json.loads(read(path))
+    entry["settings"]["epochs"] = 2  # recorded by a run of another recipe under the same name
+    with open(path, "w") as f:
+        f.write(json.dumps(entry) + "\n")
+    import shutil
+
+    shutil.rmtree(dirs["runs"])
+    assert script.main(table_args(dirs, "--seeds", "1", "--only", "acai")) == 0
+    assert [(c.mixer, c.epochs) for c in fake.calls] == [("acai", 4), ("acai", 4)]
+    assert reproduce.load_ledger(dirs["out"])["mnist-acai-k2-lamb10-mnist_full-s0"]["settings"]["epochs"] == 4
+
+
+def test_a_damaged_ledger_line_is_named(dirs, capsys):
+    os.makedirs(dirs["out"])
+    with open(os.path.join(dirs["out"], reproduce.LEDGER_NAME), "w") as f:
+        f.write('{"run": "a", "settings": {}, "results": {}}\n{"run": "b", "sett\n')
+    assert load_script().main(table_args(dirs, "--dry-run")) == 2
+    err = capsys.readouterr().err
+    assert "finished_runs.jsonl, line 2, is not valid JSON" in err and "Mend or delete that line" in err
+    with open(os.path.join(dirs["out"], reproduce.LEDGER_NAME), "w") as f:
+        f.write('["not", "a", "record"]\n')
+    assert load_script().main(table_args(dirs, "--dry-run")) == 2
+    assert "line 1, is not a finished-run record" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("args, message", [
     (["--table", "9"], "Unknown table '9'. Choose one of: 1 (Table 1 of the paper"),
     (["--table", "1", "--only", "bernoulli:3"], "--only takes settings among none:2 acai:2 mixup:2 bernoulli:2 mixup:3"),
