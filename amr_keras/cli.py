@@ -311,7 +311,8 @@ def build_parser(description="Train AMR."):
     m.add_argument("--code-channels", type=int,
                    help="feature maps of the 4x4 code (default 2: 32 values; 16: the paper's 256-value code)")
     o = p.add_argument_group("optimisation")
-    o.add_argument("--lr", type=float, help="learning rate of the autoencoder (and discriminator unless --d-lr)")
+    o.add_argument("--lr", type=float, help="learning rate of the autoencoder (the discriminator has its own, --d-lr; "
+                                            "default: the preset's)")
     o.add_argument("--d-lr", type=float, help="learning rate of the discriminator")
     o.add_argument("--probe-lr", type=float, help="learning rate of the linear probe")
     o.add_argument("--schedule", choices=SCHEDULES, help="learning-rate schedule of autoencoder and discriminator")
