@@ -21,7 +21,6 @@ stopped, and its tables keep every run.
 
 Example:
     >>> spec = TABLES["1"]
-    >>> runs = plan_runs(spec, seeds=[0, 1, 2], data_dirs={"mnist": "/data/mnist"}, runs_dir="runs")
     >>> runs = plan_runs(spec, seeds=[0, 1, 2], data_dirs={"mnist": "/data/mnist"}, runs_dir="runs",
     ...                  ledger=load_ledger("results"))
     >>> check_runs(runs)

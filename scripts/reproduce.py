@@ -27,8 +27,8 @@ tensorflow-datasets and no --data-dir) are listed as "not available offline".
 A finished run (results.json) is read, not trained again; a started one (config.json and its checkpoint) resumes
 from its last finished epoch. Every finished run is also recorded in OUT/finished_runs.jsonl (settings and
 scores), and a run recorded there with the table's settings counts as finished where its folder is gone (a fresh
-clone): --out results continues the committed tables; another --out trains every run afresh; the tables are rewritten after every finished run, so a partial table can be
-committed and the command run again later (or one row at a time with --only). Exit status: 0, 1 when a run
+clone): --out results continues the committed tables; another --out trains every run afresh. The tables are
+rewritten after every finished run, so a partial table can be committed and the command run again later (or one row at a time with --only). Exit status: 0, 1 when a run
 stopped on a NaN loss (the others still ran), 2 on a bad setting.
 
 Examples:
