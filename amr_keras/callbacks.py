@@ -1,4 +1,4 @@
-"""Callbacks used by the training script: NaN guard, epoch timing, resumable checkpoints."""
+"""Callbacks used by the training script: NaN guard, epoch timing, resumable and best-epoch checkpoints."""
 
 import json
 import math
@@ -6,6 +6,7 @@ import os
 import time
 
 import keras
+import numpy as np
 
 
 class NonFiniteLossError(RuntimeError):
@@ -204,6 +205,121 @@ class ResumableCheckpoint(keras.callbacks.Callback):
                 f"{self.folder} to restart the run from the beginning."
             )
         return None, 0
+
+
+class BestCheckpoint(keras.callbacks.Callback):
+    """Keep the model of the best-validation epoch in ``best.keras``, with its epoch in ``best.json``.
+
+    Like ``keras.callbacks.ModelCheckpoint(save_best_only=True)``, and it also
+    records which epoch the file holds (``{"epoch": N, "<monitor>": value}``)
+    and keeps the best model it replaces as ``previous_best.keras`` +
+    ``previous_best.json`` in ``backup_folder``. When a resumed run falls back
+    to an earlier checkpoint, the epochs after it are trained again and their
+    log rows dropped; a ``best.keras`` written by one of those discarded epochs
+    would be scored under another epoch's name. :meth:`restore` finds the
+    newest best model whose epoch was kept. Files are written next to their
+    final names and moved into place, and each model is moved before its
+    record, so a record never names a model that is not on disk.
+
+    Args:
+        path: ``best.keras``; its record is the same path with ``.json``.
+        backup_folder: where the replaced best model goes (the checkpoint folder).
+        monitor: the logged metric to maximise.
+    """
+
+    def __init__(self, path, backup_folder, monitor="val_probe_accuracy"):
+        super().__init__()
+        self.path, self.monitor = path, monitor
+        self.record_path = os.path.splitext(path)[0] + ".json"
+        self.previous_path = os.path.join(backup_folder, "previous_best.keras")
+        self.previous_record_path = os.path.join(backup_folder, "previous_best.json")
+        self.best = None  # (epoch, value) of the model in ``path``
+
+    def _slots(self):
+        """``(model, record)`` file pairs, newest first."""
+        # Killed between the two moves of a rotation, previous_best.keras is the newest model and its
+        # record is still best.json (best.keras is gone until the new model is moved in).
+        cut_short = not os.path.exists(self.path) and os.path.exists(self.record_path)
+        return [(self.path, self.record_path),
+                (self.previous_path, self.record_path if cut_short else self.previous_record_path)]
+
+    def _read(self, model_path, record_path):
+        """``(epoch, value)`` of a slot whose model and record are both on disk, else ``None``."""
+        if not os.path.exists(model_path):
+            return None
+        try:
+            with open(record_path) as f:
+                record = json.load(f)
+            return int(record["epoch"]), float(record[self.monitor])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def restore(self, epochs_kept, log_rows=()):
+        """Make ``best.keras`` the best model of the first ``epochs_kept`` epochs that is still on disk.
+
+        Returns ``(epoch, value)`` of that model, or ``None`` when no kept
+        epoch's model is left (the next epoch then saves one whatever its
+        score). A ``best.keras`` with neither a record nor a replaced model
+        beside it (a run folder written before records existed) is taken to
+        hold the best epoch of ``log_rows``, the kept rows, as it did then.
+        """
+        self.best = None
+        (newest, newest_record), (older, older_record) = self._slots()
+        if (os.path.exists(newest) and not os.path.exists(newest_record) and not os.path.exists(older)
+                and not os.path.exists(self.previous_record_path)):
+            values = [r.get(self.monitor, -math.inf) for r in log_rows]
+            if values:
+                self.best = (int(np.argmax(values)) + 1, float(max(values)))
+                self._write_record(*self.best)
+                return self.best
+        found = self._read(newest, newest_record)
+        if found is not None and found[0] <= epochs_kept:
+            self.best = found
+            return found
+        discarded = (f"held epoch {found[0]}, which the resumed run trains again" if found is not None
+                     else "was missing or had no readable record")
+        kept = self._read(older, older_record)
+        if kept is not None and kept[0] <= epochs_kept:
+            os.replace(older, self.path)
+            self._write_record(*kept)
+            if older_record != self.record_path and os.path.exists(older_record):
+                os.remove(older_record)
+            print(f"note: {self.path} {discarded}; restored the best kept epoch ({kept[0]}) from {older}.")
+            self.best = kept
+            return kept
+        for path in (self.path, self.record_path, older, self.previous_record_path):
+            if os.path.exists(path):
+                os.replace(path, path + ".discarded")
+        if found is not None or kept is not None:
+            print(f"note: {self.path} {discarded}, and no model of a kept epoch is left; the best of the epochs "
+                  "trained from here on is kept instead (the old files are kept as *.discarded).")
+        return None
+
+    def _write_record(self, epoch, value):
+        tmp = self.record_path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump({"epoch": epoch, self.monitor: value}, f)
+        os.replace(tmp, self.record_path)
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if value is None:
+            raise ValueError(f"BestCheckpoint monitors {self.monitor!r}, which the epoch's logs lack "
+                           f"(they have: {', '.join(sorted(logs or {}))}). Pass validation data to fit().")
+        value = float(value)
+        if self.best is None or value > self.best[1]:
+            self.save(epoch + 1, value)
+
+    def save(self, epoch, value):
+        """Write the model as the best one, of ``epoch`` (1-based) with ``value``; the replaced one is kept."""
+        tmp = os.path.splitext(self.path)[0] + ".tmp.keras"
+        self.model.save(tmp)
+        if self.best is not None and os.path.exists(self.path):
+            os.replace(self.path, self.previous_path)
+            os.replace(self.record_path, self.previous_record_path)
+        os.replace(tmp, self.path)
+        self._write_record(epoch, value)
+        self.best = (epoch, value)
 
 
 def checkpoint_epochs(folder):

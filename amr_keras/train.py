@@ -144,7 +144,7 @@ def worker_folder(strategy, out, resume):
     folder = os.path.join(out, f".worker-{strategy.cluster_resolver.task_id}")
     shutil.rmtree(folder, ignore_errors=True)
     os.makedirs(folder)
-    for name in ("config.json", "log.csv", "best.keras", "checkpoint") if resume else ():
+    for name in ("config.json", "log.csv", "best.keras", "best.json", "checkpoint") if resume else ():
         src = os.path.join(out, name)
         if os.path.isdir(src):
             shutil.copytree(src, os.path.join(folder, name))
@@ -160,7 +160,7 @@ def run(cfg, argv=None):
 
     Writes into ``cfg.out``: ``config.json``, ``log.csv`` (one row per epoch),
     ``logs/`` (TensorBoard), ``checkpoint/last.keras`` and ``previous.keras`` (every epoch, for
-    ``--resume``), ``best.keras`` (best validation probe accuracy),
+    ``--resume``), ``best.keras`` + ``best.json`` (the epoch of best validation probe accuracy),
     ``results.json``, ``export/`` (SavedModel; with ``classify_linear``, the
     classifier fitted by the post-hoc linear evaluation, unless ``cfg.linear_eval``
     is off) and ``interpolations.png``.
@@ -229,12 +229,13 @@ def run(cfg, argv=None):
             if os.path.exists(log_path):
                 os.remove(log_path)
         best_path = os.path.join(out, "best.keras")
-        prev_best = max((r.get("val_probe_accuracy", -1.0) for r in rows), default=None)
+        best_ckpt = cbs.BestCheckpoint(best_path, ckpt_dir)
+        if cfg.resume:
+            best_ckpt.restore(initial_epoch, rows)
         callbacks = [
             cbs.NonFiniteLossGuard(ckpt.last_good_hint),
             cbs.EpochTimer(cfg.batch_size),
-            keras.callbacks.ModelCheckpoint(best_path, monitor="val_probe_accuracy", mode="max", save_best_only=True,
-                                            initial_value_threshold=prev_best),
+            best_ckpt,
             keras.callbacks.CSVLogger(log_path, append=bool(rows)),
             keras.callbacks.TensorBoard(os.path.join(out, "logs")),
             ckpt,
@@ -255,7 +256,16 @@ def run(cfg, argv=None):
 
         # Score the best-validation epoch; the test split is used once, here.
         rows = read_log(log_path)
-        best_epoch = int(np.argmax([r["val_probe_accuracy"] for r in rows])) + 1
+        if best_ckpt.best is None:
+            # Resumed after the last epoch with no best.keras of a kept epoch left: the last epoch stands in.
+            print(f"note: no best-epoch model of a kept epoch is left; scoring the last epoch ({len(rows)}).")
+            best_ckpt.set_model(model)
+            best_ckpt.save(len(rows), rows[-1]["val_probe_accuracy"])
+        best_epoch = best_ckpt.best[0]  # the epoch whose weights best.keras holds
+        top_epoch = int(np.argmax([r["val_probe_accuracy"] for r in rows])) + 1
+        if rows[top_epoch - 1]["val_probe_accuracy"] > rows[best_epoch - 1]["val_probe_accuracy"]:
+            print(f"note: epoch {top_epoch} had the best validation accuracy, but its weights were lost with a "
+                  f"discarded checkpoint; scoring epoch {best_epoch}, the best epoch whose weights are kept.")
         model.load_weights(best_path)
         test_acc = None
         if splits.test is not None:

@@ -130,6 +130,11 @@ def test_resume_continues_and_logs_the_whole_run(tiny_data, tmp_path, monkeypatc
         assert json.load(f)["epochs_done"] == 2  # epoch 2 trained again and checkpointed
     with open(os.path.join(out, "log.csv")) as f:
         assert [line.split(",")[0] for line in f.read().split()[1:]] == ["0", "1"]
+    # The scored weights are those of the epoch the results name.
+    with open(os.path.join(out, "results.json")) as f, open(os.path.join(out, "best.json")) as g:
+        results, record = json.load(f), json.load(g)
+    assert results["best_epoch"] == record["epoch"] and 1 <= record["epoch"] <= 2
+    assert results["best_val_probe_accuracy"] == pytest.approx(record["val_probe_accuracy"])
 
 
 def test_resume_with_other_settings_is_refused(tiny_data, tmp_path, capsys):
