@@ -410,8 +410,22 @@ def selected(run, rows=None, train_sizes=None):
     return (rows is None or run.row[1:3] in rows) and (train_sizes is None or run.row[4] in train_sizes)
 
 
+def training_order(runs):
+    """``runs`` seed by seed, then lamb by lamb, within each dataset and training size (rows in table order).
+
+    A grid stopped part-way then holds every row of its first seeds (and, in
+    the lamb sweep, both rows at its first lambs), so the rows' paired gaps can
+    be read from it, rather than every seed of its first rows.
+    """
+    first = {}
+    for i, run in enumerate(runs):
+        first.setdefault((run.row[0], run.row[4]), i)
+    return sorted(runs, key=lambda run: (first[(run.row[0], run.row[4])], run.cfg.seed, run.cfg.lamb))
+
+
 def train_missing(runs, rows=None, argv=None, on_finished=None, train_sizes=None):
-    """Train the runs that are not done, resuming started ones; datasets that cannot be loaded are skipped.
+    """Train the runs that are not done (seed by seed, see ``training_order``), resuming started ones; datasets
+    that cannot be loaded are skipped.
 
     Args:
         runs: ``PlannedRun`` list.
@@ -431,7 +445,7 @@ def train_missing(runs, rows=None, argv=None, on_finished=None, train_sizes=None
     from amr_keras.callbacks import NonFiniteLossError
     from amr_keras.data import DataError
 
-    todo = [r for r in runs if selected(r, rows, train_sizes) and r.state() != "done"]
+    todo = training_order([r for r in runs if selected(r, rows, train_sizes) and r.state() != "done"])
     unavailable, failed = {}, []
     for i, run in enumerate(todo, 1):
         if run.cfg.dataset in unavailable:

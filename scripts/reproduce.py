@@ -28,8 +28,10 @@ A finished run (results.json) is read, not trained again; a started one (config.
 from its last finished epoch. Every finished run is also recorded in OUT/finished_runs.jsonl (settings and
 scores), and a run recorded there with the table's settings counts as finished where its folder is gone (a fresh
 clone): --out results continues the committed tables; another --out trains every run afresh. The tables are
-rewritten after every finished run, so a partial table can be committed and the command run again later (or one row at a time with --only). Exit status: 0, 1 when a run
-stopped on a NaN loss (the others still ran), 2 on a bad setting.
+rewritten after every finished run, so a partial table can be committed and the command run again later (or
+one row at a time with --only). Runs train seed by seed (every row of seed 0, then of seed 1, ...), so a table
+stopped part-way holds paired runs. Exit status: 0, 1 when a run stopped on a NaN loss (the others still ran),
+2 on a bad setting.
 
 Examples:
     python scripts/reproduce.py --table 1 --data-dir mnist=DIR                # 5 rows x 3 seeds

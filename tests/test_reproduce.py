@@ -140,8 +140,10 @@ def test_runs_train_once_and_the_table_is_rewritten_after_each(dirs, monkeypatch
     assert fake.tables_seen[0] is None and "| 1 of 2 |" in md_row(fake.tables_seen[1], "mixup", 2)
     # Finished runs are read, not trained again; the other rows train now.
     assert script.main(table_args(dirs, "--seeds", "2")) == 0
-    assert [(c.mixer, c.k) for c in fake.calls[2:]] == [("none", 2)] * 2 + [("acai", 2)] * 2 + [
-        ("bernoulli", 2)] * 2 + [("mixup", 3)] * 2
+    # Seed by seed: every row of seed 0 before seed 1, so a grid stopped part-way holds paired runs.
+    assert [(c.mixer, c.k, c.seed) for c in fake.calls[2:]] == [
+        ("none", 2, 0), ("acai", 2, 0), ("bernoulli", 2, 0), ("mixup", 3, 0),
+        ("none", 2, 1), ("acai", 2, 1), ("bernoulli", 2, 1), ("mixup", 3, 1)]
     assert script.main(table_args(dirs, "--seeds", "2")) == 0
     assert len(fake.calls) == 10
     md = read(md_path)
@@ -333,6 +335,9 @@ def test_lamb_sweep_reuses_table1_runs_and_reports_the_gap(dirs, monkeypatch):
     assert len(fake.calls) == 6
     assert script.main(table_args(dirs, table="lamb")) == 0
     assert len(fake.calls) == 6 + 18 and {c.lamb for c in fake.calls[6:]} == {5.0, 30.0, 100.0}
+    # Paired runs first: both rows at one lamb and seed before the next lamb.
+    assert [(c.seed, c.lamb, c.mixer) for c in fake.calls[6:10]] == [
+        (0, 5.0, "none"), (0, 5.0, "mixup"), (0, 30.0, "none"), (0, 30.0, "mixup")]
     md = read(os.path.join(dirs["out"], "lamb_sweep_mnist.md"))
     assert "| mixup-k2 minus none-k2 | mnist | 10 | 3 | +3.00 ± 1.00 (beyond spread; CI +0.52 to +5.48) |" in md
     assert "| mixup-k2 minus none-k2 | mnist | 100 | 3 | +0.50 ± 0.00 (within spread; CI +0.50 to +0.50) |" in md
