@@ -6,7 +6,14 @@ import os
 import time
 
 import keras
-import numpy as np
+
+
+def write_json_atomically(path, data):
+    """Write ``data`` as JSON next to ``path`` and move it into place, so a kill leaves the old or the new file."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f)
+    os.replace(tmp, path)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -140,10 +147,7 @@ class ResumableCheckpoint(keras.callbacks.Callback):
             if os.path.exists(src):
                 os.replace(src, dst)
         os.replace(tmp, self.model_path)
-        tmp_state = self.state_path + ".tmp"
-        with open(tmp_state, "w") as f:
-            json.dump({"epochs_done": epoch + 1}, f)
-        os.replace(tmp_state, self.state_path)
+        write_json_atomically(self.state_path, {"epochs_done": epoch + 1})
 
     def epochs_done(self):
         """Finished epochs recorded with ``last.keras`` (0 when there is no checkpoint)."""
@@ -266,10 +270,10 @@ class BestCheckpoint(keras.callbacks.Callback):
         self.best = None
         (newest, newest_record), (older, older_record) = self._slots()
         if (os.path.exists(newest) and not os.path.exists(newest_record) and not os.path.exists(older)
-                and not os.path.exists(self.previous_record_path)):
+                and not os.path.exists(older_record)):
             values = [r.get(self.monitor, -math.inf) for r in log_rows]
             if values:
-                self.best = (int(np.argmax(values)) + 1, float(max(values)))
+                self.best = (values.index(max(values)) + 1, float(max(values)))
                 self._write_record(*self.best)
                 return self.best
         found = self._read(newest, newest_record)
@@ -296,10 +300,7 @@ class BestCheckpoint(keras.callbacks.Callback):
         return None
 
     def _write_record(self, epoch, value):
-        tmp = self.record_path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump({"epoch": epoch, self.monitor: value}, f)
-        os.replace(tmp, self.record_path)
+        write_json_atomically(self.record_path, {"epoch": epoch, self.monitor: value})
 
     def on_epoch_end(self, epoch, logs=None):
         value = (logs or {}).get(self.monitor)
