@@ -22,7 +22,9 @@ Reference:
 """
 
 import os
+import os
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
@@ -136,17 +138,34 @@ def l2_to_C(l2, num_train):
 
 
 def _fit_logistic(x, y, l2, seed, max_iter):
-    """``StandardScaler`` + multinomial ``LogisticRegression`` (lbfgs) fitted at strength ``l2``."""
+    """``StandardScaler`` + multinomial ``LogisticRegression`` (lbfgs) fitted at strength ``l2``.
+
+    Call it inside ``threadpool_limits(limits=1, user_api="blas")`` (``linear_evaluation`` does, once for all
+    its fits: threadpoolctl's limits are process-wide, so fits in parallel threads must not set and restore
+    them one by one).
+    """
     clf = make_pipeline(
         StandardScaler(),
         LogisticRegression(C=l2_to_C(l2, len(x)), tol=1e-5, max_iter=max_iter, random_state=seed),
     )
-    # One BLAS thread: the solver makes thousands of small BLAS calls; on 50,000 codes of Fashion-MNIST on this
-    # 2-core machine (one core busy elsewhere) the first three strengths of the grid took 475 s with OpenBLAS'
-    # default two threads and 52 s with one. Not converging is recorded in ``per_l2`` instead of warned about.
-    with threadpool_limits(limits=1, user_api="blas"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        return clf.fit(x, y)
+    # The caller also silences ConvergenceWarning: not converging is recorded in ``per_l2`` instead.
+    return clf.fit(x, y)
+
+
+def available_cores():
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
+def _resolve_jobs(n_jobs, tasks):
+    if n_jobs is None:
+        return max(1, min(tasks, available_cores()))
+    if isinstance(n_jobs, bool) or int(n_jobs) != n_jobs or n_jobs < 1:
+        raise ValueError(f"n_jobs must be None (one per core) or an integer >= 1, got {n_jobs!r}.")
+    return max(1, min(tasks, int(n_jobs)))
 
 
 def _log_loss(clf, x, y, num_classes):
@@ -167,6 +186,7 @@ def linear_evaluation(
     seed=0,
     num_classes=None,
     max_iter=3000,
+    n_jobs=None,
 ):
     """Fit a multinomial logistic regression on frozen codes and pick its L2 strength on validation.
 
@@ -182,6 +202,12 @@ def linear_evaluation(
     ``l2``); test codes are scored once, with that strength. Test data never
     influences the choice, and the fit uses the training codes only.
 
+    The strengths are fitted in ``n_jobs`` threads, each fit with one BLAS thread: the solver makes thousands
+    of small BLAS calls, which run slower with more threads (on 50,000 codes of Fashion-MNIST on a 2-core
+    machine with one core busy elsewhere, three strengths took 475 s with OpenBLAS' default two threads and
+    52 s with one), while separate fits share the cores well. The unpenalised fit, usually the longest, starts
+    first. Results do not depend on ``n_jobs``.
+
     Args:
         train_codes, val_codes, test_codes: ``(N, D)`` (or ``(N, ...)``) codes.
         train_labels, val_labels, test_labels: ``(N,)`` integer class labels.
@@ -190,6 +216,7 @@ def linear_evaluation(
             seed gives the same result).
         num_classes: number of classes (default: largest label seen + 1).
         max_iter: lbfgs iteration limit per strength.
+        n_jobs: strengths fitted at once (default ``None``: one per available core, at most one per strength).
 
     Returns:
         dict with ``val_accuracy``, ``test_accuracy`` (None without test codes),
@@ -222,11 +249,13 @@ def linear_evaluation(
     if num_classes < seen:
         raise ValueError(f"num_classes={num_classes}, but the labels go up to {seen - 1}.")
 
-    per_l2, fits = {}, {}
-    for l2 in sorted(set(grid)):
-        clf = fits[l2] = _fit_logistic(x_tr, y_tr, l2, seed, int(max_iter))
+    strengths = sorted(set(grid))
+    workers = _resolve_jobs(n_jobs, len(strengths))
+
+    def fit_and_score(l2):
+        clf = _fit_logistic(x_tr, y_tr, l2, seed, int(max_iter))
         iterations = int(clf[-1].n_iter_[0])
-        per_l2[l2] = {
+        return clf, {
             "C": clf[-1].C,
             "train_accuracy": float(clf.score(x_tr, y_tr)),
             "val_accuracy": float(clf.score(x_val, y_val)),
@@ -234,6 +263,16 @@ def linear_evaluation(
             "iterations": iterations,
             "converged": iterations < int(max_iter),
         }
+
+    with threadpool_limits(limits=1, user_api="blas"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        if workers == 1:
+            done = [fit_and_score(l2) for l2 in strengths]
+        else:
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="linear_eval") as pool:
+                done = list(pool.map(fit_and_score, strengths))
+    fits = {l2: clf for l2, (clf, _) in zip(strengths, done)}
+    per_l2 = {l2: scores for l2, (_, scores) in zip(strengths, done)}
     best = max(per_l2, key=lambda l2: (per_l2[l2]["val_accuracy"], -per_l2[l2]["val_loss"], l2))
     return {
         "val_accuracy": per_l2[best]["val_accuracy"],
@@ -281,7 +320,8 @@ def knn_accuracy(train_codes, train_labels, query_codes, query_labels, k=10):
 
 
 # --------------------------------------------------------------------------- whole evaluation
-def evaluate_codes(encode_fn, arrays, seed=0, batch_size=512, k=10, preprocess_fn=preprocess, return_classifier=False):
+def evaluate_codes(encode_fn, arrays, seed=0, batch_size=512, k=10, preprocess_fn=preprocess, return_classifier=False,
+                   n_jobs=None):
     """Encode every split once and run the linear evaluation and k-NN on the codes.
 
     Args:
@@ -293,6 +333,7 @@ def evaluate_codes(encode_fn, arrays, seed=0, batch_size=512, k=10, preprocess_f
         k: neighbours of the k-NN vote.
         preprocess_fn: uint8 batch -> ``encode_fn`` input (see ``encode_arrays``).
         return_classifier: also return the fitted linear classifier.
+        n_jobs: L2 strengths fitted at once, see ``linear_evaluation`` (default: one per core).
 
     Returns:
         Flat JSON-ready dict (the keys of ``RESULT_KEYS``): ``linear_eval_val_accuracy``,
@@ -316,7 +357,7 @@ def evaluate_codes(encode_fn, arrays, seed=0, batch_size=512, k=10, preprocess_f
         if split in ("train", "val", "test")
     }
     test = codes.get("test", (None, None))
-    linear = linear_evaluation(*codes["train"], *codes["val"], *test, seed=seed)
+    linear = linear_evaluation(*codes["train"], *codes["val"], *test, seed=seed, n_jobs=n_jobs)
     results = {
         "linear_eval_val_accuracy": linear["val_accuracy"],
         "linear_eval_test_accuracy": linear["test_accuracy"],
@@ -393,7 +434,7 @@ def load_encoder(path):
 
 
 def evaluate_saved(path, dataset, data_dir=None, seed=0, batch_size=512, k=10, return_classifier=False,
-                   train_size=None):
+                   train_size=None, n_jobs=None):
     """Evaluate the codes of a saved encoder on ``dataset`` (see ``load_encoder`` for ``path``).
 
     Args:
@@ -406,6 +447,7 @@ def evaluate_saved(path, dataset, data_dir=None, seed=0, batch_size=512, k=10, r
         return_classifier: also return the fitted linear classifier (see ``evaluate_codes``).
         train_size: fit on the same class-stratified subset of N training images as ``--train-size N``
             (default: the whole training split).
+        n_jobs: L2 strengths fitted at once, see ``linear_evaluation`` (default: one per core).
 
     Returns:
         The dict of ``evaluate_codes`` (with ``return_classifier``, the pair ``(dict, classifier)``).
@@ -416,4 +458,4 @@ def evaluate_saved(path, dataset, data_dir=None, seed=0, batch_size=512, k=10, r
     encode_fn, preprocess_fn, _ = load_encoder(path)
     splits = load_dataset(dataset, data_dir=data_dir, batch_size=64, train_size=train_size)
     return evaluate_codes(encode_fn, splits.arrays, seed=seed, batch_size=batch_size, k=k, preprocess_fn=preprocess_fn,
-                          return_classifier=return_classifier)
+                          return_classifier=return_classifier, n_jobs=n_jobs)

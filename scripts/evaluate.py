@@ -11,6 +11,7 @@ file, or a SavedModel export with an ``encode`` endpoint.
 import argparse
 import json
 import sys
+import time
 
 from amr_keras.data import DATASETS, DataError
 from amr_keras.evaluate import evaluate_saved
@@ -30,14 +31,20 @@ def main(argv=None):
     parser.add_argument("--train-size", type=int, default=None,
                         help="fit on the class-stratified subset of N training images that fit.py --train-size N "
                              "trained on (default: the whole training split)")
+    parser.add_argument("--jobs", type=int, default=None,
+                        help="L2 strengths of the linear evaluation fitted at once (default: one per CPU core)")
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = parser.parse_args(argv)
+    if args.jobs is not None and args.jobs < 1:
+        parser.error(f"--jobs must be >= 1, got {args.jobs}")
 
+    start = time.perf_counter()
     try:
         results = evaluate_saved(args.path, args.dataset, data_dir=args.data_dir, seed=args.seed, k=args.k,
-                                 train_size=args.train_size)
+                                 train_size=args.train_size, n_jobs=args.jobs)
     except (FileNotFoundError, DataError, ValueError) as e:
         parser.exit(2, f"error: {e}\n")
+    seconds = time.perf_counter() - start
     c = results["linear_eval_C"]
     print(f"linear evaluation (L2 = {results['linear_eval_l2']:g}, "
           f"scikit-learn C = {'inf (no penalty)' if c is None else f'{c:g}'}): "
@@ -46,6 +53,7 @@ def main(argv=None):
              f" (the fit stopped at its iteration limit, {results['linear_eval_iterations']} iterations)"))
     print(f"k-NN (k = {args.k}, cosine): "
           f"validation {_fmt(results['knn_val_accuracy'])}, test {_fmt(results['knn_test_accuracy'])}")
+    print(f"evaluated in {seconds:.1f} s (loading, encoding, linear evaluation and k-NN)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)

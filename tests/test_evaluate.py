@@ -1,11 +1,13 @@
 """Post-hoc evaluation of frozen codes: linear probe, k-NN, encoding and loading."""
 
+import threading
 import types
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from threadpoolctl import threadpool_info
 from conftest import class_images
 
 from amr_keras import evaluate
@@ -96,6 +98,30 @@ def test_linear_evaluation_is_deterministic_and_ignores_test_when_choosing():
     assert len({entry["val_accuracy"] for entry in a["per_l2"].values()}) > 1
 
 
+def test_linear_evaluation_in_parallel_threads_matches_one_thread(monkeypatch):
+    x, y = blobs(1500, spread=2.0, seed=5)
+    splits = (x[:800], y[:800], x[800:1100], y[800:1100], x[1100:], y[1100:])
+    serial = linear_evaluation(*splits, n_jobs=1)
+    # Every fit, in whichever worker thread, runs with one BLAS thread: the limit is set once around the
+    # pool, not per fit (process-wide limits set and restored per thread would race).
+    blas_threads, threads, fit = [], set(), evaluate._fit_logistic
+    together = threading.Barrier(2, timeout=30)  # the first two fits run at once, or the test fails
+
+    def recording_fit(*args):
+        blas_threads.extend(p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas")
+        threads.add(threading.get_ident())
+        if args[2] in (0.0, 1e-5):
+            together.wait()
+        return fit(*args)
+
+    monkeypatch.setattr(evaluate, "_fit_logistic", recording_fit)
+    parallel = linear_evaluation(*splits, n_jobs=3)
+    assert len(threads) > 1 and blas_threads and set(blas_threads) == {1}
+    np.testing.assert_array_equal(serial.pop("classifier")[-1].coef_, parallel.pop("classifier")[-1].coef_)
+    assert parallel == serial
+    assert list(parallel["per_l2"]) == sorted(parallel["per_l2"])
+
+
 def test_linear_evaluation_rejects_bad_inputs():
     x, y = blobs(100)
     with pytest.raises(ValueError, match="100 codes but 99 labels"):
@@ -106,6 +132,9 @@ def test_linear_evaluation_rejects_bad_inputs():
         linear_evaluation(x, y, x, y, l2_grid=(-1.0,))
     with pytest.raises(ValueError, match="num_classes=3"):
         linear_evaluation(x, y, x, y, num_classes=3)
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="n_jobs"):
+            linear_evaluation(x, y, x, y, n_jobs=bad)
 
 
 # --------------------------------------------------------------------------- k-NN

@@ -81,14 +81,22 @@ def test_evaluate_script_prints_the_scores_and_a_fit_that_hit_its_limit(converge
 
     monkeypatch.setattr(script, "evaluate_saved", fake_evaluate_saved)
     out_json = str(tmp_path / "scores.json")
-    assert script.main(["runs/x", "--dataset", "mnist", "--train-size", "1000", "--json", out_json]) == 0
+    assert script.main(["runs/x", "--dataset", "mnist", "--train-size", "1000", "--json", out_json,
+                        "--jobs", "1"]) == 0
     out = capsys.readouterr().out
     assert seen["path"] == "runs/x" and seen["dataset"] == "mnist" and seen["train_size"] == 1000
+    assert seen["n_jobs"] == 1 and "evaluated in " in out
     assert "C = inf (no penalty)): validation 0.9000, test 0.9100" in out
     assert "k-NN (k = 10, cosine): validation 0.9500, test n/a (no test split)" in out
     assert ("stopped at its iteration limit, 3000 iterations" in out) is (not converged)
     with open(out_json) as f:
         assert json.load(f) == scores
+
+
+def test_evaluate_script_refuses_no_jobs(capsys):
+    with pytest.raises(SystemExit) as e:
+        _script("evaluate").main(["runs/x", "--dataset", "mnist", "--jobs", "0"])
+    assert e.value.code == 2 and "--jobs must be >= 1, got 0" in capsys.readouterr().err
 
 
 @pytest.mark.slow
