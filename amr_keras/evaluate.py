@@ -22,7 +22,6 @@ Reference:
 """
 
 import os
-import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 
@@ -152,7 +151,7 @@ def _fit_logistic(x, y, l2, seed, max_iter):
     return clf.fit(x, y)
 
 
-def available_cores():
+def _available_cores():
     """CPU cores this process may run on (its affinity mask where the OS has one)."""
     try:
         return max(1, len(os.sched_getaffinity(0)))
@@ -162,7 +161,7 @@ def available_cores():
 
 def _resolve_jobs(n_jobs, tasks):
     if n_jobs is None:
-        return max(1, min(tasks, available_cores()))
+        return max(1, min(tasks, _available_cores()))
     if isinstance(n_jobs, bool) or int(n_jobs) != n_jobs or n_jobs < 1:
         raise ValueError(f"n_jobs must be None (one per core) or an integer >= 1, got {n_jobs!r}.")
     return max(1, min(tasks, int(n_jobs)))
