@@ -15,6 +15,7 @@ from amr_keras.data import DATASETS
 from amr_keras.mixers import MIXERS, check_mixer
 from amr_keras.model import ACAI_GAMMA, ACAI_WEIGHT, RECON_LOSSES, check_acai_settings
 from amr_keras.precision import PRECISIONS
+from amr_keras.probe import PROBES
 
 STRATEGIES = ("default", "mirrored", "multiworker")
 SCHEDULES = ("cosine", "constant")
@@ -39,6 +40,7 @@ class Config:
     lr: float = None
     d_lr: float = None
     probe_lr: float = None
+    probe: str = "whiten"
     schedule: str = None
     batch_size: int = None
     epochs: int = None
@@ -61,7 +63,7 @@ class Config:
 
 # Settings that define a run: a --resume folder must have been made with the same ones.
 RUN_KEYS = ("dataset", "data_dir", "train_size", "preset", "mixer", "k", "lamb", "beta", "recon", "acai_gamma", "acai_weight", "lr",
-            "d_lr", "probe_lr", "schedule", "batch_size", "epochs", "steps_per_epoch", "update_g_every", "depth",
+            "d_lr", "probe_lr", "probe", "schedule", "batch_size", "epochs", "steps_per_epoch", "update_g_every", "depth",
             "code_channels", "slope", "seed", "precision")
 
 # Default recipe for a few minutes on a CPU (departures from the reference are listed in the README).
@@ -122,6 +124,9 @@ def validate(cfg):
         raise ConfigError(f"Unknown strategy {cfg.strategy!r}. Choose one of: {', '.join(STRATEGIES)}.")
     if cfg.precision not in PRECISIONS:
         raise ConfigError(f"Unknown precision {cfg.precision!r}. Choose one of: {', '.join(PRECISIONS)}.")
+    if cfg.probe not in PROBES:
+        raise ConfigError(f"Unknown probe {cfg.probe!r}. Choose one of: {', '.join(PROBES)} (whiten: running "
+                          "whitening and averaged weights, the default; batchnorm: the probe of older runs).")
     if cfg.schedule not in SCHEDULES:
         raise ConfigError(f"Unknown schedule {cfg.schedule!r}. Choose one of: {', '.join(SCHEDULES)}.")
     if not isinstance(cfg.k, int) or cfg.k < 2:
@@ -188,7 +193,8 @@ def default_run_name(cfg, extra=""):
 
     ACAI runs with other than the default ``acai_gamma``/``acai_weight`` name them too,
     e.g. ``mnist_sample-acai-g0.2-w0.5-k2-lamb100-fast-s0``; so do a training subset
-    (``mnist-n1000-mixup-...``) and a code of other than 2 channels (``...-k2-c16-lamb10-...``).
+    (``mnist-n1000-mixup-...``), a code of other than 2 channels (``...-k2-c16-lamb10-...``) and a probe
+    other than the default (``...-mnist_full-batchnorm-s0``).
 
     Args:
         cfg: a Config whose ``lamb`` is set.
@@ -199,7 +205,8 @@ def default_run_name(cfg, extra=""):
     if (cfg.acai_gamma, cfg.acai_weight) != (ACAI_GAMMA, ACAI_WEIGHT):
         mixer += f"-g{cfg.acai_gamma:g}-w{cfg.acai_weight:g}"
     code = "" if cfg.code_channels == Config.code_channels else f"-c{cfg.code_channels}"
-    return f"{data}-{mixer}-k{cfg.k}{code}-lamb{cfg.lamb:g}-{cfg.preset}{extra}-s{cfg.seed}"
+    probe = "" if cfg.probe == Config.probe else f"-{cfg.probe}"
+    return f"{data}-{mixer}-k{cfg.k}{code}-lamb{cfg.lamb:g}-{cfg.preset}{probe}{extra}-s{cfg.seed}"
 
 
 def settings_diff(cfg, saved, ignore=()):
@@ -244,6 +251,15 @@ def upgrade_legacy_settings(values):
         legacy = values.pop("mixed_precision")
         if values.get("precision") is None and legacy is not None:
             values["precision"] = "mixed_float16" if legacy else "float32"
+    return values
+
+
+def upgrade_run_settings(values):
+    """The settings of a finished or started run (its ``config.json``, a ledger record) in today's terms:
+    ``upgrade_legacy_settings``, and ``probe: "batchnorm"`` for runs made before the probe was a setting
+    (their probe was the batch-normalised one)."""
+    values = upgrade_legacy_settings(values)
+    values.setdefault("probe", "batchnorm")
     return values
 
 
@@ -315,6 +331,9 @@ def build_parser(description="Train AMR."):
                                             "default: the preset's)")
     o.add_argument("--d-lr", type=float, help="learning rate of the discriminator")
     o.add_argument("--probe-lr", type=float, help="learning rate of the linear probe")
+    o.add_argument("--probe", choices=PROBES,
+                   help="online linear probe: whiten (default: running whitening of the code, averaged weights) "
+                        "or batchnorm (batch-normalised code, last weights: the probe of older runs)")
     o.add_argument("--schedule", choices=SCHEDULES, help="learning-rate schedule of autoencoder and discriminator")
     o.add_argument("--batch-size", type=int, help="global batch size")
     o.add_argument("--epochs", type=int, help="training epochs")

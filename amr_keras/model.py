@@ -17,6 +17,7 @@ from keras import layers, ops
 
 from amr_keras.mixers import check_mixer, mix_codes, mix_pair
 from amr_keras.networks import code_dim
+from amr_keras.probe import RunningWhitening, check_probe, update_average
 
 RECON_LOSSES = ("l1", "l2")
 # ACAI settings that reproduce the official AMR code's ACAIF3: the critic sees
@@ -122,6 +123,10 @@ class AMR(keras.Model):
        (+ ``beta * |f(x_mix) - z_mix|``);
     5. updates the linear probe on ``stop_gradient(code)`` with its own optimizer.
 
+    The probe (``probe="whiten"``, the default) whitens the code with running estimates of its mean and
+    covariance and classifies with the running average of its trained weights (``amr_keras.probe``);
+    ``probe="batchnorm"`` standardises with batch normalisation and classifies with the last weights.
+
     With ``mixer="acai"`` (ACAI as in the official AMR code's ``ACAIF3``), codes are
     mixed in pairs with ``alpha ~ U(0, 1)`` and the discriminator is a critic that
     regresses ``alpha``: step 3 minimises ``BCE(D(x),0) + BCE(D(x_rec),0) +
@@ -153,6 +158,9 @@ class AMR(keras.Model):
             term, >= 0. Default 1 (``ACAIF3``); the ACAI paper uses 0.5.
             Other mixers reject values of ``acai_gamma`` and ``acai_weight`` other
             than the defaults (``ValueError``) instead of ignoring them.
+        probe: ``"whiten"`` (default) or ``"batchnorm"``, see above. Both are one linear layer on the
+            stop-gradient code; the whitening probe comes closer to a logistic regression fitted on the
+            frozen codes afterwards.
 
     Example:
         >>> enc, dec, disc = amr_keras.networks.build_networks()
@@ -182,10 +190,12 @@ class AMR(keras.Model):
         seed=0,
         acai_gamma=ACAI_GAMMA,
         acai_weight=ACAI_WEIGHT,
+        probe="whiten",
         **kwargs,
     ):
         super().__init__(**kwargs)
         check_mixer(mixer, k)
+        check_probe(probe)
         check_acai_settings(mixer, acai_gamma, acai_weight)
         if not lamb > 0:
             raise ValueError(f"lamb (weight of the reconstruction loss) must be > 0, got {lamb!r}.")
@@ -211,17 +221,29 @@ class AMR(keras.Model):
         self.acai_gamma = float(acai_gamma)
         self.acai_weight = float(acai_weight)
         self.seed_generator = keras.random.SeedGenerator(self.seed, name="mix_seed")
-        # The probe standardises the code with running statistics (no trainable
-        # parameters) before its Dense layer: still one linear function of the
-        # code, but it keeps up with a code whose scale and offset drift.
-        # Synchronized: under tf.distribute the statistics are those of the global batch.
-        # float32 under every precision policy: 32 inputs and 10 outputs cost nothing, and the
-        # standardisation's statistics need float32's precision.
-        self.probe_norm = layers.BatchNormalization(center=False, scale=False, momentum=0.9, synchronized=True,
-                                                    name="probe_norm", dtype="float32")
+        self.probe_kind = probe
+        # float32 under every precision policy: a few hundred inputs and 10 outputs cost nothing, and the
+        # code's statistics need float32's precision.
+        dim = code_dim(encoder)
+        if probe == "whiten":
+            # Whitened with running statistics, classified with the running average of the trained weights
+            # (see amr_keras.probe): an affine map and one linear layer, so still a linear function of the code.
+            self.probe_norm = RunningWhitening(name="probe_norm", dtype="float32")
+            self.probe_average = layers.Dense(self.num_classes, name="probe_average", dtype="float32",
+                                              trainable=False)
+            self.probe_average.build((None, dim))
+        else:
+            # Standardised with batch normalisation (no trainable parameters; synchronized: under
+            # tf.distribute the statistics are those of the global batch); classified with the last weights.
+            self.probe_norm = layers.BatchNormalization(center=False, scale=False, momentum=0.9, synchronized=True,
+                                                        name="probe_norm", dtype="float32")
+            self.probe_average = None
         self.probe = layers.Dense(self.num_classes, name="probe", dtype="float32")
-        self.probe_norm.build((None, code_dim(encoder)))
-        self.probe.build((None, code_dim(encoder)))
+        self.probe_norm.build((None, dim))
+        self.probe.build((None, dim))
+        if self.probe_average is not None:
+            for average, var in zip(self.probe_average.weights, self.probe.weights):
+                average.assign(var)
         self.recon_tracker = keras.metrics.Mean(name="recon_loss")
         self.d_tracker = keras.metrics.Mean(name="d_loss")
         self.g_tracker = keras.metrics.Mean(name="g_loss")
@@ -299,6 +321,7 @@ class AMR(keras.Model):
             seed=self.seed,
             acai_gamma=self.acai_gamma,
             acai_weight=self.acai_weight,
+            probe=self.probe_kind,
         )
         return config
 
@@ -307,6 +330,8 @@ class AMR(keras.Model):
         config = dict(config)
         for key in ("encoder", "decoder", "discriminator"):
             config[key] = keras.saving.deserialize_keras_object(config[key])
+        # Models saved before the probe was a setting have the batch-normalised one.
+        config.setdefault("probe", "batchnorm")
         return cls(**config)
 
     # ----------------------------------------------------------------- parts
@@ -336,8 +361,10 @@ class AMR(keras.Model):
         return ops.softmax(self.probe_logits(self.encode(images)))
 
     def probe_logits(self, codes, training=False):
-        """Logits of the linear probe for (batch, H, W, C) codes."""
+        """Logits of the linear probe for (batch, H, W, C) codes (the averaged weights of a whitening probe)."""
         flat = ops.reshape(ops.cast(codes, "float32"), (ops.shape(codes)[0], -1))
+        if self.probe_average is not None:
+            return ops.cast(self.probe_average(self.probe_norm(flat)), "float32")
         return ops.cast(self.probe(self.probe_norm(flat, training=training)), "float32")
 
     def mix(self, images_a, images_b, weight):
@@ -390,7 +417,14 @@ class AMR(keras.Model):
         return dict(code=code, recon_loss=recon_loss, d_loss=d_loss, g_loss=g_loss)
 
     def _probe_loss(self, code, y, training):
-        logits = self.probe_logits(ops.stop_gradient(code), training=training)
+        """Probe logits and loss; a training step of a whitening probe first updates its statistics and
+        takes the logits of the weights being trained (evaluation: of their average)."""
+        if training and self.probe_average is not None:
+            flat = ops.reshape(ops.cast(ops.stop_gradient(code), "float32"), (ops.shape(code)[0], -1))
+            self.probe_norm.update(flat)
+            logits = ops.cast(self.probe(self.probe_norm(flat)), "float32")
+        else:
+            logits = self.probe_logits(ops.stop_gradient(code), training=training)
         loss = ops.mean(ops.sparse_categorical_crossentropy(y, logits, from_logits=True))
         return logits, loss
 
@@ -494,6 +528,8 @@ class AMR(keras.Model):
         # Train the linear probe on the stop-gradient code.
         p_vars = self.probe.trainable_variables
         self.probe_optimizer.apply_gradients(zip(tape.gradient(p_scaled, p_vars), p_vars))
+        if self.probe_average is not None:
+            update_average(self.probe_average.weights, p_vars, self.probe_optimizer.iterations)
         del tape
         return self._update_metrics(out, y, probe_logits, probe_loss)
 

@@ -36,7 +36,8 @@ import statistics
 import sys
 
 from amr_keras.callbacks import checkpoint_epochs
-from amr_keras.cli import PRESETS, RUN_KEYS, Config, ConfigError, default_run_name, resolve, settings_diff
+from amr_keras.cli import (PRESETS, RUN_KEYS, Config, ConfigError, default_run_name, resolve, settings_diff,
+                           upgrade_run_settings)
 
 # Table 1 of the reproduction report (online probe, test accuracy %, 32-value code, k=2): mixup and Bernoulli
 # only; it has no numbers for the AE + GAN baseline, ACAI or k=3.
@@ -58,8 +59,9 @@ GRID_CHOICES = GRID_ROWS + (("acai", 2),)
 TABLE2_STEPS = 2500
 
 # Recipe fields a table may override, and the tag that names an override in run folders and table files
-# (precision: its value alone, e.g. "-float32").
-RECIPE_TAGS = {"lr": "lr", "epochs": "e", "batch_size": "b", "depth": "d", "precision": ""}
+# (precision and probe: their value alone, e.g. "-float32", "-whiten"). Run folders name the probe through
+# default_run_name instead, so that a run has one name whichever table plans it.
+RECIPE_TAGS = {"lr": "lr", "epochs": "e", "batch_size": "b", "depth": "d", "precision": "", "probe": ""}
 
 # Fields of results.json kept for each run in the table's JSON.
 RUN_RECORD_KEYS = ("seed", "epochs", "best_epoch", "best_val_probe_accuracy", "test_probe_accuracy",
@@ -75,7 +77,7 @@ LEDGER_RESULT_KEYS = RUN_RECORD_KEYS + ("dataset", "mixer", "k", "lamb", "train_
 LEDGER_SETTING_KEYS = tuple(key for key in RUN_KEYS if key != "data_dir")
 
 # Recipe fields written beside a table (the run-defining settings that are not the table's axes).
-RECIPE_KEYS = ("preset", "lamb", "lr", "d_lr", "probe_lr", "schedule", "batch_size", "epochs", "steps_per_epoch",
+RECIPE_KEYS = ("preset", "lamb", "lr", "d_lr", "probe_lr", "probe", "schedule", "batch_size", "epochs", "steps_per_epoch",
                "update_g_every", "depth", "code_channels", "slope", "recon", "beta", "acai_gamma", "acai_weight",
                "precision")
 
@@ -98,6 +100,7 @@ class TableSpec:
         code_channels: feature maps of the 4x4 code of every run.
         budget_steps: training steps of every run whatever its training set's size (split into the
             preset's epochs with ``--steps-per-epoch``); ``None``: the preset's epochs of whole passes.
+        probe: the online probe of every run (``amr_keras.probe.PROBES``).
         figure: also draw ``OUT/STEM.png``, accuracy against the training set's size.
     """
 
@@ -113,33 +116,39 @@ class TableSpec:
     code_channels: int = 2
     budget_steps: int = None
     figure: bool = False
+    probe: str = Config.probe
 
+
+# The committed tables were trained with the batch-normalised probe, the only one then: they keep it, so that
+# their finished runs still count and new runs of them compare with the old. --probe whiten gives each table a
+# variant with the whitening probe (its files tagged "-whiten").
+PINNED_PROBE = "batchnorm"
 
 TABLES = {
     "1": TableSpec(
         "1", "Table 1 of the paper on the official MNIST split: linear-probe accuracy (%), 32-value code",
         ("mnist",), (("none", 2), ("acai", 2), ("mixup", 2), ("bernoulli", 2), ("mixup", 3)), "mnist_full",
-        stem="table1_mnist",
+        probe=PINNED_PROBE, stem="table1_mnist",
         # The verdict the table exists for: does mixing beat the no-mixing baseline, and ACAI?
         gaps=((("mixup", 2), ("none", 2)), (("bernoulli", 2), ("none", 2)), (("mixup", 3), ("none", 2)),
               (("acai", 2), ("none", 2)), (("mixup", 2), ("acai", 2)), (("bernoulli", 2), ("acai", 2)))),
     "lamb": TableSpec(
         "lamb", "Reconstruction weight lamb on the official MNIST split: mixup against the AE + GAN baseline (%)",
-        ("mnist",), (("none", 2), ("mixup", 2)), "mnist_full", lambs=(5.0, 10.0, 30.0, 100.0), stem="lamb_sweep_mnist",
+        ("mnist",), (("none", 2), ("mixup", 2)), "mnist_full", lambs=(5.0, 10.0, 30.0, 100.0), probe=PINNED_PROBE, stem="lamb_sweep_mnist",
         gaps=((("mixup", 2), ("none", 2)),)),
     # The paper's Table 2 trains on SVHN subsets; here on MNIST and Fashion-MNIST (offline), and on SVHN with
     # --datasets svhn. Every run trains for the same number of steps, so a small subset is seen many times.
     "2": TableSpec(
         "2", "Table 2 of the paper, fewer training images: linear-probe accuracy (%), 32-value code",
         ("mnist", "fashion_mnist"), (("none", 2), ("acai", 2), ("mixup", 2), ("bernoulli", 2)), "mnist_full",
-        stem="table2", train_sizes=(1000, 5000, 10000, 20000), budget_steps=TABLE2_STEPS,
+        probe=PINNED_PROBE, stem="table2", train_sizes=(1000, 5000, 10000, 20000), budget_steps=TABLE2_STEPS,
         gaps=((("mixup", 2), ("none", 2)), (("bernoulli", 2), ("none", 2)), (("acai", 2), ("none", 2))),
         figure=True),
     # The paper's Table 3: 256-value codes (4x4x16); CIFAR-10 and SVHN need their data (tfds or --data-dir).
     "3": TableSpec(
         "3", "Table 3 of the paper, 256-value codes (4x4x16): linear-probe accuracy (%)",
         ("mnist", "fashion_mnist", "cifar10", "svhn"), (("none", 2), ("mixup", 2), ("bernoulli", 2)), "mnist_full",
-        stem="table3", code_channels=16, gaps=((("mixup", 2), ("none", 2)), (("bernoulli", 2), ("none", 2)))),
+        probe=PINNED_PROBE, stem="table3", code_channels=16, gaps=((("mixup", 2), ("none", 2)), (("bernoulli", 2), ("none", 2)))),
 }
 
 
@@ -188,14 +197,15 @@ def table_lambs(spec, preset=None, lambs=None):
     return spec.lambs or (PRESETS[preset or spec.preset]["lamb"],)
 
 
-def recipe_tag(preset, recipe):
+def recipe_tag(preset, recipe, probe=Config.probe):
     """Tag of the recipe fields in ``recipe`` that depart from ``preset``, e.g. ``"-lr0.0005-e2-float32"``.
 
     Args:
         preset: a key of ``PRESETS``.
         recipe: overrides among ``RECIPE_TAGS`` (``None`` values mean "the preset's").
+        probe: the probe ``recipe`` departs from (a table's own).
     """
-    defaults = {**PRESETS[preset], "precision": Config.precision}
+    defaults = {**PRESETS[preset], "precision": Config.precision, "probe": probe}
     unknown = sorted(set(recipe) - set(RECIPE_TAGS))
     if unknown:
         raise ConfigError(f"A table's recipe overrides only {', '.join(RECIPE_TAGS)}; got {', '.join(unknown)}.")
@@ -219,7 +229,7 @@ def table_stem(spec, preset=None, lambs=None, recipe=None):
     lambs = table_lambs(spec, preset, lambs)
     if lambs != table_lambs(spec, preset):
         stem += "-lamb" + "_".join(f"{v:g}" for v in lambs)
-    return stem + recipe_tag(preset, recipe or {})
+    return stem + recipe_tag(preset, recipe or {}, probe=spec.probe)
 
 
 def load_ledger(out_dir):
@@ -331,7 +341,21 @@ def _recorded(cfg, entry):
     if entry is None:
         return None
     ignore = ("data_dir",) + (("precision",) if cfg.precision == "auto" else ())
-    return entry if not settings_diff(cfg, entry["settings"], ignore=ignore) else None
+    return entry if not settings_diff(cfg, upgrade_run_settings(entry["settings"]), ignore=ignore) else None
+
+
+def find_recorded(cfg, ledger):
+    """The ledger's record of a run of ``cfg``'s settings: the one under its folder's name, else the last one
+    of the same settings under another name (a run recorded before its name changed), else None."""
+    if not ledger:
+        return None
+    entry = _recorded(cfg, ledger.get(os.path.basename(cfg.out)))
+    if entry is not None:
+        return entry
+    for other in reversed(list(ledger.values())):
+        if _recorded(cfg, other) is not None:
+            return other
+    return None
 
 
 def plan_runs(spec, seeds, data_dirs, runs_dir, preset=None, lambs=None, recipe=None, verbose=2, ledger=None):
@@ -356,6 +380,8 @@ def plan_runs(spec, seeds, data_dirs, runs_dir, preset=None, lambs=None, recipe=
     """
     preset = preset or spec.preset
     recipe = {k: v for k, v in (recipe or {}).items() if v is not None}
+    recipe_tag(preset, recipe)  # checks the overrides
+    probe = recipe.pop("probe", spec.probe)
     tag = recipe_tag(preset, recipe)
     steps_per_epoch = None
     if spec.budget_steps is not None:
@@ -371,10 +397,10 @@ def plan_runs(spec, seeds, data_dirs, runs_dir, preset=None, lambs=None, recipe=
                         cfg = Config(dataset=dataset, data_dir=data_dirs.get(dataset), preset=preset, mixer=mixer,
                                      k=k, lamb=lamb, seed=seed, export=False, verbose=verbose,
                                      train_size=train_size, code_channels=spec.code_channels,
-                                     steps_per_epoch=steps_per_epoch, **recipe)
+                                     steps_per_epoch=steps_per_epoch, probe=probe, **recipe)
                         cfg = resolve(dataclasses.replace(cfg, out=os.path.join(runs_dir,
                                                                                 default_run_name(cfg, tag))))
-                        entry = _recorded(cfg, (ledger or {}).get(os.path.basename(cfg.out)))
+                        entry = find_recorded(cfg, ledger)
                         runs.append(PlannedRun((dataset, mixer, k, lamb, train_size), cfg, entry))
     return runs
 
@@ -394,7 +420,7 @@ def check_runs(runs):
         if run.state() == "pending" or not os.path.exists(path):
             continue
         with open(path) as f:
-            saved = json.load(f)
+            saved = upgrade_run_settings(json.load(f))
         # "auto" is decided per machine; a run keeps the precision it started with.
         diffs = settings_diff(run.cfg, saved, ignore=("precision",) if run.cfg.precision == "auto" else ())
         if diffs:

@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from amr_keras import callbacks as cbs
-from amr_keras.cli import ConfigError, resolve, settings_diff, upgrade_legacy_settings
+from amr_keras.cli import ConfigError, resolve, settings_diff, upgrade_run_settings
 from amr_keras.data import load_dataset, train_pipeline
 from amr_keras.model import AMR, default_optimizer
 from amr_keras.networks import build_networks
@@ -91,7 +91,7 @@ def build_model(cfg, colors, num_classes, steps_per_epoch):
     enc, dec, disc = build_networks(colors=colors, depth=cfg.depth, code_channels=cfg.code_channels, slope=cfg.slope)
     model = AMR(enc, dec, disc, num_classes=num_classes, mixer=cfg.mixer, k=cfg.k, lamb=cfg.lamb, beta=cfg.beta,
                 recon=cfg.recon, update_g_every=cfg.update_g_every, seed=cfg.seed, acai_gamma=cfg.acai_gamma,
-                acai_weight=cfg.acai_weight)
+                acai_weight=cfg.acai_weight, probe=cfg.probe)
     ae, d, probe = make_optimizers(cfg, steps_per_epoch)
     model.compile(ae_optimizer=ae, d_optimizer=d, probe_optimizer=probe, jit_compile=cfg.jit_compile)
     return model
@@ -115,7 +115,7 @@ def _check_resume(cfg, out):
     if not os.path.exists(saved_path):
         raise ConfigError(f"--resume: {out} holds no run (no config.json). Start it without --resume.")
     with open(saved_path) as f:
-        saved = upgrade_legacy_settings(json.load(f))
+        saved = upgrade_run_settings(json.load(f))
     if saved.get("precision"):
         saved["precision"] = resolve_precision(saved["precision"])
         if cfg.precision == "auto":
@@ -278,7 +278,7 @@ def run(cfg, argv=None):
             "train_size": cfg.train_size, "code_channels": cfg.code_channels, "steps_per_epoch": steps,
             "mixer": cfg.mixer, "k": cfg.k, "lamb": cfg.lamb, "acai_gamma": cfg.acai_gamma,
             "acai_weight": cfg.acai_weight, "preset": cfg.preset, "lr": cfg.lr,
-            "d_lr": cfg.d_lr, "probe_lr": cfg.probe_lr, "schedule": cfg.schedule, "batch_size": cfg.batch_size,
+            "d_lr": cfg.d_lr, "probe_lr": cfg.probe_lr, "probe": cfg.probe, "schedule": cfg.schedule, "batch_size": cfg.batch_size,
             "update_g_every": cfg.update_g_every, "depth": cfg.depth, "seed": cfg.seed,
             "precision": cfg.precision, "compute_dtype": compute_dtype(model),
             "epochs": len(rows),

@@ -57,6 +57,7 @@ from amr_keras import reproduce  # noqa: E402
 from amr_keras.cli import PRESETS, ConfigError  # noqa: E402
 from amr_keras.data import DATASETS  # noqa: E402
 from amr_keras.precision import PRECISIONS  # noqa: E402
+from amr_keras.probe import PROBES  # noqa: E402
 
 GRID_DATASETS = ["mnist_sample", "mnist", "kmnist", "svhn", "fashion_mnist"]
 QUICK_BUDGET_STEPS = 40  # --quick on a table whose runs train a fixed number of steps
@@ -90,6 +91,9 @@ def parse_args(argv):
     r.add_argument("--batch-size", type=int, help="batch size")
     r.add_argument("--depth", type=int, help="channels of the first scale of every network")
     r.add_argument("--precision", choices=PRECISIONS, help="compute precision (default auto)")
+    r.add_argument("--probe", choices=PROBES,
+                   help="online linear probe (default: the table's; tables 1, lamb, 2 and 3 keep batchnorm, the "
+                        "probe their runs were made with, and --probe whiten writes a variant of them)")
     p.add_argument("--quick", action="store_true",
                    help=f"smoke run: 1 seed, 1 epoch, depth 4 (the grid: on mnist_sample; --table 2: "
                         f"{QUICK_BUDGET_STEPS} steps per run)")
@@ -170,7 +174,7 @@ def _run(args, argv):
     data_dirs = parse_data_dirs(args.data_dir)
     seeds = parse_seeds(args.seeds)
     recipe = {"lr": args.lr, "epochs": args.epochs, "batch_size": args.batch_size, "depth": args.depth,
-              "precision": args.precision}
+              "precision": args.precision, "probe": args.probe}
     if args.quick:
         seeds, recipe = [0], {**recipe, "epochs": args.epochs or 1, "depth": args.depth or 4}
     if args.table:

@@ -29,7 +29,10 @@ import numpy as np  # noqa: E402
 from amr_keras.model import AMR  # noqa: E402
 from amr_keras.networks import build_networks  # noqa: E402
 
-GLOBAL_BATCH = 8
+# 32 images and a 16-value code (4x4x1): the whitening probe's covariance estimate has full rank, so its
+# inverse square root does not magnify float rounding along unused directions.
+GLOBAL_BATCH = 32
+CODE_CHANNELS = 1
 LR = 0.1
 
 
@@ -40,7 +43,8 @@ def parts(model):
         "decoder": model.decoder.weights,
         "discriminator": model.discriminator.weights,  # includes spectral-norm vectors
         "probe": model.probe.weights,
-        "probe_norm": model.probe_norm.weights,  # moving mean and variance
+        "probe_norm": model.probe_norm.weights,  # running mean, covariance and count of the whitening
+        "probe_average": model.probe_average.weights,  # running average of the probe's weights
     }
 
 
@@ -67,7 +71,7 @@ class Snapshots(keras.callbacks.Callback):
 def build(strategy, mixer="none", update_g_every=2, weights=None):
     with strategy.scope():
         keras.utils.set_random_seed(0)
-        model = AMR(*build_networks(depth=4), mixer=mixer, update_g_every=update_g_every)
+        model = AMR(*build_networks(depth=4, code_channels=CODE_CHANNELS), mixer=mixer, update_g_every=update_g_every)
         if weights is not None:
             model.set_weights(weights)
         model.compile(ae_optimizer=keras.optimizers.SGD(LR), d_optimizer=keras.optimizers.SGD(LR),

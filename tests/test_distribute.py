@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-NETWORKS = ("encoder", "decoder", "discriminator", "probe", "probe_norm")
+NETWORKS = ("encoder", "decoder", "discriminator", "probe", "probe_norm", "probe_average")
 ATOL = 1e-5
 
 # Several processes or devices: run with -m slow.

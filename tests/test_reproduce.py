@@ -95,20 +95,25 @@ def test_table1_plans_the_papers_five_rows_with_one_recipe(dirs):
     assert len(recipes) == 1
     cfg = runs[3].cfg
     assert (cfg.dataset, cfg.data_dir, cfg.preset, cfg.lamb, cfg.epochs) == ("mnist", dirs["data"], "mnist_full", 10.0, 4)
-    assert runs[3].folder == os.path.join(dirs["runs"], "mnist-acai-k2-lamb10-mnist_full-s0")
+    assert runs[3].folder == os.path.join(dirs["runs"], "mnist-acai-k2-lamb10-mnist_full-batchnorm-s0")
 
 
 @pytest.mark.parametrize("mixer, k, seed", [("mixup", 2, 0), ("bernoulli", 2, 1), ("none", 2, 2), ("mixup", 3, 0)])
 def test_plain_fit_on_mnist_trains_a_run_of_the_table1_row(dirs, mixer, k, seed):
-    # `fit.py --dataset mnist --data-dir DIR --mixer M --k K --seed S`, no preset named: the table's recipe.
+    # `fit.py --dataset mnist --data-dir DIR --mixer M --k K --seed S --probe batchnorm`, no preset named:
+    # the table's recipe (the table keeps the probe its runs were made with).
     from amr_keras.cli import config_from_args
 
     runs = reproduce.plan_runs(reproduce.TABLES["1"], [seed], {"mnist": dirs["data"]}, "runs")
     (planned,) = [run.cfg for run in runs if run.row[1:3] == (mixer, k)]
-    cfg = config_from_args(["--dataset", "mnist", "--data-dir", dirs["data"], "--mixer", mixer, "--k", str(k),
-                            "--seed", str(seed)])
+    argv = ["--dataset", "mnist", "--data-dir", dirs["data"], "--mixer", mixer, "--k", str(k), "--seed", str(seed)]
+    cfg = config_from_args(argv + ["--probe", "batchnorm"])
     assert settings_diff(cfg, dataclasses.asdict(planned)) == []
     assert cfg.out == planned.out  # the same run folder under runs/
+    # Without --probe: the same recipe with the default whitening probe, in a folder of its own.
+    default = config_from_args(argv)
+    assert settings_diff(default, dataclasses.asdict(planned)) == ["probe: run has 'batchnorm', now 'whiten'"]
+    assert default.out == planned.out.replace("-batchnorm-", "-")
 
 
 def test_mnist_full_preset_is_fast_with_lamb_10_within_200k_images():
@@ -122,11 +127,15 @@ def test_recipe_overrides_name_the_run_folders_and_the_table(dirs):
     spec = reproduce.TABLES["1"]
     recipe = {"epochs": 2, "lr": 5e-4, "precision": "float32", "batch_size": 16}  # batch 16: the preset's
     runs = reproduce.plan_runs(spec, [0], {"mnist": dirs["data"]}, dirs["runs"], lambs=[30], recipe=recipe)
-    assert os.path.basename(runs[2].folder) == "mnist-mixup-k2-lamb30-mnist_full-lr0.0005-e2-float32-s0"
+    assert os.path.basename(runs[2].folder) == "mnist-mixup-k2-lamb30-mnist_full-batchnorm-lr0.0005-e2-float32-s0"
     assert (runs[2].cfg.lamb, runs[2].cfg.epochs, runs[2].cfg.lr) == (30.0, 2, 5e-4)
     assert reproduce.table_stem(spec, lambs=[30], recipe=recipe) == "table1_mnist-lamb30-lr0.0005-e2-float32"
     assert reproduce.table_stem(spec, lambs=[10], recipe={"epochs": 4}) == "table1_mnist"
     assert reproduce.table_stem(reproduce.TABLES["lamb"]) == "lamb_sweep_mnist"
+    # The committed tables keep the probe their runs were made with; the whitening probe is a variant.
+    assert reproduce.TABLES["1"].probe == "batchnorm" and runs[2].cfg.probe == "batchnorm"
+    assert reproduce.table_stem(spec, recipe={"probe": "whiten"}) == "table1_mnist-whiten"
+    assert reproduce.table_stem(spec, recipe={"probe": "batchnorm"}) == "table1_mnist"
 
 
 def test_runs_train_once_and_the_table_is_rewritten_after_each(dirs, monkeypatch):
@@ -151,7 +160,7 @@ def test_runs_train_once_and_the_table_is_rewritten_after_each(dirs, monkeypatch
 
 
 def test_a_started_run_resumes(dirs, monkeypatch):
-    fake = FakeTrain(interrupt={"mnist-acai-k2-lamb10-mnist_full-s0"})
+    fake = FakeTrain(interrupt={"mnist-acai-k2-lamb10-mnist_full-batchnorm-s0"})
     monkeypatch.setattr("amr_keras.train.run", fake)
     script = load_script()
     with pytest.raises(KeyboardInterrupt):
@@ -207,7 +216,7 @@ def test_a_row_missing_seeds_says_how_many_are_done(dirs, monkeypatch):
 
 
 def test_dry_run_lists_done_started_and_pending_runs_and_trains_nothing(dirs, monkeypatch, capsys):
-    fake = FakeTrain(interrupt={"mnist-mixup-k3-lamb10-mnist_full-s0"})
+    fake = FakeTrain(interrupt={"mnist-mixup-k3-lamb10-mnist_full-batchnorm-s0"})
     monkeypatch.setattr("amr_keras.train.run", fake)
     script = load_script()
     assert script.main(table_args(dirs, "--seeds", "1", "--only", "none")) == 0
@@ -218,10 +227,10 @@ def test_dry_run_lists_done_started_and_pending_runs_and_trains_nothing(dirs, mo
     assert script.main(table_args(dirs, "--seeds", "1", "--only", "acai", "mixup:3", "--dry-run")) == 0
     out = capsys.readouterr().out
     assert "5 runs: 1 done, 1 to resume, 1 pending, 2 not selected" in out
-    assert "done     mnist-none-k2-lamb10-mnist_full-s0" in out
-    assert "resume   mnist-mixup-k3-lamb10-mnist_full-s0 (0 of 4 epochs done)\n" in out
-    assert "pending  mnist-acai-k2-lamb10-mnist_full-s0\n" in out
-    assert "pending  mnist-mixup-k2-lamb10-mnist_full-s0 (not selected)" in out
+    assert "done     mnist-none-k2-lamb10-mnist_full-batchnorm-s0" in out
+    assert "resume   mnist-mixup-k3-lamb10-mnist_full-batchnorm-s0 (0 of 4 epochs done)\n" in out
+    assert "pending  mnist-acai-k2-lamb10-mnist_full-batchnorm-s0\n" in out
+    assert "pending  mnist-mixup-k2-lamb10-mnist_full-batchnorm-s0 (not selected)" in out
     assert len(fake.calls) == 2 and not os.path.exists(os.path.join(dirs["out"], "table1_mnist.md"))
 
 
@@ -231,14 +240,21 @@ def test_a_folder_of_another_recipe_is_refused(dirs, monkeypatch, capsys):
     script = load_script()
     # The same folder name from a run with 2 epochs (e.g. fit.py --preset mnist_full --epochs 2 --out ...).
     assert script.main(table_args(dirs, "--seeds", "1", "--only", "none")) == 0
-    path = os.path.join(dirs["runs"], "mnist-none-k2-lamb10-mnist_full-s0", "config.json")
+    path = os.path.join(dirs["runs"], "mnist-none-k2-lamb10-mnist_full-batchnorm-s0", "config.json")
     saved = json.loads(read(path))
     with open(path, "w") as f:
         json.dump({**saved, "epochs": 2}, f)
     assert script.main(table_args(dirs, "--seeds", "1")) == 2
     err = capsys.readouterr().err
-    assert "mnist-none-k2-lamb10-mnist_full-s0 holds a run with other settings" in err
+    assert "mnist-none-k2-lamb10-mnist_full-batchnorm-s0 holds a run with other settings" in err
     assert "epochs: run has 2, now 4" in err and len(fake.calls) == 1
+
+
+def dry_run(script, dirs, capsys, *args):
+    """What ``reproduce.py --table 1 ... --dry-run`` prints."""
+    capsys.readouterr()
+    assert script.main(table_args(dirs, *args, "--dry-run")) == 0
+    return capsys.readouterr().out
 
 
 def test_finished_runs_are_recorded_and_count_where_their_folders_are_gone(dirs, monkeypatch, capsys):
@@ -251,16 +267,14 @@ def test_finished_runs_are_recorded_and_count_where_their_folders_are_gone(dirs,
     assert script.main(table_args(dirs, "--seeds", "2", "--only", "mixup:2", "none")) == 0
     md_before = read(os.path.join(dirs["out"], "table1_mnist.md"))
     ledger = reproduce.load_ledger(dirs["out"])
-    assert sorted(ledger) == sorted(f"mnist-{m}-k2-lamb10-mnist_full-s{s}" for m in ("none", "mixup") for s in (0, 1))
-    entry = ledger["mnist-mixup-k2-lamb10-mnist_full-s1"]
+    assert sorted(ledger) == sorted(f"mnist-{m}-k2-lamb10-mnist_full-batchnorm-s{s}" for m in ("none", "mixup") for s in (0, 1))
+    entry = ledger["mnist-mixup-k2-lamb10-mnist_full-batchnorm-s1"]
     assert entry["settings"]["lamb"] == 10.0 and entry["settings"]["seed"] == 1 and "data_dir" not in entry["settings"]
     assert entry["results"]["test_probe_accuracy"] == pytest.approx(0.92) and entry["results"]["num_train"] == 50000
     shutil.rmtree(dirs["runs"])
-    capsys.readouterr()
-    assert script.main(table_args(dirs, "--seeds", "2", "--dry-run")) == 0
-    out = capsys.readouterr().out
+    out = dry_run(script, dirs, capsys, "--seeds", "2")
     assert "10 runs: 4 done, 6 pending" in out
-    assert "done     mnist-mixup-k2-lamb10-mnist_full-s1 (recorded in finished_runs.jsonl)" in out
+    assert "done     mnist-mixup-k2-lamb10-mnist_full-batchnorm-s1 (recorded in finished_runs.jsonl)" in out
     # The recorded runs are not trained again, and the table keeps them.
     assert script.main(table_args(dirs, "--seeds", "2", "--only", "mixup:2", "none")) == 0
     assert len(fake.calls) == 4
@@ -271,13 +285,18 @@ def test_finished_runs_are_recorded_and_count_where_their_folders_are_gone(dirs,
         assert len(f.readlines()) == 4
 
 
-def test_a_recorded_run_of_other_settings_is_trained_again_and_superseded(dirs, monkeypatch):
+def one_recorded_acai_run(dirs, monkeypatch):
+    """Train (fake) Table 1's ACAI row, seed 0: ``(fake, script, ledger path, its ledger entry)``."""
     fake = FakeTrain()
     monkeypatch.setattr("amr_keras.train.run", fake)
     script = load_script()
     assert script.main(table_args(dirs, "--seeds", "1", "--only", "acai")) == 0
     path = os.path.join(dirs["out"], reproduce.LEDGER_NAME)
-    entry = json.loads(read(path))
+    return fake, script, path, json.loads(read(path))
+
+
+def test_a_recorded_run_of_other_settings_is_trained_again_and_superseded(dirs, monkeypatch):
+    fake, script, path, entry = one_recorded_acai_run(dirs, monkeypatch)
     entry["settings"]["epochs"] = 2  # recorded by a run of another recipe under the same name
     with open(path, "w") as f:
         f.write(json.dumps(entry) + "\n")
@@ -286,7 +305,31 @@ def test_a_recorded_run_of_other_settings_is_trained_again_and_superseded(dirs, 
     shutil.rmtree(dirs["runs"])
     assert script.main(table_args(dirs, "--seeds", "1", "--only", "acai")) == 0
     assert [(c.mixer, c.epochs) for c in fake.calls] == [("acai", 4), ("acai", 4)]
-    assert reproduce.load_ledger(dirs["out"])["mnist-acai-k2-lamb10-mnist_full-s0"]["settings"]["epochs"] == 4
+    assert reproduce.load_ledger(dirs["out"])["mnist-acai-k2-lamb10-mnist_full-batchnorm-s0"]["settings"]["epochs"] == 4
+
+
+def test_runs_recorded_before_the_probe_setting_count_for_the_tables_that_keep_their_probe(dirs, monkeypatch, capsys):
+    # Ledgers written before the probe was a setting: no "probe" key, and folder names without "-batchnorm".
+    import shutil
+
+    fake, script, path, entry = one_recorded_acai_run(dirs, monkeypatch)
+    assert entry["run"] == "mnist-acai-k2-lamb10-mnist_full-batchnorm-s0" and entry["settings"]["probe"] == "batchnorm"
+    del entry["settings"]["probe"]
+    entry["run"] = "mnist-acai-k2-lamb10-mnist_full-s0"
+    with open(path, "w") as f:
+        f.write(json.dumps(entry) + "\n")
+    shutil.rmtree(dirs["runs"])
+    out = dry_run(script, dirs, capsys, "--seeds", "1")
+    assert "done     mnist-acai-k2-lamb10-mnist_full-batchnorm-s0 (recorded in finished_runs.jsonl)" in out
+    assert "5 runs: 1 done, 4 pending" in out
+    # The whitening probe is another recipe: its runs are not those, and its table has its own files.
+    out = dry_run(script, dirs, capsys, "--seeds", "1", "--probe", "whiten")
+    assert "table1_mnist-whiten.md" in out and "5 runs: 5 pending" in out
+    assert "pending  mnist-acai-k2-lamb10-mnist_full-s0\n" in out
+    assert script.main(table_args(dirs, "--seeds", "1", "--probe", "whiten", "--only", "acai")) == 0
+    assert [(c.mixer, c.probe) for c in fake.calls] == [("acai", "batchnorm"), ("acai", "whiten")]
+    assert "probe=whiten" in read(os.path.join(dirs["out"], "table1_mnist-whiten.md"))
+    assert "probe=batchnorm" in read(os.path.join(dirs["out"], "table1_mnist.md"))
 
 
 def test_a_damaged_ledger_line_is_named(dirs, capsys):
@@ -383,7 +426,7 @@ def test_tiny_real_row_runs_through_train_and_records_the_cpu(tmp_path):
     assert rows[2]["mixer"] == "mixup" and run["epochs"] == 1 and 0.0 <= run["test_probe_accuracy"] <= 1.0
     assert run["cpu_model"] == cpu_info()["model"] and run["precision"] == "float32"
     assert run["linear_eval_test_accuracy"] is not None and run["knn_test_accuracy"] is not None
-    assert os.path.exists(os.path.join(runs, "mnist-mixup-k2-lamb10-mnist_full-e1-d4-float32-s0", "results.json"))
+    assert os.path.exists(os.path.join(runs, "mnist-mixup-k2-lamb10-mnist_full-batchnorm-e1-d4-float32-s0", "results.json"))
     md = read(os.path.join(out, f"{stem}.md"))
     assert "| 0 of 1 | not run |" in md_row(md, "acai", 2) and "| 1 |" in md_row(md, "mixup", 2)
 
@@ -403,7 +446,7 @@ def test_table2_trains_every_size_for_the_same_steps_and_answers_the_question(di
     runs = reproduce.plan_runs(reproduce.TABLES["2"], [0, 1], {"mnist": dirs["data"]}, dirs["runs"])
     assert len(runs) == 2 * 4 * 4 * 2
     assert {(r.cfg.steps_per_epoch, r.cfg.epochs) for r in runs} == {(625, 4)}  # 2,500 steps whatever N
-    assert os.path.basename(runs[0].folder) == "mnist-n1000-none-k2-lamb10-mnist_full-spe625-s0"
+    assert os.path.basename(runs[0].folder) == "mnist-n1000-none-k2-lamb10-mnist_full-batchnorm-spe625-s0"
     assert [r.cfg.train_size for r in runs[::8]] == [1000, 5000, 10000, 20000] * 2
     assert script_main(fashion_args(dirs, "--seeds", "2", "--datasets", "mnist", "--only", "none", "mixup")) == 0
     assert len(fake.calls) == 4 * 2 * 2 and {c.train_size for c in fake.calls} == {1000, 5000, 10000, 20000}
@@ -429,7 +472,7 @@ def test_table3_uses_256_value_codes_and_lists_unreachable_data(dirs, monkeypatc
     runs = reproduce.plan_runs(reproduce.TABLES["3"], [0], {"mnist": dirs["data"]}, dirs["runs"])
     assert {r.cfg.code_channels for r in runs} == {16} and {r.cfg.dataset for r in runs} == {
         "mnist", "fashion_mnist", "cifar10", "svhn"}
-    assert os.path.basename(runs[1].folder) == "mnist-mixup-k2-c16-lamb10-mnist_full-s0"
+    assert os.path.basename(runs[1].folder) == "mnist-mixup-k2-c16-lamb10-mnist_full-batchnorm-s0"
     assert script_main(table_args(dirs, "--seeds", "1", "--datasets", "mnist", table="3")) == 0
     assert len(fake.calls) == 3 and {c.code_channels for c in fake.calls} == {16}
     with open(os.path.join(dirs["out"], "table3-mnist.json")) as f:
