@@ -17,6 +17,7 @@ which models saved before the choice existed have).
 """
 
 import keras
+import tensorflow as tf
 from keras import layers, ops
 
 PROBES = ("whiten", "batchnorm")
@@ -38,8 +39,6 @@ def check_probe(probe):
 
 def _replica_sum(values):
     """``values`` summed over the replicas of a ``tf.distribute`` strategy (unchanged without one)."""
-    import tensorflow as tf
-
     if not tf.distribute.has_strategy() or tf.distribute.in_cross_replica_context():
         return values
     context = tf.distribute.get_replica_context()
@@ -107,10 +106,15 @@ class RunningWhitening(layers.Layer):
         mean, second = total / n, outer / n
         # Unbiased covariance of the (global) batch: E[x x^T] - m m^T, times n / (n - 1).
         covariance = (second - ops.outer(mean, mean)) * (n / ops.maximum(n - 1.0, 1.0))
-        m = warmup_momentum(self.momentum, self.count)
+        # A batch of non-finite codes (a diverging run) leaves the estimates as they were: the run's NaN
+        # guard then reports the loss, and the last checkpoint's statistics stay usable.
+        finite = ops.logical_and(ops.all(ops.isfinite(mean)), ops.all(ops.isfinite(covariance)))
+        m = ops.where(finite, warmup_momentum(self.momentum, self.count), 1.0)
+        mean = ops.where(finite, mean, 0.0)
+        covariance = ops.where(finite, covariance, 0.0)
         self.moving_mean.assign(m * self.moving_mean + (1.0 - m) * mean)
         self.moving_covariance.assign(m * self.moving_covariance + (1.0 - m) * covariance)
-        self.count.assign(self.count + 1.0)
+        self.count.assign(self.count + ops.cast(finite, "float32"))
 
     def whitening(self):
         """``(mean, scale, L)``: ``call(x)`` is ``solve(L, ((x - mean) / scale)^T)^T``."""
@@ -118,13 +122,15 @@ class RunningWhitening(layers.Layer):
         scale = ops.sqrt(ops.maximum(ops.diagonal(cov), 1e-12))
         corr = cov / ops.outer(scale, scale)
         dim = ops.shape(cov)[0]
-        chol = ops.cholesky(corr + self.epsilon * ops.eye(dim, dtype="float32"))
+        # tf.linalg directly: keras.ops.cholesky raises on a non-finite result, where NaN outputs let the
+        # training loop's NaN guard name the problem.
+        chol = tf.linalg.cholesky(corr + self.epsilon * ops.eye(dim, dtype="float32"))
         return ops.convert_to_tensor(self.moving_mean), scale, chol
 
     def call(self, x):
         mean, scale, chol = self.whitening()
         z = (ops.cast(x, "float32") - mean) / scale
-        return ops.transpose(ops.solve_triangular(chol, ops.transpose(z), lower=True))
+        return ops.transpose(tf.linalg.triangular_solve(chol, ops.transpose(z), lower=True))
 
     def compute_output_shape(self, input_shape):
         return input_shape

@@ -173,3 +173,19 @@ def test_resuming_an_old_run_with_the_default_probe_says_what_differs(tmp_path):
     bn = config_from_args(["--precision", "float32", "--out", str(out), "--probe", "batchnorm"])
     assert train._check_resume(bn, str(out)).probe == "batchnorm"
     assert os.path.exists(out / "config.json")
+
+
+def test_a_non_finite_batch_leaves_the_statistics_as_they_were():
+    layer = whitening()
+    x = correlated(32)
+    layer.update(x)
+    mean, cov = layer.moving_mean.numpy().copy(), layer.moving_covariance.numpy().copy()
+    bad = x.copy()
+    bad[3, 1] = np.nan
+    layer.update(bad)
+    np.testing.assert_array_equal(layer.moving_mean.numpy(), mean)
+    np.testing.assert_array_equal(layer.moving_covariance.numpy(), cov)
+    assert float(layer.count.numpy()) == 1
+    # NaN codes give NaN outputs (for the NaN guard to report), not an exception.
+    out = np.asarray(layer(bad))
+    assert np.isnan(out[3]).any() and np.isfinite(out[0]).all()
