@@ -279,6 +279,7 @@ def _heads(meta, has_linear):
     meta = {**meta.get("run_results", {}), **meta}  # export_run keeps the run's scores under run_results
     heads = {"classify": {
         "head": "online linear probe (trained with the autoencoder; the paper's protocol)",
+        "probe": meta.get("probe"),  # whiten or batchnorm (amr_keras.probe); None: exported before the setting
         "val_accuracy": meta.get("best_val_probe_accuracy"),
         "test_accuracy": meta.get("test_probe_accuracy"),
     }}

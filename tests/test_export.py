@@ -189,6 +189,7 @@ def test_metadata(tiny_export):
         assert json.load(f) == meta
     # Exported without a post-hoc classifier: no classify_linear, and the metadata says why.
     assert meta["heads"]["classify"]["head"].startswith("online linear probe")
+    assert meta["heads"]["classify"]["probe"] == meta["probe"] == "whiten"
     assert meta["heads"]["classify"]["test_accuracy"] == 0.1
     assert meta["heads"][LINEAR_ENDPOINT]["head"] is None and "--linear-head" in meta["heads"][LINEAR_ENDPOINT]["note"]
     assert LINEAR_ENDPOINT not in meta["inputs"]
