@@ -360,9 +360,13 @@ class AMR(keras.Model):
         """Class probabilities of the linear probe."""
         return ops.softmax(self.probe_logits(self.encode(images)))
 
+    @staticmethod
+    def _flat_codes(codes):
+        return ops.reshape(ops.cast(codes, "float32"), (ops.shape(codes)[0], -1))
+
     def probe_logits(self, codes, training=False):
         """Logits of the linear probe for (batch, H, W, C) codes (the averaged weights of a whitening probe)."""
-        flat = ops.reshape(ops.cast(codes, "float32"), (ops.shape(codes)[0], -1))
+        flat = self._flat_codes(codes)
         if self.probe_average is not None:
             return ops.cast(self.probe_average(self.probe_norm(flat)), "float32")
         return ops.cast(self.probe(self.probe_norm(flat, training=training)), "float32")
@@ -420,7 +424,7 @@ class AMR(keras.Model):
         """Probe logits and loss; a training step of a whitening probe first updates its statistics and
         takes the logits of the weights being trained (evaluation: of their average)."""
         if training and self.probe_average is not None:
-            flat = ops.reshape(ops.cast(ops.stop_gradient(code), "float32"), (ops.shape(code)[0], -1))
+            flat = self._flat_codes(ops.stop_gradient(code))
             self.probe_norm.update(flat)
             logits = ops.cast(self.probe(self.probe_norm(flat)), "float32")
         else:

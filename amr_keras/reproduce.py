@@ -380,7 +380,7 @@ def plan_runs(spec, seeds, data_dirs, runs_dir, preset=None, lambs=None, recipe=
     """
     preset = preset or spec.preset
     recipe = {k: v for k, v in (recipe or {}).items() if v is not None}
-    recipe_tag(preset, recipe)  # checks the overrides
+    # The probe is named by default_run_name; resolve() checks its value, recipe_tag the other overrides.
     probe = recipe.pop("probe", spec.probe)
     tag = recipe_tag(preset, recipe)
     steps_per_epoch = None
