@@ -7,7 +7,12 @@
 - ``search.json``: the settings of the search (a rerun must use the same ones);
 - ``logs/``: TensorBoard logs, one folder per trial (HParams dashboard);
 - ``best_hyperparameters.json``: a flat object of ``Config`` fields, for ``scripts/fit.py --config``;
-- ``trials.md``: every trial ranked by its best ``val_probe_accuracy``.
+- ``trials.md``: every trial ranked by its score (the objective).
+
+Two objectives: ``probe`` scores a trial by the best validation accuracy of its online probe over
+its epochs; ``posthoc`` by the validation accuracy of a logistic regression fitted on the frozen
+codes at the trial's end (``amr_keras.evaluate.linear_evaluation``; L2 picked on validation), which
+measures the codes themselves and does not depend on how fast the probe follows a moving code.
 """
 
 import contextlib
@@ -22,17 +27,23 @@ import keras_tuner
 from amr_keras.callbacks import NonFiniteLossError, NonFiniteLossGuard
 from amr_keras.cli import RUN_KEYS, ConfigError, resolve, validate
 from amr_keras.data import load_dataset, train_pipeline
+from amr_keras.evaluate import encode_arrays, linear_evaluation
 from amr_keras.mixers import K_WAY_MIXERS, MIXERS
 from amr_keras.model import ACAI_GAMMA, ACAI_WEIGHT
 from amr_keras.precision import precision_scope, resolve_precision
 from amr_keras.train import build_model
 
-OBJECTIVE = "val_probe_accuracy"
+# --objective name -> the metric a trial is scored by (higher is better).
+OBJECTIVES = {"probe": "val_probe_accuracy", "posthoc": "val_posthoc_accuracy"}
 TUNERS = ("random", "bayesian", "hyperband")
 # Always searched: lamb and lr (the discriminator uses the same rate). Optional ones:
-SEARCHABLE = ("mixer", "k", "update_g_every", "code_channels")
+SEARCHABLE = ("mixer", "k", "update_g_every", "code_channels", "beta")
 LAMB_RANGE = (1.0, 1000.0)
 LR_RANGE = (1e-5, 1e-2)
+BETA_RANGE = (0.0, 1.0)  # weight of the consistency loss, linear scale
+# Default ranges of the float hyper-parameters, and whether each is drawn on a log scale.
+RANGES = {"lamb": LAMB_RANGE, "lr": LR_RANGE, "beta": BETA_RANGE}
+LOG_SCALE = {"lamb": True, "lr": True, "beta": False}
 K_RANGE = (2, 3)
 UPDATE_G_EVERY_RANGE = (1, 5)
 CODE_CHANNELS_CHOICES = (2, 4, 8, 16)  # codes of 32, 64, 128 and 256 values
@@ -41,19 +52,62 @@ PROJECT_NAME = "amr_search"
 # that is broken fails every trial, and the search stops after this many in a row.
 MAX_CONSECUTIVE_FAILED_TRIALS = 5
 # Settings of a search that a rerun in the same folder must keep (max_trials and the data folder may change).
-SEARCH_KEYS = ("tuner", "search_space", "dataset", "train_size", "preset", "depth", "code_channels", "batch_size",
-               "epochs", "steps_per_epoch", "seed", "precision")
+SEARCH_KEYS = ("tuner", "search_space", "objective", "ranges", "dataset", "train_size", "preset", "mixer", "k",
+               "beta", "probe", "depth", "code_channels", "batch_size", "epochs", "steps_per_epoch", "seed",
+               "precision")
 # What a search.json written before a key existed meant by its absence.
-LEGACY_SEARCH_VALUES = {"precision": "float32", "train_size": None, "code_channels": 2, "steps_per_epoch": None}
+LEGACY_SEARCH_VALUES = {"precision": "float32", "train_size": None, "code_channels": 2, "steps_per_epoch": None,
+                        "objective": "probe", "ranges": {k: list(v) for k, v in RANGES.items()}, "mixer": "mixup",
+                        "k": 2, "beta": 0.0, "probe": "batchnorm"}
 
 
 class SearchError(RuntimeError):
     """A search that could not give a result (e.g. every trial failed); the message says why."""
 
 
-def objective():
-    """The tuner objective: the best validation accuracy of the linear probe over a trial's epochs."""
-    return keras_tuner.Objective(OBJECTIVE, direction="max")
+def objective(name="probe"):
+    """The tuner objective of ``--objective name`` (see ``OBJECTIVES``), to maximise."""
+    if name not in OBJECTIVES:
+        raise ConfigError(f"Unknown objective {name!r}. Choose one of: {', '.join(OBJECTIVES)}.")
+    return keras_tuner.Objective(OBJECTIVES[name], direction="max")
+
+
+def parse_ranges(ranges=None):
+    """Search ranges of the float hyper-parameters: the defaults of ``RANGES`` with ``ranges`` over them.
+
+    Args:
+        ranges: ``{name: (low, high)}`` or ``{name: "low:high"}`` for names of ``RANGES``; ``low == high``
+            fixes the value. Log-scale ones (lamb, lr) need ``low > 0``.
+
+    Returns:
+        ``{name: (low, high)}`` for every name of ``RANGES``, as floats.
+
+    Example:
+        >>> parse_ranges({"lamb": "3:30"})["lamb"]
+        (3.0, 30.0)
+    """
+    out = dict(RANGES)
+    for name, value in (ranges or {}).items():
+        if name not in RANGES:
+            raise ConfigError(f"No search range for {name!r}: ranges exist for {', '.join(RANGES)}.")
+        if isinstance(value, str):
+            parts = value.split(":")
+            try:
+                if len(parts) != 2:
+                    raise ValueError
+                value = (float(parts[0]), float(parts[1]))
+            except ValueError:
+                raise ConfigError(f"The {name} range must be LOW:HIGH, e.g. --{name.replace('_', '-')}-range "
+                                  f"{RANGES[name][0]:g}:{RANGES[name][1]:g}; got {value!r}.") from None
+        low, high = (float(v) for v in value)
+        if not (low <= high) or low != low or high == float("inf"):
+            raise ConfigError(f"The {name} range needs finite LOW <= HIGH, got {low:g}:{high:g}.")
+        if LOG_SCALE[name] and not low > 0:
+            raise ConfigError(f"{name} is searched on a log scale, so its range must be above 0, got {low:g}:{high:g}.")
+        if name == "beta" and low < 0:
+            raise ConfigError(f"beta (consistency weight) must be >= 0, got the range {low:g}:{high:g}.")
+        out[name] = (low, high)
+    return out
 
 
 def parse_search_space(search_space):
@@ -85,8 +139,8 @@ class AMRHyperModel(keras_tuner.HyperModel):
     Always searched: ``lamb`` (log scale, 1 to 1000) and ``lr`` (log scale, 1e-5 to 1e-2; the
     discriminator uses the same rate). Optionally (``search_space``): ``mixer`` (mixup, bernoulli,
     acai, none), ``k`` (2 to 3, only for the k-way mixers mixup and bernoulli; acai always mixes
-    pairs), ``update_g_every`` (1 to 5) and ``code_channels`` (2, 4, 8 or 16: codes of 32 to 256
-    values). Every other setting comes from the base config (ACAI's
+    pairs), ``update_g_every`` (1 to 5), ``code_channels`` (2, 4, 8 or 16: codes of 32 to 256
+    values) and ``beta`` (linear, 0 to 1). ``ranges`` narrows lamb, lr and beta. Every other setting comes from the base config (ACAI's
     ``acai_gamma`` and ``acai_weight`` too, in the trials that draw acai: the others keep their
     defaults); the cosine schedule spans ``cfg.epochs`` epochs.
 
@@ -99,6 +153,10 @@ class AMRHyperModel(keras_tuner.HyperModel):
         num_classes: classes of the linear probe.
         steps_per_epoch: training steps per epoch (sets the length of the learning-rate schedule).
         search_space: optional names of ``SEARCHABLE`` (sequence or comma-separated string).
+        ranges: ``{name: (low, high)}`` for lamb, lr, beta (see ``parse_ranges``).
+        objective: ``"probe"`` or ``"posthoc"`` (see the module's docstring).
+        posthoc_arrays: ``{"train": (x_uint8, y), "val": (x, y)}`` (e.g. ``load_dataset(...).arrays``
+            without ``"test"``): the images the post-hoc objective encodes; needed for ``"posthoc"``.
         name: name of the hypermodel.
 
     Example:
@@ -108,13 +166,25 @@ class AMRHyperModel(keras_tuner.HyperModel):
         >>> tuner.search(train_ds, steps_per_epoch=140, epochs=12, validation_data=val_ds)
     """
 
-    def __init__(self, cfg, colors, num_classes, steps_per_epoch, search_space=(), name="amr"):
+    def __init__(self, cfg, colors, num_classes, steps_per_epoch, search_space=(), ranges=None, objective="probe",
+                 posthoc_arrays=None, name="amr"):
         super().__init__(name=name)
         self.cfg = resolve(cfg)
         self.colors = int(colors)
         self.num_classes = int(num_classes)
         self.steps_per_epoch = int(steps_per_epoch)
         self.search_space = parse_search_space(search_space)
+        self.ranges = parse_ranges(ranges)
+        if objective not in OBJECTIVES:
+            raise ConfigError(f"Unknown objective {objective!r}. Choose one of: {', '.join(OBJECTIVES)}.")
+        self.objective = objective
+        if objective == "posthoc":
+            if not posthoc_arrays or not {"train", "val"} <= set(posthoc_arrays):
+                raise ConfigError("The posthoc objective needs the training and validation images "
+                                  "(posthoc_arrays={'train': (x, y), 'val': (x, y)}).")
+            # The test split is never read by a search.
+            posthoc_arrays = {split: posthoc_arrays[split] for split in ("train", "val")}
+        self.posthoc_arrays = posthoc_arrays
         if "k" in self.search_space:
             if "mixer" not in self.search_space and self.cfg.mixer not in K_WAY_MIXERS:
                 raise ConfigError(
@@ -126,8 +196,8 @@ class AMRHyperModel(keras_tuner.HyperModel):
 
     def sample(self, hp):
         """The settings drawn from ``hp``, as ``Config`` fields (declares them in ``hp`` if new)."""
-        lamb = hp.Float("lamb", *LAMB_RANGE, sampling="log")
-        lr = hp.Float("lr", *LR_RANGE, sampling="log")
+        lamb = self._float(hp, "lamb")
+        lr = self._float(hp, "lr")
         values = {"lamb": lamb, "lr": lr, "d_lr": lr}
         mixer = self.cfg.mixer
         if "mixer" in self.search_space:
@@ -150,7 +220,15 @@ class AMRHyperModel(keras_tuner.HyperModel):
             values["update_g_every"] = hp.Int("update_g_every", *UPDATE_G_EVERY_RANGE)
         if "code_channels" in self.search_space:
             values["code_channels"] = hp.Choice("code_channels", list(CODE_CHANNELS_CHOICES))
+        if "beta" in self.search_space:
+            values["beta"] = self._float(hp, "beta")
         return values
+
+    def _float(self, hp, name):
+        low, high = self.ranges[name]
+        if low == high:
+            return hp.Fixed(name, low)
+        return hp.Float(name, low, high, sampling="log" if LOG_SCALE[name] else "linear")
 
     def config(self, hp):
         """The base ``Config`` with the settings drawn from ``hp``."""
@@ -168,11 +246,26 @@ class AMRHyperModel(keras_tuner.HyperModel):
 
         A loss that becomes NaN or infinite (with ``NonFiniteLossGuard`` among the callbacks)
         fails the trial without retrying it: the same settings would diverge again.
+
+        With the ``posthoc`` objective, the trial's result is a dict of ``val_posthoc_accuracy`` (the
+        logistic regression on the codes of the last epoch's weights) and the probe's best
+        ``val_probe_accuracy``.
         """
         try:
-            return model.fit(*args, **kwargs)
+            history = model.fit(*args, **kwargs)
         except NonFiniteLossError as e:
             raise keras_tuner.errors.FailedTrialError(str(e)) from e
+        if self.objective != "posthoc":
+            return history
+        return {OBJECTIVES["posthoc"]: self.posthoc_accuracy(model),
+                OBJECTIVES["probe"]: max(history.history.get(OBJECTIVES["probe"], [float("nan")]))}
+
+    def posthoc_accuracy(self, model):
+        """Validation accuracy of a logistic regression fitted on ``model``'s frozen training codes."""
+        codes = {split: encode_arrays(model.encode, x) for split, (x, _) in self.posthoc_arrays.items()}
+        res = linear_evaluation(codes["train"], self.posthoc_arrays["train"][1], codes["val"],
+                                self.posthoc_arrays["val"][1], seed=self.cfg.seed, num_classes=self.num_classes)
+        return float(res["val_accuracy"])
 
 
 def make_tuner(name, hypermodel, directory, max_trials, seed=0):
@@ -186,7 +279,7 @@ def make_tuner(name, hypermodel, directory, max_trials, seed=0):
             epochs and stops at ``max_trials`` trials (continued trials count).
         seed: seed of the tuner's draws.
     """
-    common = dict(objective=objective(), seed=seed, directory=directory, project_name=PROJECT_NAME,
+    common = dict(objective=objective(hypermodel.objective), seed=seed, directory=directory, project_name=PROJECT_NAME,
                   overwrite=False, max_consecutive_failed_trials=MAX_CONSECUTIVE_FAILED_TRIALS)
     if name == "random":
         return keras_tuner.RandomSearch(hypermodel, max_trials=max_trials, **common)
@@ -227,15 +320,22 @@ def ranked_trials(oracle):
 
 
 def trials_table(tuner):
-    """Markdown table of every trial, best ``val_probe_accuracy`` first (unscored trials last)."""
+    """Markdown table of every trial, best score first (unscored trials last).
+
+    The score column is ``best val_probe_accuracy`` (over the trial's epochs) with the probe objective;
+    with the post-hoc one, ``val_posthoc_accuracy`` followed by the probe's ``best val_probe_accuracy``.
+    """
     oracle = tuner.oracle
+    metric = oracle.objective.name
     names = [hp.name for hp in oracle.get_space().space if not hp.name.startswith("tuner/")]
     hyperband = isinstance(tuner, keras_tuner.Hyperband)
     scored = ranked_trials(oracle)
     others = [t for t in _in_start_order(oracle) if t not in scored]
     # Hyperband trains the best trials of a round further, starting from the weights of an earlier trial.
     extra = ["epochs", "continues"] if hyperband else []
-    header = ["rank", "trial"] + names + extra + [f"best {OBJECTIVE}", "status"]
+    posthoc = metric == OBJECTIVES["posthoc"]
+    scores = [metric, f"best {OBJECTIVES['probe']}"] if posthoc else [f"best {metric}"]
+    header = ["rank", "trial"] + names + extra + scores + ["status"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     notes = []
     for rank, t in enumerate(scored + others, start=1):
@@ -243,11 +343,15 @@ def trials_table(tuner):
         row = [str(rank) if t in scored else "-", t.trial_id] + [_cell(values.get(n)) for n in names]
         if hyperband:
             row += [_cell(values.get("tuner/epochs")), _cell(values.get("tuner/trial_id"))]
-        row += [f"{t.score:.4f}" if t in scored else "-", t.status]
+        row += [f"{t.score:.4f}" if t in scored else "-"]
+        if posthoc:
+            probe = t.metrics.get_best_value(OBJECTIVES["probe"]) if t.metrics.exists(OBJECTIVES["probe"]) else None
+            row += [f"{probe:.4f}" if probe is not None and probe == probe else "-"]
+        row += [t.status]
         lines.append("| " + " | ".join(row) + " |")
         if t.status != "COMPLETED" and t.message:
             notes.append(f"- trial {t.trial_id}: {_last_line(t.message)}")
-    title = f"# Hyper-parameter search ({_tuner_name(tuner)}), objective {OBJECTIVE} (max)"
+    title = f"# Hyper-parameter search ({_tuner_name(tuner)}), objective {metric} (max)"
     return "\n".join([title, ""] + lines + ([""] + notes if notes else [])) + "\n"
 
 
@@ -305,11 +409,12 @@ def write_reports(tuner, hypermodel, out):
     return ranked[0], settings
 
 
-def search(cfg, tuner="random", max_trials=10, search_space=(), verbose=None):
+def search(cfg, tuner="random", max_trials=10, search_space=(), verbose=None, objective="probe", ranges=None):
     """Search hyper-parameters of AMR on ``cfg.dataset``, continuing the search found in ``cfg.out``.
 
     Each trial trains ``cfg.epochs`` epochs (Hyperband: up to that many) on the training split and
-    is scored by its best validation probe accuracy; the test split is not used.
+    is scored on validation (``objective``: its online probe's best accuracy, or a post-hoc logistic
+    regression on its final codes); the test split is not used.
 
     Args:
         cfg: base ``Config``; ``cfg.out`` is the search folder (required).
@@ -317,9 +422,11 @@ def search(cfg, tuner="random", max_trials=10, search_space=(), verbose=None):
         max_trials: most trials in all, finished ones of an earlier run included.
         search_space: optional names of ``SEARCHABLE`` to search besides lamb and lr.
         verbose: Keras and KerasTuner progress output (default: bar on a terminal).
+        objective: ``"probe"`` or ``"posthoc"`` (see the module's docstring).
+        ranges: ``{name: (low, high) or "low:high"}`` narrowing lamb, lr or beta (see ``parse_ranges``).
 
     Returns:
-        dict with ``best_trial``, ``best_score``, ``best_config`` (as written to
+        dict with ``best_trial``, ``objective`` (the metric's name), ``best_score``, ``best_config`` (as written to
         ``best_hyperparameters.json``), ``best_values`` (the searched values only),
         ``trials`` and ``completed`` (counts), and ``out``.
 
@@ -334,13 +441,18 @@ def search(cfg, tuner="random", max_trials=10, search_space=(), verbose=None):
     if not isinstance(max_trials, int) or isinstance(max_trials, bool) or max_trials < 1:
         raise ConfigError(f"max_trials must be an integer >= 1, got {max_trials!r}.")
     search_space = parse_search_space(search_space)
+    if objective not in OBJECTIVES:
+        raise ConfigError(f"Unknown objective {objective!r}. Choose one of: {', '.join(OBJECTIVES)}.")
+    ranges = parse_ranges(ranges)
     if cfg.data_dir is not None:
         cfg = dataclasses.replace(cfg, data_dir=os.path.abspath(cfg.data_dir))
     cfg = resolve(cfg)
     cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision))
     out = cfg.out
-    settings = dict(tuner=tuner, search_space=list(search_space), max_trials=max_trials,
-                    **{k: getattr(cfg, k) for k in SEARCH_KEYS if k not in ("tuner", "search_space")})
+    settings = dict(tuner=tuner, search_space=list(search_space), max_trials=max_trials, objective=objective,
+                    ranges={k: list(v) for k, v in ranges.items()},
+                    **{k: getattr(cfg, k) for k in SEARCH_KEYS if k not in ("tuner", "search_space", "objective",
+                                                                            "ranges")})
     _check_search_settings(out, settings)
 
     splits = load_dataset(cfg.dataset, data_dir=cfg.data_dir, batch_size=cfg.batch_size, seed=cfg.seed,
@@ -348,7 +460,8 @@ def search(cfg, tuner="random", max_trials=10, search_space=(), verbose=None):
                           train_size=cfg.train_size)
     info = splits.info
     steps = cfg.steps_per_epoch or info.num_train // cfg.batch_size
-    hypermodel = AMRHyperModel(cfg, info.colors, info.num_classes, steps, search_space=search_space)
+    hypermodel = AMRHyperModel(cfg, info.colors, info.num_classes, steps, search_space=search_space, ranges=ranges,
+                               objective=objective, posthoc_arrays=splits.arrays)
     os.makedirs(out, exist_ok=True)
     _write_json(os.path.join(out, "search.json"), settings)
     kt_tuner = make_tuner(tuner, hypermodel, out, max_trials, seed=cfg.seed)
@@ -373,6 +486,7 @@ def search(cfg, tuner="random", max_trials=10, search_space=(), verbose=None):
     trials = list(kt_tuner.oracle.trials.values())
     return {
         "best_trial": best.trial_id,
+        "objective": OBJECTIVES[objective],
         "best_score": float(best.score),
         "best_config": best_settings,
         "best_values": {k: v for k, v in best.hyperparameters.values.items() if not k.startswith("tuner/")},

@@ -1,12 +1,16 @@
 """Search AMR hyper-parameters with KerasTuner; train the best ones with scripts/fit.py --config.
 
-Always searched: lamb (1..1000, log scale) and lr (1e-5..1e-2, log scale; the discriminator uses the same rate).
---search adds mixer (mixup/bernoulli/acai/none), k (2..3) and/or update_g_every (1..5). Trials are scored by their best
-validation probe accuracy. Run the same command again to continue a stopped search (finished trials are kept).
+Always searched: lamb (1..1000, log scale) and lr (1e-5..1e-2, log scale; the discriminator uses the same rate);
+--lamb-range / --lr-range narrow them. --search adds mixer (mixup/bernoulli/acai/none), k (2..3), update_g_every
+(1..5), code_channels (2/4/8/16) and/or beta (0..1, --beta-range). Trials are scored on validation: by their online
+probe's best accuracy (--objective probe) or by a logistic regression fitted on their final codes (--objective
+posthoc). Run the same command again to continue a stopped search (finished trials are kept).
 
 Examples:
     python scripts/tune.py --out runs/search --max-trials 10 --epochs 4               # embedded MNIST sample
     python scripts/tune.py --out runs/search-svhn --dataset svhn --tuner bayesian --search mixer,k
+    python scripts/tune.py --out runs/search-mnist --dataset mnist --data-dir ../shared/data/mnist --epochs 1 \
+        --objective posthoc --lamb-range 3:30 --lr-range 5e-4:4e-3 --search beta --tuner bayesian
     python scripts/fit.py --config runs/search/best_hyperparameters.json --epochs 20    # train the best settings
 """
 
@@ -18,8 +22,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from amr_keras.cli import PRESETS, Config, ConfigError  # noqa: E402
 from amr_keras.data import DATASETS, DataError  # noqa: E402
+from amr_keras.mixers import MIXERS  # noqa: E402
 from amr_keras.precision import PRECISIONS  # noqa: E402
-from amr_keras.tuning import SEARCHABLE, TUNERS, SearchError, search  # noqa: E402
+from amr_keras.probe import PROBES  # noqa: E402
+from amr_keras.tuning import OBJECTIVES, RANGES, SEARCHABLE, TUNERS, SearchError, search  # noqa: E402
 
 
 def build_parser():
@@ -35,6 +41,17 @@ def build_parser():
     p.add_argument("--epochs", type=int, help="epochs per trial (hyperband: at most; default: the preset's)")
     p.add_argument("--search", default="",
                    help=f"comma-separated hyper-parameters to search besides lamb and lr: {','.join(SEARCHABLE)}")
+    p.add_argument("--objective", choices=tuple(OBJECTIVES), default="probe",
+                   help="what scores a trial on validation: probe (the online probe's best accuracy over the epochs) "
+                        "or posthoc (a logistic regression fitted on the final codes; measures the codes, costs a "
+                        "fit per trial)")
+    for name, (low, high) in RANGES.items():
+        p.add_argument(f"--{name}-range", metavar="LOW:HIGH",
+                       help=f"search range of {name} (default {low:g}:{high:g}; LOW=HIGH fixes it)")
+    p.add_argument("--mixer", choices=MIXERS, help="mixer of every trial, unless --search mixer (default mixup)")
+    p.add_argument("--k", type=int, help="codes mixed per image, unless --search k (default 2)")
+    p.add_argument("--beta", type=float, help="consistency weight of every trial, unless --search beta (default 0)")
+    p.add_argument("--probe", choices=PROBES, help="online probe of every trial (default whiten)")
     p.add_argument("--preset", choices=tuple(PRESETS),
                    help="base settings of every trial (default mnist_full for --dataset mnist, fast otherwise)")
     p.add_argument("--depth", type=int, help="channels of the first scale of every network (default: the preset's)")
@@ -58,13 +75,16 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    cfg = Config(dataset=args.dataset, data_dir=args.data_dir, tfds_data_dir=args.tfds_data_dir, preset=args.preset,
+    base = {k: v for k, v in dict(mixer=args.mixer, k=args.k, beta=args.beta, probe=args.probe).items()
+            if v is not None}
+    ranges = {name: getattr(args, f"{name}_range") for name in RANGES if getattr(args, f"{name}_range") is not None}
+    cfg = Config(**base, dataset=args.dataset, data_dir=args.data_dir, tfds_data_dir=args.tfds_data_dir, preset=args.preset,
                  depth=args.depth, batch_size=args.batch_size, epochs=args.epochs, seed=args.seed,
                  train_size=args.train_size, code_channels=args.code_channels, steps_per_epoch=args.steps_per_epoch,
                  jit_compile=args.jit_compile, precision=args.precision, out=args.out)
     try:
         result = search(cfg, tuner=args.tuner, max_trials=args.max_trials, search_space=args.search,
-                        verbose=args.verbose)
+                        verbose=args.verbose, objective=args.objective, ranges=ranges)
     except (ConfigError, DataError, SearchError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -72,7 +92,7 @@ def main(argv=None):
                          for k, v in result["best_values"].items())
     out = result["out"]
     print(f"\n{result['completed']} of {result['trials']} trials completed; best: trial {result['best_trial']}, "
-          f"val_probe_accuracy {result['best_score']:.4f} ({searched})")
+          f"{result['objective']} {result['best_score']:.4f} ({searched})")
     print(f"outputs in {out}: best_hyperparameters.json, trials.md, search.json, logs/ (TensorBoard), "
           "amr_search/ (KerasTuner)")
     print(f"train with them: python scripts/fit.py --config {os.path.join(out, 'best_hyperparameters.json')}")

@@ -174,6 +174,9 @@ def test_malformed_config_file_is_a_one_line_error(tmp_path, capsys, content, me
     (["--max-trials", "0"], "max_trials must be an integer >= 1"),
     (["--seed", "1"], "other settings (seed: search has 0, now 1)"),
     (["--tuner", "hyperband"], "other settings (tuner: search has 'random', now 'hyperband')"),
+    (["--objective", "posthoc"], "other settings (objective: search has 'probe', now 'posthoc')"),
+    (["--lamb-range", "3:30"], "other settings (ranges: search has"),
+    (["--lamb-range", "3"], "The lamb range must be LOW:HIGH"),
 ])
 @pytest.mark.slow
 def test_bad_search_settings_fail_with_one_line(search_run, capsys, extra, message):
@@ -248,3 +251,72 @@ def test_hypermodel_searches_the_code_size_and_builds_that_code():
     model = hypermodel.build(hp)
     assert tuple(model.encoder.output_shape[1:]) == (4, 4, 16)
     assert hypermodel.config(hp).code_channels == 16
+
+
+def test_ranges_narrow_the_search_and_equal_bounds_fix_a_value():
+    assert tuning.parse_ranges() == tuning.RANGES
+    ranges = tuning.parse_ranges({"lamb": "3:30", "lr": (1e-3, 1e-3), "beta": "0:0.5"})
+    assert ranges == {"lamb": (3.0, 30.0), "lr": (1e-3, 1e-3), "beta": (0.0, 0.5)}
+    base = Config(dataset="mnist_sample", depth=4, batch_size=16, jit_compile=False)
+    hypermodel = tuning.AMRHyperModel(base, 1, 10, 5, search_space="beta", ranges=ranges)
+    hp = keras_tuner.HyperParameters()
+    hypermodel.sample(hp)  # declares the space
+    space = {p.name: p for p in hp.space}
+    assert type(space["lr"]).__name__ == "Fixed" and space["lr"].value == 1e-3
+    assert (space["lamb"].min_value, space["lamb"].max_value, space["lamb"].sampling) == (3.0, 30.0, "log")
+    assert (space["beta"].min_value, space["beta"].max_value, space["beta"].sampling) == (0.0, 0.5, "linear")
+    hp.values.update({"lamb": 7.0, "beta": 0.25})
+    cfg = hypermodel.config(hp)
+    assert (cfg.lamb, cfg.lr, cfg.d_lr, cfg.beta) == (7.0, 1e-3, 1e-3, 0.25)
+    model = hypermodel.build(hp)
+    assert (model.lamb, model.beta) == (7.0, 0.25)
+
+
+@pytest.mark.parametrize("ranges, message", [
+    ({"slope": "0:1"}, "No search range for 'slope'"),
+    ({"lamb": "30"}, "The lamb range must be LOW:HIGH"),
+    ({"lr": "a:b"}, "The lr range must be LOW:HIGH"),
+    ({"lamb": "30:3"}, "needs finite LOW <= HIGH, got 30:3"),
+    ({"lr": "0:1e-3"}, "lr is searched on a log scale"),
+    ({"beta": "-1:1"}, "beta (consistency weight) must be >= 0"),
+])
+def test_bad_ranges_say_what_is_wrong(ranges, message):
+    with pytest.raises(ConfigError) as e:
+        tuning.parse_ranges(ranges)
+    assert message in str(e.value)
+
+
+def test_objective_must_be_known_and_posthoc_needs_the_images():
+    base = Config(dataset="mnist_sample", depth=4, batch_size=16, jit_compile=False)
+    with pytest.raises(ConfigError, match="Unknown objective 'accuracy'. Choose one of: probe, posthoc"):
+        tuning.AMRHyperModel(base, 1, 10, 5, objective="accuracy")
+    with pytest.raises(ConfigError, match="posthoc objective needs the training and validation images"):
+        tuning.AMRHyperModel(base, 1, 10, 5, objective="posthoc", posthoc_arrays={"train": None})
+    assert tuning.objective("posthoc").name == "val_posthoc_accuracy"
+
+
+def test_posthoc_objective_scores_the_final_codes_and_never_reads_the_test_split():
+    from amr_keras.data import train_pipeline
+    from amr_keras.evaluate import encode_arrays, linear_evaluation
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(80, 28, 28, 1), dtype=np.uint8)
+    labels = np.arange(80) % 10
+    arrays = {"train": (images[:48], labels[:48]), "val": (images[48:], labels[48:]),
+              # Not images at all: encoding them would fail, so the test passes only if they are never read.
+              "test": (np.zeros((3, 5), np.float32), np.zeros(3, np.int64))}
+    base = Config(dataset="mnist_sample", depth=4, batch_size=16, jit_compile=False)
+    hypermodel = tuning.AMRHyperModel(base, 1, 10, 3, objective="posthoc", posthoc_arrays=arrays)
+    assert set(hypermodel.posthoc_arrays) == {"train", "val"}
+    hp = keras_tuner.HyperParameters()
+    hp.values = {"lamb": 10.0, "lr": 1e-3}
+    model = hypermodel.build(hp)
+    train_ds = train_pipeline(*arrays["train"], 16, seed=0)
+    result = hypermodel.fit(hp, model, train_ds, steps_per_epoch=3, epochs=1, verbose=0)
+    assert set(result) == {"val_posthoc_accuracy", "val_probe_accuracy"}
+    # No validation data was given to fit, so the probe's score is missing (NaN), not made up.
+    assert np.isnan(result["val_probe_accuracy"])
+    codes = {s: encode_arrays(model.encode, arrays[s][0]) for s in ("train", "val")}
+    expected = linear_evaluation(codes["train"], arrays["train"][1], codes["val"], arrays["val"][1], seed=0,
+                                 num_classes=10)["val_accuracy"]
+    assert result["val_posthoc_accuracy"] == pytest.approx(expected)
