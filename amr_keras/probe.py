@@ -102,10 +102,14 @@ class RunningWhitening(layers.Layer):
         x = ops.cast(x, "float32")
         n = ops.cast(ops.shape(x)[0], "float32")
         # Sums over the (global) batch, then its moments: replicas of unequal batches weigh by their size.
-        total, outer, n = _replica_sum((ops.sum(x, axis=0), ops.matmul(ops.transpose(x), x), n))
-        mean, second = total / n, outer / n
-        # Unbiased covariance of the (global) batch: E[x x^T] - m m^T, times n / (n - 1).
-        covariance = (second - ops.outer(mean, mean)) * (n / ops.maximum(n - 1.0, 1.0))
+        total, n = _replica_sum((ops.sum(x, axis=0), n))
+        mean = total / n
+        # Unbiased covariance of the (global) batch from codes centred on its mean: E[x x^T] - m m^T in
+        # float32 cancels catastrophically (and stops being positive definite) when the codes sit far from
+        # 0 compared with their spread.
+        centred = x - mean
+        outer = _replica_sum(ops.matmul(ops.transpose(centred), centred))
+        covariance = outer / ops.maximum(n - 1.0, 1.0)
         # A batch of non-finite codes (a diverging run) leaves the estimates as they were: the run's NaN
         # guard then reports the loss, and the last checkpoint's statistics stay usable.
         finite = ops.logical_and(ops.all(ops.isfinite(mean)), ops.all(ops.isfinite(covariance)))

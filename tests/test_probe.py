@@ -40,6 +40,20 @@ def test_first_update_takes_the_batch_mean_and_unbiased_covariance():
     assert np.max(np.abs(np.corrcoef(x.T) - np.eye(4))) > 0.3  # the input was correlated
 
 
+def test_codes_far_from_zero_with_a_small_spread_still_whiten():
+    # E[x x^T] - m m^T in float32 loses everything here (offset 300, spread 0.01), and its Cholesky
+    # factorisation fails (NaN outputs); the covariance of the centred codes does not.
+    rng = np.random.default_rng(0)
+    layer = whitening(momentum=0.9, epsilon=1e-3, dim=32)
+    for _ in range(20):
+        x = (300.0 + 0.01 * rng.standard_normal((512, 32))).astype("float32")
+        layer.update(x)
+    np.testing.assert_allclose(np.diag(layer.moving_covariance.numpy()), 1e-4, rtol=0.2)
+    z = np.asarray(layer((300.0 + 0.01 * rng.standard_normal((4096, 32))).astype("float32")))
+    assert np.isfinite(z).all()
+    np.testing.assert_allclose(np.cov(z.T), np.eye(32), atol=0.15)
+
+
 def test_later_updates_are_moving_averages_with_warm_up():
     a, b, c = correlated(32, seed=1), correlated(32, seed=2), correlated(32, seed=3)
     layer = whitening(momentum=0.9)
