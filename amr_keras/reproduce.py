@@ -61,7 +61,7 @@ TABLE2_STEPS = 2500
 # Recipe fields a table may override, and the tag that names an override in run folders and table files
 # (precision and probe: their value alone, e.g. "-float32", "-whiten"). Run folders name the probe through
 # default_run_name instead, so that a run has one name whichever table plans it.
-RECIPE_TAGS = {"lr": "lr", "epochs": "e", "batch_size": "b", "depth": "d", "precision": "", "probe": ""}
+RECIPE_TAGS = {"lr": "lr", "d_lr": "dlr", "beta": "beta", "epochs": "e", "batch_size": "b", "depth": "d", "precision": "", "probe": ""}
 
 # Fields of results.json kept for each run in the table's JSON.
 RUN_RECORD_KEYS = ("seed", "epochs", "best_epoch", "best_val_probe_accuracy", "test_probe_accuracy",
@@ -205,7 +205,7 @@ def recipe_tag(preset, recipe, probe=Config.probe):
         recipe: overrides among ``RECIPE_TAGS`` (``None`` values mean "the preset's").
         probe: the probe ``recipe`` departs from (a table's own).
     """
-    defaults = {**PRESETS[preset], "precision": Config.precision, "probe": probe}
+    defaults = {**PRESETS[preset], "beta": Config.beta, "precision": Config.precision, "probe": probe}
     unknown = sorted(set(recipe) - set(RECIPE_TAGS))
     if unknown:
         raise ConfigError(f"A table's recipe overrides only {', '.join(RECIPE_TAGS)}; got {', '.join(unknown)}.")

@@ -16,7 +16,7 @@ runs/ (where fit.py puts the same runs), the tables to results/:
                 CIFAR-10 and SVHN (those without data here are listed as not available), preset mnist_full.
                 Writes results/table3.md and .json.
   --datasets    with --table: replace the table's datasets (the files then carry their names).
-Recipe flags (--lamb, --lr, --epochs, --batch-size, --depth, --precision, --preset) change every run of the
+Recipe flags (--lamb, --lr, --d-lr, --beta, --epochs, --batch-size, --depth, --precision, --preset) change every run of the
 table; the run folders and table files then carry them in their names (e.g. --lamb 30 writes
 results/table1_mnist-lamb30.md from runs/mnist-mixup-k2-lamb30-mnist_full-s0 ...), so variants never collide.
 
@@ -87,6 +87,8 @@ def parse_args(argv):
     r.add_argument("--lamb", nargs="+", type=float, help="lamb value(s); several make one row per value")
     r.add_argument("--lr", type=float,
                    help="learning rate of the autoencoder (the discriminator keeps the preset's d_lr, as with fit.py)")
+    r.add_argument("--d-lr", type=float, help="learning rate of the discriminator")
+    r.add_argument("--beta", type=float, help="weight of the consistency term (default 0: none)")
     r.add_argument("--epochs", type=int, help="training epochs")
     r.add_argument("--batch-size", type=int, help="batch size")
     r.add_argument("--depth", type=int, help="channels of the first scale of every network")
@@ -150,7 +152,7 @@ def command_line(args):
     for item in args.data_dir:
         words += ["--data-dir", item]
     words += ["--seeds", *map(str, args.seeds)]
-    for flag in ("preset", "lamb", "lr", "epochs", "batch_size", "depth", "precision", "runs"):
+    for flag in ("preset", "lamb", "lr", "d_lr", "beta", "epochs", "batch_size", "depth", "precision", "runs"):
         value = getattr(args, flag)
         if value is not None:
             values = value if isinstance(value, list) else [value]
@@ -173,7 +175,7 @@ def main(argv=None):
 def _run(args, argv):
     data_dirs = parse_data_dirs(args.data_dir)
     seeds = parse_seeds(args.seeds)
-    recipe = {"lr": args.lr, "epochs": args.epochs, "batch_size": args.batch_size, "depth": args.depth,
+    recipe = {"lr": args.lr, "d_lr": args.d_lr, "beta": args.beta, "epochs": args.epochs, "batch_size": args.batch_size, "depth": args.depth,
               "precision": args.precision, "probe": args.probe}
     if args.quick:
         seeds, recipe = [0], {**recipe, "epochs": args.epochs or 1, "depth": args.depth or 4}

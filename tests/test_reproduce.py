@@ -138,6 +138,20 @@ def test_recipe_overrides_name_the_run_folders_and_the_table(dirs):
     assert reproduce.table_stem(spec, recipe={"probe": "batchnorm"}) == "table1_mnist"
 
 
+def test_discriminator_rate_and_consistency_weight_are_recipe_overrides(dirs):
+    spec = reproduce.TABLES["1"]
+    recipe = {"lr": 2.5e-3, "d_lr": 2.5e-3, "beta": 0.15}
+    runs = reproduce.plan_runs(spec, [1], {"mnist": dirs["data"]}, dirs["runs"], lambs=[5], recipe=recipe)
+    mixup = runs[2]
+    assert os.path.basename(mixup.folder) == "mnist-mixup-k2-lamb5-mnist_full-batchnorm-lr0.0025-dlr0.0025-beta0.15-s1"
+    assert (mixup.cfg.lr, mixup.cfg.d_lr, mixup.cfg.beta, mixup.cfg.lamb) == (2.5e-3, 2.5e-3, 0.15, 5.0)
+    assert reproduce.table_stem(spec, lambs=[5], recipe=recipe) == "table1_mnist-lamb5-lr0.0025-dlr0.0025-beta0.15"
+    # The preset's own values name nothing.
+    assert reproduce.table_stem(spec, recipe={"d_lr": 1e-3, "beta": 0.0}) == "table1_mnist"
+    with pytest.raises(ConfigError, match="beta"):
+        reproduce.plan_runs(spec, [0], {"mnist": dirs["data"]}, dirs["runs"], recipe={"beta": -1.0})
+
+
 def test_runs_train_once_and_the_table_is_rewritten_after_each(dirs, monkeypatch):
     md_path = os.path.join(dirs["out"], "table1_mnist.md")
     fake = FakeTrain(table=md_path)
