@@ -46,18 +46,36 @@ class NonFiniteLossGuard(keras.callbacks.Callback):
         self.epoch = epoch
 
     def on_train_batch_end(self, batch, logs=None):
+        bad = {}
         for name, value in (logs or {}).items():
             try:
                 value = float(value)
             except (TypeError, ValueError):
                 continue
             if not math.isfinite(value):
-                step = int(self.model.d_optimizer.iterations.numpy()) if getattr(self.model, "d_optimizer", None) else batch
-                raise NonFiniteLossError(
-                    f"{name} became {value} at step {step} (epoch {self.epoch + 1}, batch {batch + 1}); training "
-                    f"stopped. {self.checkpoint_hint() if self.checkpoint_hint else ''}"
-                    "Try a lower --lr or --lamb, or --precision float32."
-                )
+                bad[name] = value
+        if not bad:
+            return
+        name, value = next(iter(bad.items()))
+        others = [n for n in bad if n != name]
+        also = f" (also {', '.join(others)})" if others else ""
+        step = int(self.model.d_optimizer.iterations.numpy()) if getattr(self.model, "d_optimizer", None) else batch
+        raise NonFiniteLossError(
+            f"{name} became {value}{also} at step {step} (epoch {self.epoch + 1}, batch {batch + 1}); training "
+            f"stopped. {self.checkpoint_hint() if self.checkpoint_hint else ''}{_nonfinite_advice(bad)}"
+        )
+
+
+def _nonfinite_advice(bad):
+    """What to change when the logged values named in ``bad`` stopped being finite.
+
+    The online probe sits behind a stop-gradient: when only its values diverged, the autoencoder and the
+    discriminator were still finite, and their learning rates are not the cause.
+    """
+    if all(name.startswith("probe") for name in bad):
+        return ("Only the online probe diverged (the autoencoder's and discriminator's losses were finite): "
+                "try a lower --probe-lr, or --probe batchnorm.")
+    return "Try a lower --lr or --lamb, or --precision float32."
 
 
 class EpochTimer(keras.callbacks.Callback):

@@ -283,7 +283,8 @@ def test_nan_loss_stops_with_loss_and_step_and_keeps_the_last_checkpoint(nan_run
     assert code == 2 and list(saved) == [0]
     path = os.path.join(out, "checkpoint", "last.keras")
     assert len(error_lines(err)) == 1 and "Traceback" not in err
-    assert re.match(r"error: (recon|d|g|probe)_loss became nan at step 6 \(epoch 2, batch 1\); training stopped\. "
+    assert re.match(r"error: (recon|d|g|probe)_loss became nan( \(also [a-z_, ]+\))? at step 6 \(epoch 2, batch 1\); "
+                    r"training stopped\. "
                     rf"The last good checkpoint is {re.escape(path)}\.", error_lines(err)[0]), err
     # The checkpoint of epoch 1 is untouched, and loads: it is the last good state.
     assert open(path, "rb").read() == saved[0][0] and os.stat(path).st_mtime_ns == saved[0][1]
@@ -291,6 +292,23 @@ def test_nan_loss_stops_with_loss_and_step_and_keeps_the_last_checkpoint(nan_run
     assert int(model.d_optimizer.iterations) == 5
     with open(os.path.join(out, "checkpoint", "state.json")) as f:
         assert json.load(f)["epochs_done"] == 1
+
+
+def test_nan_guard_names_every_diverged_value_and_advises_by_which_diverged():
+    from amr_keras.callbacks import NonFiniteLossError, NonFiniteLossGuard
+
+    guard = NonFiniteLossGuard()
+    guard.on_train_batch_end(0, {"recon_loss": 0.3, "probe_loss": 2.1})  # finite: nothing happens
+    with pytest.raises(NonFiniteLossError) as probe_only:
+        guard.on_train_batch_end(4, {"recon_loss": 0.3, "d_loss": 1.2, "probe_loss": float("nan")})
+    message = str(probe_only.value)
+    assert message.startswith("probe_loss became nan at step 4 (epoch 1, batch 5); training stopped.")
+    assert "--probe-lr" in message and "--lamb" not in message
+    with pytest.raises(NonFiniteLossError) as all_of_them:
+        guard.on_train_batch_end(2, {"recon_loss": float("inf"), "d_loss": float("nan"), "probe_loss": float("nan")})
+    message = str(all_of_them.value)
+    assert message.startswith("recon_loss became inf (also d_loss, probe_loss) at step 2")
+    assert "lower --lr or --lamb" in message and "--probe-lr" not in message
 
 
 @pytest.mark.slow
