@@ -58,11 +58,11 @@ class NonFiniteLossGuard(keras.callbacks.Callback):
             return
         name, value = next(iter(bad.items()))
         others = [n for n in bad if n != name]
-        also = f" (also {', '.join(others)})" if others else ""
+        also = f"Also not finite: {', '.join(others)}. " if others else ""
         step = int(self.model.d_optimizer.iterations.numpy()) if getattr(self.model, "d_optimizer", None) else batch
         raise NonFiniteLossError(
-            f"{name} became {value}{also} at step {step} (epoch {self.epoch + 1}, batch {batch + 1}); training "
-            f"stopped. {self.checkpoint_hint() if self.checkpoint_hint else ''}{_nonfinite_advice(bad)}"
+            f"{name} became {value} at step {step} (epoch {self.epoch + 1}, batch {batch + 1}); training "
+            f"stopped. {also}{self.checkpoint_hint() if self.checkpoint_hint else ''}{_nonfinite_advice(bad)}"
         )
 
 

@@ -283,8 +283,8 @@ def test_nan_loss_stops_with_loss_and_step_and_keeps_the_last_checkpoint(nan_run
     assert code == 2 and list(saved) == [0]
     path = os.path.join(out, "checkpoint", "last.keras")
     assert len(error_lines(err)) == 1 and "Traceback" not in err
-    assert re.match(r"error: (recon|d|g|probe)_loss became nan( \(also [a-z_, ]+\))? at step 6 \(epoch 2, batch 1\); "
-                    r"training stopped\. "
+    assert re.match(r"error: (recon|d|g|probe)_loss became nan at step 6 \(epoch 2, batch 1\); training stopped\. "
+                    r"(Also not finite: [a-z_, ]+\. )?"
                     rf"The last good checkpoint is {re.escape(path)}\.", error_lines(err)[0]), err
     # The checkpoint of epoch 1 is untouched, and loads: it is the last good state.
     assert open(path, "rb").read() == saved[0][0] and os.stat(path).st_mtime_ns == saved[0][1]
@@ -307,7 +307,8 @@ def test_nan_guard_names_every_diverged_value_and_advises_by_which_diverged():
     with pytest.raises(NonFiniteLossError) as all_of_them:
         guard.on_train_batch_end(2, {"recon_loss": float("inf"), "d_loss": float("nan"), "probe_loss": float("nan")})
     message = str(all_of_them.value)
-    assert message.startswith("recon_loss became inf (also d_loss, probe_loss) at step 2")
+    assert message.startswith("recon_loss became inf at step 2 (epoch 1, batch 3); training stopped. "
+                              "Also not finite: d_loss, probe_loss. ")
     assert "lower --lr or --lamb" in message and "--probe-lr" not in message
 
 
