@@ -56,8 +56,8 @@ class NonFiniteLossGuard(keras.callbacks.Callback):
                 bad[name] = value
         if not bad:
             return
-        name, value = next(iter(bad.items()))
-        others = [n for n in bad if n != name]
+        name, *others = bad
+        value = bad[name]
         also = f"Also not finite: {', '.join(others)}. " if others else ""
         step = int(self.model.d_optimizer.iterations.numpy()) if getattr(self.model, "d_optimizer", None) else batch
         raise NonFiniteLossError(

@@ -61,7 +61,8 @@ TABLE2_STEPS = 2500
 # Recipe fields a table may override, and the tag that names an override in run folders and table files
 # (precision and probe: their value alone, e.g. "-float32", "-whiten"). Run folders name the probe through
 # default_run_name instead, so that a run has one name whichever table plans it.
-RECIPE_TAGS = {"lr": "lr", "d_lr": "dlr", "beta": "beta", "epochs": "e", "batch_size": "b", "depth": "d", "precision": "", "probe": ""}
+RECIPE_TAGS = {"lr": "lr", "d_lr": "dlr", "beta": "beta", "epochs": "e", "batch_size": "b", "depth": "d",
+               "precision": "", "probe": ""}
 
 # Fields of results.json kept for each run in the table's JSON.
 RUN_RECORD_KEYS = ("seed", "epochs", "best_epoch", "best_val_probe_accuracy", "test_probe_accuracy",

@@ -16,8 +16,8 @@ runs/ (where fit.py puts the same runs), the tables to results/:
                 CIFAR-10 and SVHN (those without data here are listed as not available), preset mnist_full.
                 Writes results/table3.md and .json.
   --datasets    with --table: replace the table's datasets (the files then carry their names).
-Recipe flags (--lamb, --lr, --d-lr, --beta, --epochs, --batch-size, --depth, --precision, --preset) change every run of the
-table; the run folders and table files then carry them in their names (e.g. --lamb 30 writes
+Recipe flags (--lamb, --lr, --d-lr, --beta, --epochs, --batch-size, --depth, --precision, --preset) change every
+run of the table; the run folders and table files then carry them in their names (e.g. --lamb 30 writes
 results/table1_mnist-lamb30.md from runs/mnist-mixup-k2-lamb30-mnist_full-s0 ...), so variants never collide.
 
 Without --table: the grid --datasets x --mixers x --seeds (preset fast unless --preset), written as
@@ -175,8 +175,8 @@ def main(argv=None):
 def _run(args, argv):
     data_dirs = parse_data_dirs(args.data_dir)
     seeds = parse_seeds(args.seeds)
-    recipe = {"lr": args.lr, "d_lr": args.d_lr, "beta": args.beta, "epochs": args.epochs, "batch_size": args.batch_size, "depth": args.depth,
-              "precision": args.precision, "probe": args.probe}
+    recipe = {"lr": args.lr, "d_lr": args.d_lr, "beta": args.beta, "epochs": args.epochs,
+              "batch_size": args.batch_size, "depth": args.depth, "precision": args.precision, "probe": args.probe}
     if args.quick:
         seeds, recipe = [0], {**recipe, "epochs": args.epochs or 1, "depth": args.depth or 4}
     if args.table:
