@@ -431,10 +431,11 @@ def check_runs(runs):
             )
 
 
-def selected(run, rows=None, train_sizes=None):
-    """Whether ``run`` is among the ``(mixer, k)`` settings ``rows`` and the training sizes ``train_sizes``
-    (``None``: all of them)."""
-    return (rows is None or run.row[1:3] in rows) and (train_sizes is None or run.row[4] in train_sizes)
+def selected(run, rows=None, train_sizes=None, lambs=None):
+    """Whether ``run`` is among the ``(mixer, k)`` settings ``rows``, the training sizes ``train_sizes`` and the
+    lamb values ``lambs`` (``None``: all of them)."""
+    return ((rows is None or run.row[1:3] in rows) and (train_sizes is None or run.row[4] in train_sizes)
+            and (lambs is None or run.row[3] in lambs))
 
 
 def training_order(runs):
@@ -450,7 +451,7 @@ def training_order(runs):
     return sorted(runs, key=lambda run: (first[(run.row[0], run.row[4])], run.cfg.seed, run.cfg.lamb))
 
 
-def train_missing(runs, rows=None, argv=None, on_finished=None, train_sizes=None):
+def train_missing(runs, rows=None, argv=None, on_finished=None, train_sizes=None, lambs=None):
     """Train the runs that are not done (seed by seed, see ``training_order``), resuming started ones; datasets
     that cannot be loaded are skipped.
 
@@ -458,6 +459,7 @@ def train_missing(runs, rows=None, argv=None, on_finished=None, train_sizes=None
         runs: ``PlannedRun`` list.
         rows: ``(mixer, k)`` settings to train (default: all); the other runs are left as they are.
         train_sizes: training-set sizes to train (default: all); the other runs are left as they are.
+        lambs: lamb values to train (default: all); the other runs are left as they are.
         argv: the command line, recorded in each run's ``results.json``.
         on_finished: called after every finished run (e.g. to rewrite the tables).
 
@@ -472,7 +474,7 @@ def train_missing(runs, rows=None, argv=None, on_finished=None, train_sizes=None
     from amr_keras.callbacks import NonFiniteLossError
     from amr_keras.data import DataError
 
-    todo = training_order([r for r in runs if selected(r, rows, train_sizes) and r.state() != "done"])
+    todo = training_order([r for r in runs if selected(r, rows, train_sizes, lambs) and r.state() != "done"])
     unavailable, failed = {}, []
     for i, run in enumerate(todo, 1):
         if run.cfg.dataset in unavailable:
@@ -770,7 +772,7 @@ def _gap_lines(spec, entries):
     return lines
 
 
-def describe_plan(runs, rows=None, train_sizes=None):
+def describe_plan(runs, rows=None, train_sizes=None, lambs=None):
     """A summary line, then one line per run: done, resume (with its finished epochs), pending.
 
     Args:
@@ -779,6 +781,8 @@ def describe_plan(runs, rows=None, train_sizes=None):
             marked "(not selected)".
         train_sizes: training-set sizes selected for training; runs of other sizes that are not done are
             marked "(not selected)".
+        lambs: lamb values selected for training; runs at other lambs that are not done are marked
+            "(not selected)".
     """
     lines, counts = [], collections.Counter()
     for run in runs:
@@ -790,7 +794,7 @@ def describe_plan(runs, rows=None, train_sizes=None):
             text = f"{state:<8} {run.name}"
         if state == "done" and not os.path.exists(os.path.join(run.folder, "results.json")):
             text += f" (recorded in {LEDGER_NAME})"
-        if state != "done" and not selected(run, rows, train_sizes):
+        if state != "done" and not selected(run, rows, train_sizes, lambs):
             label, text = "not selected", text + " (not selected)"
         counts[label] += 1
         lines.append("  " + text)

@@ -38,6 +38,7 @@ Examples:
     python scripts/reproduce.py --table 1 --data-dir mnist=DIR --dry-run      # which runs are done, which are not
     python scripts/reproduce.py --table 1 --data-dir mnist=DIR --only acai    # one row (here ACAI, k=2)
     python scripts/reproduce.py --table lamb --data-dir mnist=DIR             # lamb 5 / 10 / 30 / 100 sweep
+    python scripts/reproduce.py --table lamb --data-dir mnist=DIR --seeds 2 --only-lambs 100   # one lamb first
     python scripts/reproduce.py --table 2 --data-dir mnist=DIR --data-dir fashion_mnist=DIR2 --seeds 2
     python scripts/reproduce.py --table 2 --data-dir mnist=DIR --only-sizes 1000 5000   # the small subsets first
     python scripts/reproduce.py --table 3 --data-dir mnist=DIR --data-dir fashion_mnist=DIR2 --seeds 2
@@ -82,6 +83,9 @@ def parse_args(argv):
     p.add_argument("--only-sizes", nargs="+", type=int, metavar="N",
                    help="--table 2: train only the runs on these training-set sizes (e.g. --only-sizes 1000 5000); "
                         "the table still lists every size")
+    p.add_argument("--only-lambs", nargs="+", type=float, metavar="LAMB",
+                   help="train only the runs at these lamb values of the table (e.g. --table lamb --only-lambs 100); "
+                        "the table still lists every lamb")
     r = p.add_argument_group("recipe (every run of the table; default: the table's preset)")
     r.add_argument("--preset", choices=tuple(PRESETS), help="grid: fast by default; --table 1 and lamb: mnist_full")
     r.add_argument("--lamb", nargs="+", type=float, help="lamb value(s); several make one row per value")
@@ -129,6 +133,15 @@ def parse_sizes(values, spec):
     return set(values)
 
 
+def parse_lambs(values, lambs):
+    """``--only-lambs`` values, checked against the table's lamb values ``lambs``."""
+    unknown = [v for v in values if v not in lambs]
+    if unknown:
+        raise ConfigError(f"--only-lambs takes lamb values of this table: {' '.join(f'{v:g}' for v in lambs)}; "
+                          f"got {' '.join(f'{v:g}' for v in unknown)} (--lamb sets the table's values).")
+    return set(values)
+
+
 def parse_data_dirs(items):
     """``["mnist=/data/mnist"]`` -> ``{"mnist": "/data/mnist"}``."""
     dirs = {}
@@ -141,7 +154,8 @@ def parse_data_dirs(items):
 
 
 def command_line(args):
-    """The command that makes the whole table: what was given, less --only, --only-sizes, --dry-run and --table-only."""
+    """The command that makes the whole table: what was given, less --only, --only-sizes, --only-lambs, --dry-run
+    and --table-only."""
     words = ["python", "scripts/reproduce.py"]
     if args.table:
         words += ["--table", args.table]
@@ -199,8 +213,11 @@ def _run(args, argv):
     runs = reproduce.plan_runs(spec, seeds, data_dirs, runs_dir, preset=args.preset, lambs=args.lamb, recipe=recipe,
                                ledger=reproduce.load_ledger(args.out))
     reproduce.check_runs(runs)
+    lambs = None
+    if args.only_lambs:
+        lambs = parse_lambs(args.only_lambs, reproduce.table_lambs(spec, args.preset, args.lamb))
     stem = reproduce.table_stem(spec, args.preset, args.lamb, recipe)
-    plan = reproduce.describe_plan(runs, rows, sizes)
+    plan = reproduce.describe_plan(runs, rows, sizes, lambs)
     print(f"table {spec.name} -> {os.path.join(args.out, stem)}.md; {plan[0]}; run folders in {runs_dir}")
     if args.dry_run:
         print("\n".join(plan[1:]))
@@ -213,7 +230,7 @@ def _run(args, argv):
     unavailable, failed = {}, []
     if not args.table_only:
         unavailable, failed = reproduce.train_missing(runs, rows, argv=["scripts/reproduce.py", *argv],
-                                                      on_finished=write, train_sizes=sizes)
+                                                      on_finished=write, train_sizes=sizes, lambs=lambs)
     md, js = write(unavailable)
     print(f"wrote {md} and {js}")
     return 1 if failed else 0

@@ -368,6 +368,8 @@ def test_a_damaged_ledger_line_is_named(dirs, capsys):
      "--only-sizes takes training-set sizes of table 2: 1000 5000 10000 20000; got 3000"),
     (["--table", "1", "--only-sizes", "1000"], "--only-sizes takes training-set sizes of table 1: none"),
     (["--only-sizes", "1000"], "--only-sizes selects among the training-set sizes of a named table"),
+    (["--table", "lamb", "--only-lambs", "100", "50"], "--only-lambs takes lamb values of this table: 5 10 30 100; got 50"),
+    (["--table", "1", "--lamb", "30", "--only-lambs", "10"], "--only-lambs takes lamb values of this table: 30; got 10"),
 ])
 def test_bad_table_arguments_fail_with_one_line(args, message, tmp_path, capsys):
     assert load_script().main([*args, "--out", str(tmp_path / "out"), "--runs", str(tmp_path / "runs")]) == 2
@@ -407,6 +409,30 @@ def test_lamb_sweep_reuses_table1_runs_and_reports_the_gap(dirs, monkeypatch):
     # 3 seeds: mean 3, std 1, t(0.975, 2) = 4.303, so 3 +- 4.303 / sqrt(3).
     assert gaps[1]["online_probe"]["ci95"] == pytest.approx([3 - 2.4843, 3 + 2.4843], abs=1e-3)
     assert gaps[3]["knn"]["exceeds_seed_spread"] is False
+
+
+def test_only_lambs_trains_the_chosen_lambs_and_tabulates_them_all(dirs, monkeypatch, capsys):
+    fake = FakeTrain(lambda cfg: 0.9 + cfg.lamb / 10000)
+    monkeypatch.setattr("amr_keras.train.run", fake)
+    script = load_script()
+    assert script.main(table_args(dirs, "--seeds", "2", "--only-lambs", "100", "30", table="lamb")) == 0
+    # Seed by seed, then lamb by lamb, as without --only-lambs: seed 0's pairs before seed 1's.
+    assert [(c.seed, c.lamb, c.mixer) for c in fake.calls] == [
+        (0, 30.0, "none"), (0, 30.0, "mixup"), (0, 100.0, "none"), (0, 100.0, "mixup"),
+        (1, 30.0, "none"), (1, 30.0, "mixup"), (1, 100.0, "none"), (1, 100.0, "mixup")]
+    md = read(os.path.join(dirs["out"], "lamb_sweep_mnist.md"))
+    assert "--only-lambs" not in md  # the table's command makes the whole table
+    rows = [line for line in md.splitlines() if line.startswith("| mnist | none")]
+    assert [line.split(" | ")[3] for line in rows] == ["5", "10", "30", "100"]
+    assert "| 5 | 0 of 2 | not run |" in rows[0] and "| 100 | 2 | 91.00 ± 0.00 |" in rows[3]
+    capsys.readouterr()
+    assert script.main(table_args(dirs, "--seeds", "2", "--only-lambs", "5", "--dry-run", table="lamb")) == 0
+    out = capsys.readouterr().out
+    assert "8 done, 4 pending, 4 not selected" in out
+    pending = sorted(line.split()[1] for line in out.splitlines()
+                     if line.strip().startswith("pending") and not line.endswith("(not selected)"))
+    assert pending == [f"mnist-{m}-k2-lamb5-mnist_full-batchnorm-s{s}" for m in ("mixup", "none") for s in (0, 1)]
+    assert sum(line.endswith("(not selected)") and "-lamb10-" in line for line in out.splitlines()) == 4
 
 
 def test_settings_diff_compares_data_folders_as_real_paths(tmp_path, monkeypatch):
