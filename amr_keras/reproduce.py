@@ -135,7 +135,7 @@ TABLES = {
               (("acai", 2), ("none", 2)), (("mixup", 2), ("acai", 2)), (("bernoulli", 2), ("acai", 2)))),
     "lamb": TableSpec(
         "lamb", "Reconstruction weight lamb on the official MNIST split: mixup against the AE + GAN baseline (%)",
-        ("mnist",), (("none", 2), ("mixup", 2)), "mnist_full", lambs=(5.0, 10.0, 30.0, 100.0), probe=PINNED_PROBE, stem="lamb_sweep_mnist",
+        ("mnist",), (("none", 2), ("mixup", 2)), "mnist_full", lambs=(2.0, 5.0, 10.0, 30.0, 100.0), probe=PINNED_PROBE, stem="lamb_sweep_mnist",
         gaps=((("mixup", 2), ("none", 2)),)),
     # The paper's Table 2 trains on SVHN subsets; here on MNIST and Fashion-MNIST (offline), and on SVHN with
     # --datasets svhn. Every run trains for the same number of steps, so a small subset is seen many times.

@@ -6,7 +6,7 @@ runs/ (where fit.py puts the same runs), the tables to results/:
                 50,000 / 10,000 / official 10,000 test): none (AE + GAN), acai, mixup, bernoulli (k=2) and mixup k=3
                 (triplet), preset mnist_full (the fast preset with lamb 10 and 4 epochs: 200,000 training images per
                 run). Writes results/table1_mnist.md and results/table1_mnist.json.
-  --table lamb  none and mixup at lamb 5, 10, 30 and 100 with the same recipe (its lamb-10 runs are Table 1's);
+  --table lamb  none and mixup at lamb 2, 5, 10, 30 and 100 with the same recipe (its lamb-10 runs are Table 1's);
                 writes results/lamb_sweep_mnist.md with the mixup-minus-none gap per lamb.
   --table 2     the paper's Table 2, fewer training images: none, acai, mixup, bernoulli on fixed class-stratified
                 subsets of N = 1,000 / 5,000 / 10,000 / 20,000 training images of MNIST and Fashion-MNIST

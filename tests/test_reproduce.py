@@ -368,7 +368,7 @@ def test_a_damaged_ledger_line_is_named(dirs, capsys):
      "--only-sizes takes training-set sizes of table 2: 1000 5000 10000 20000; got 3000"),
     (["--table", "1", "--only-sizes", "1000"], "--only-sizes takes training-set sizes of table 1: none"),
     (["--only-sizes", "1000"], "--only-sizes selects among the training-set sizes of a named table"),
-    (["--table", "lamb", "--only-lambs", "100", "50"], "--only-lambs takes lamb values of this table: 5 10 30 100; got 50"),
+    (["--table", "lamb", "--only-lambs", "100", "50"], "--only-lambs takes lamb values of this table: 2 5 10 30 100; got 50"),
     (["--table", "1", "--lamb", "30", "--only-lambs", "10"], "--only-lambs takes lamb values of this table: 30; got 10"),
 ])
 def test_bad_table_arguments_fail_with_one_line(args, message, tmp_path, capsys):
@@ -423,16 +423,17 @@ def test_only_lambs_trains_the_chosen_lambs_and_tabulates_them_all(dirs, monkeyp
     md = read(os.path.join(dirs["out"], "lamb_sweep_mnist.md"))
     assert "--only-lambs" not in md  # the table's command makes the whole table
     rows = [line for line in md.splitlines() if line.startswith("| mnist | none")]
-    assert [line.split(" | ")[3] for line in rows] == ["5", "10", "30", "100"]
-    assert "| 5 | 0 of 2 | not run |" in rows[0] and "| 100 | 2 | 91.00 ± 0.00 |" in rows[3]
+    assert [line.split(" | ")[3] for line in rows] == ["2", "5", "10", "30", "100"]
+    assert "| 5 | 0 of 2 | not run |" in rows[1] and "| 100 | 2 | 91.00 ± 0.00 |" in rows[4]
     capsys.readouterr()
     assert script.main(table_args(dirs, "--seeds", "2", "--only-lambs", "5", "--dry-run", table="lamb")) == 0
     out = capsys.readouterr().out
-    assert "8 done, 4 pending, 4 not selected" in out
+    assert "8 done, 4 pending, 8 not selected" in out
     pending = sorted(line.split()[1] for line in out.splitlines()
                      if line.strip().startswith("pending") and not line.endswith("(not selected)"))
     assert pending == [f"mnist-{m}-k2-lamb5-mnist_full-batchnorm-s{s}" for m in ("mixup", "none") for s in (0, 1)]
     assert sum(line.endswith("(not selected)") and "-lamb10-" in line for line in out.splitlines()) == 4
+    assert sum(line.endswith("(not selected)") and "-lamb2-" in line for line in out.splitlines()) == 4
 
 
 def test_settings_diff_compares_data_folders_as_real_paths(tmp_path, monkeypatch):
