@@ -381,7 +381,7 @@ def test_bad_table_arguments_fail_with_one_line(args, message, tmp_path, capsys)
 def test_lamb_sweep_reuses_table1_runs_and_reports_the_gap(dirs, monkeypatch):
     def accuracy(cfg):
         # lamb 10: mixup - none = 2, 3, 4 points (stds 1 and 2): beyond spread.
-        # lamb 5, 30 and 100: mixup - none = 0.5 points every seed: within the spread of 1 point.
+        # lamb 2, 5, 30 and 100: mixup - none = 0.5 points every seed: within the spread of 1 point.
         none = 0.90 + 0.01 * cfg.seed
         if cfg.mixer == "none":
             return none
@@ -393,22 +393,22 @@ def test_lamb_sweep_reuses_table1_runs_and_reports_the_gap(dirs, monkeypatch):
     assert script.main(table_args(dirs, "--only", "none", "mixup:2")) == 0
     assert len(fake.calls) == 6
     assert script.main(table_args(dirs, table="lamb")) == 0
-    assert len(fake.calls) == 6 + 18 and {c.lamb for c in fake.calls[6:]} == {5.0, 30.0, 100.0}
+    assert len(fake.calls) == 6 + 24 and {c.lamb for c in fake.calls[6:]} == {2.0, 5.0, 30.0, 100.0}
     # Paired runs first: both rows at one lamb and seed before the next lamb.
     assert [(c.seed, c.lamb, c.mixer) for c in fake.calls[6:10]] == [
-        (0, 5.0, "none"), (0, 5.0, "mixup"), (0, 30.0, "none"), (0, 30.0, "mixup")]
+        (0, 2.0, "none"), (0, 2.0, "mixup"), (0, 5.0, "none"), (0, 5.0, "mixup")]
     md = read(os.path.join(dirs["out"], "lamb_sweep_mnist.md"))
     assert "| mixup-k2 minus none-k2 | mnist | 10 | 3 | +3.00 ± 1.00 (beyond spread; CI +0.52 to +5.48) |" in md
     assert "| mixup-k2 minus none-k2 | mnist | 100 | 3 | +0.50 ± 0.00 (within spread; CI +0.50 to +0.50) |" in md
     with open(os.path.join(dirs["out"], "lamb_sweep_mnist.json")) as f:
         gaps = json.load(f)["gaps"]
-    assert [g["lamb"] for g in gaps] == [5.0, 10.0, 30.0, 100.0]
-    assert gaps[1]["online_probe"]["mean"] == pytest.approx(3.0)
-    assert gaps[1]["online_probe"]["per_seed"] == pytest.approx([2.0, 3.0, 4.0])
-    assert gaps[1]["online_probe"]["exceeds_seed_spread"] is True
+    assert [g["lamb"] for g in gaps] == [2.0, 5.0, 10.0, 30.0, 100.0]
+    assert gaps[2]["online_probe"]["mean"] == pytest.approx(3.0)
+    assert gaps[2]["online_probe"]["per_seed"] == pytest.approx([2.0, 3.0, 4.0])
+    assert gaps[2]["online_probe"]["exceeds_seed_spread"] is True
     # 3 seeds: mean 3, std 1, t(0.975, 2) = 4.303, so 3 +- 4.303 / sqrt(3).
-    assert gaps[1]["online_probe"]["ci95"] == pytest.approx([3 - 2.4843, 3 + 2.4843], abs=1e-3)
-    assert gaps[3]["knn"]["exceeds_seed_spread"] is False
+    assert gaps[2]["online_probe"]["ci95"] == pytest.approx([3 - 2.4843, 3 + 2.4843], abs=1e-3)
+    assert gaps[4]["knn"]["exceeds_seed_spread"] is False
 
 
 def test_only_lambs_trains_the_chosen_lambs_and_tabulates_them_all(dirs, monkeypatch, capsys):
