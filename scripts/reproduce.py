@@ -4,9 +4,9 @@ Named tables, one recipe for every row (only mixer and k change); run folders go
 runs/ (where fit.py puts the same runs), the tables to results/:
   --table 1     the paper's Table 1 on the official MNIST split (--data-dir mnist=DIR with the official IDX files:
                 50,000 / 10,000 / official 10,000 test): none (AE + GAN), acai, mixup, bernoulli (k=2) and mixup k=3
-                (triplet), preset mnist_full (the fast preset with lamb 10 and 4 epochs: 200,000 training images per
+                (triplet), preset mnist_full (the fast preset with lamb 5 and 4 epochs: 200,000 training images per
                 run). Writes results/table1_mnist.md and results/table1_mnist.json.
-  --table lamb  none and mixup at lamb 2, 5, 10, 30 and 100 with the same recipe (its lamb-10 runs are Table 1's);
+  --table lamb  none and mixup at lamb 2, 5, 10, 30 and 100 with the same recipe (its lamb-5 runs are Table 1's);
                 writes results/lamb_sweep_mnist.md with the mixup-minus-none gap per lamb.
   --table 2     the paper's Table 2, fewer training images: none, acai, mixup, bernoulli on fixed class-stratified
                 subsets of N = 1,000 / 5,000 / 10,000 / 20,000 training images of MNIST and Fashion-MNIST
@@ -14,7 +14,8 @@ runs/ (where fit.py puts the same runs), the tables to results/:
                 --datasets svhn runs the paper's own SVHN grid. Writes results/table2.md, .json and .png.
   --table 3     the paper's Table 3, 256-value codes (4x4x16): none, mixup, bernoulli on MNIST, Fashion-MNIST,
                 CIFAR-10 and SVHN (those without data here are listed as not available), preset mnist_full.
-                Writes results/table3.md and .json.
+                Writes results/table3.md and .json. Tables 2 and 3 keep lamb 10, the preset's value when they
+                were made (--lamb 5 gives each a variant).
   --datasets    with --table: replace the table's datasets (the files then carry their names).
 Recipe flags (--lamb, --lr, --d-lr, --beta, --epochs, --batch-size, --depth, --precision, --preset) change every
 run of the table; the run folders and table files then carry them in their names (e.g. --lamb 30 writes
@@ -37,7 +38,7 @@ Examples:
     python scripts/reproduce.py --table 1 --data-dir mnist=DIR                # 5 rows x 3 seeds
     python scripts/reproduce.py --table 1 --data-dir mnist=DIR --dry-run      # which runs are done, which are not
     python scripts/reproduce.py --table 1 --data-dir mnist=DIR --only acai    # one row (here ACAI, k=2)
-    python scripts/reproduce.py --table lamb --data-dir mnist=DIR             # lamb 5 / 10 / 30 / 100 sweep
+    python scripts/reproduce.py --table lamb --data-dir mnist=DIR             # lamb 2 / 5 / 10 / 30 / 100 sweep
     python scripts/reproduce.py --table lamb --data-dir mnist=DIR --seeds 2 --only-lambs 100   # one lamb first
     python scripts/reproduce.py --table 2 --data-dir mnist=DIR --data-dir fashion_mnist=DIR2 --seeds 2
     python scripts/reproduce.py --table 2 --data-dir mnist=DIR --only-sizes 1000 5000   # the small subsets first
@@ -166,7 +167,7 @@ def command_line(args):
     for item in args.data_dir:
         words += ["--data-dir", item]
     words += ["--seeds", *map(str, args.seeds)]
-    for flag in ("preset", "lamb", "lr", "d_lr", "beta", "epochs", "batch_size", "depth", "precision", "runs"):
+    for flag in ("preset", "lamb", "lr", "d_lr", "beta", "epochs", "batch_size", "depth", "precision", "probe", "runs"):
         value = getattr(args, flag)
         if value is not None:
             values = value if isinstance(value, list) else [value]
