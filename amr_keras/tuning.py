@@ -409,6 +409,18 @@ def write_reports(tuner, hypermodel, out):
     return ranked[0], settings
 
 
+def _report_after_every_trial(kt_tuner, hypermodel, out):
+    """Rewrite ``trials.md`` and ``best_hyperparameters.json`` as each trial ends, so that a search killed
+    part-way (a job scheduler's SIGTERM, a machine going away) still reports the trials it finished."""
+    trial_end = kt_tuner.on_trial_end
+
+    def on_trial_end(trial):
+        trial_end(trial)
+        write_reports(kt_tuner, hypermodel, out)
+
+    kt_tuner.on_trial_end = on_trial_end
+
+
 def search(cfg, tuner="random", max_trials=10, search_space=(), verbose=None, objective="probe", ranges=None):
     """Search hyper-parameters of AMR on ``cfg.dataset``, continuing the search found in ``cfg.out``.
 
@@ -465,6 +477,7 @@ def search(cfg, tuner="random", max_trials=10, search_space=(), verbose=None, ob
     os.makedirs(out, exist_ok=True)
     _write_json(os.path.join(out, "search.json"), settings)
     kt_tuner = make_tuner(tuner, hypermodel, out, max_trials, seed=cfg.seed)
+    _report_after_every_trial(kt_tuner, hypermodel, out)
     # Every trial sees the same batches in the same order (epoch e is a shuffle seeded by (seed, e)).
     train_ds = train_pipeline(*splits.arrays["train"], cfg.batch_size, seed=cfg.seed)
     callbacks = [NonFiniteLossGuard(), keras.callbacks.TensorBoard(os.path.join(out, "logs"))]

@@ -36,15 +36,19 @@ def base_config(data_dir, out):
     return Config(dataset="mnist", data_dir=data_dir, depth=4, batch_size=16, epochs=1, jit_compile=False, out=out)
 
 
-def run_recording_fits(argv, interrupt_at=None):
+def run_recording_fits(argv, interrupt_at=None, reports=None):
     """Run scripts/tune.py, returning (exit code, hyper-parameter values of every trial trained).
 
     With ``interrupt_at=n``, the n-th trial is interrupted (KeyboardInterrupt) before it trains.
+    With ``reports=(out, list)``, the list gets what ``out/trials.md`` held as each trial started (None: no file).
     """
     calls = []
     original = tuning.AMRHyperModel.fit
 
     def recording_fit(self, hp, model, *args, **kwargs):
+        if reports is not None:
+            path = os.path.join(reports[0], "trials.md")
+            reports[1].append(read_table(reports[0]) if os.path.exists(path) else None)
         calls.append(dict(hp.values))
         if len(calls) == interrupt_at:
             raise KeyboardInterrupt("simulated interruption")
@@ -63,9 +67,11 @@ def run_recording_fits(argv, interrupt_at=None):
 def search_run(tiny_data, tmp_path_factory):
     """A two-trial random search interrupted in its second trial, then run again to the end."""
     out = str(tmp_path_factory.mktemp("search") / "s")
-    _, interrupted = run_recording_fits(tune_args(tiny_data, out), interrupt_at=2)
+    reports = []
+    _, interrupted = run_recording_fits(tune_args(tiny_data, out), interrupt_at=2, reports=(out, reports))
     code, resumed = run_recording_fits(tune_args(tiny_data, out))
-    return types.SimpleNamespace(out=out, data=tiny_data, interrupted=interrupted, resumed=resumed, code=code)
+    return types.SimpleNamespace(out=out, data=tiny_data, interrupted=interrupted, resumed=resumed, code=code,
+                                 reports=reports)
 
 
 def read_best(out):
@@ -94,6 +100,17 @@ def test_interrupted_search_resumes_only_the_unfinished_trial(search_run):
     assert len(search_run.interrupted) == 2
     # The rerun trains the interrupted trial again, with the values drawn for it, and nothing else.
     assert search_run.resumed == [search_run.interrupted[1]]
+
+
+@pytest.mark.slow
+def test_trials_md_is_written_as_each_trial_ends(search_run):
+    # Before the first trial there is no report; when the second starts, the first is in it, scored, so a
+    # search killed outright (no chance to clean up) still reports what it finished.
+    first, second = search_run.reports
+    assert first is None
+    assert [(row["trial"], row["status"]) for row in second] == [("0", "COMPLETED")]
+    assert 0.0 <= float(second[0]["best val_probe_accuracy"]) <= 1.0
+    assert os.path.exists(os.path.join(search_run.out, "best_hyperparameters.json"))
 
 
 @pytest.mark.slow
