@@ -16,6 +16,7 @@ Examples:
     python scripts/bench.py                                  # batch 64 and 256, XLA off/on, G every 1 and 5
     python scripts/bench.py --batch-sizes 64 --jit off --update-g-every 5 --torch-ref ../shared/bench/torch_ref.py
     python scripts/bench.py --batch-sizes 64 --jit on --update-g-every 1 --profile runs/profile   # + op profile
+    python scripts/bench.py --batch-sizes 16 --jit off --update-g-every 1 --probe whiten batchnorm   # probe cost
 
 TensorFlow's oneDNN CPU kernels are on (``amr_keras`` turns them on); run with
 ``TF_ENABLE_ONEDNN_OPTS=0`` to measure without them (the ``onednn`` field says which).
@@ -102,7 +103,7 @@ def summarize_profile(logdir, top=12):
 
 
 def bench_keras(batch_size, jit, update_g_every, steps, warmup, repeats, depth, mixer, precision="auto",
-                profile=None):
+                profile=None, probe="whiten"):
     import amr_keras  # before tensorflow: it turns on the oneDNN CPU kernels unless TF_ENABLE_ONEDNN_OPTS is set
     import keras
     import tensorflow as tf
@@ -114,7 +115,7 @@ def bench_keras(batch_size, jit, update_g_every, steps, warmup, repeats, depth, 
     keras.utils.set_random_seed(0)
     precision = resolve_precision(precision)
     with precision_scope(precision):
-        model = AMR(*build_networks(depth=depth), mixer=mixer, update_g_every=update_g_every)
+        model = AMR(*build_networks(depth=depth), mixer=mixer, update_g_every=update_g_every, probe=probe)
         model.compile(jit_compile=jit)
     # A few fixed batches, cycled, so that data creation is not timed.
     rng = tf.random.Generator.from_seed(0)
@@ -156,7 +157,7 @@ def bench_keras(batch_size, jit, update_g_every, steps, warmup, repeats, depth, 
     traces_during_timing = traces[0] - traced_in_warmup
     profile_summary = None
     if profile:
-        name = f"b{batch_size}-jit{int(jit)}-g{update_g_every}-{precision}"
+        name = f"b{batch_size}-jit{int(jit)}-g{update_g_every}-{precision}-{probe}"
         tf.profiler.experimental.start(os.path.join(profile, name))
         for _ in range(steps):
             logs = step(iterator)
@@ -168,7 +169,7 @@ def bench_keras(batch_size, jit, update_g_every, steps, warmup, repeats, depth, 
         "images_per_second_repeats": [round(r, 1) for r in rates], "batch_size": batch_size,
         "jit_compile": jit, "update_g_every": update_g_every, "precision": precision,
         "compute_dtype": compute_dtype(model),
-        "mixer": mixer, "depth": depth, "steps": steps, "warmup": warmup, "warmup_seconds": round(warmup_s, 1),
+        "mixer": mixer, "probe": model.probe_kind, "depth": depth, "steps": steps, "warmup": warmup, "warmup_seconds": round(warmup_s, 1),
         "repeats": repeats, "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "other_processes_cores": other, "device": tf.config.list_logical_devices()[-1].device_type,
         "onednn": amr_keras.onednn_enabled(), "cpu": cpu_info()["model"], "cpu_flags": cpu_info()["flags"],
@@ -217,6 +218,9 @@ def main(argv=None):
     p.add_argument("--precision", choices=("auto", "float32", "mixed_float16", "mixed_bfloat16"), nargs="+",
                    default=["auto"], help="compute precision(s) of amr_keras (default auto: mixed_bfloat16 where "
                                           "the hardware has bfloat16 units); the PyTorch reference runs in float32")
+    p.add_argument("--probe", choices=("whiten", "batchnorm"), nargs="+", default=["whiten"],
+                   help="online probe(s) of amr_keras (default whiten, fit.py's default; batchnorm: the probe "
+                        "of the committed tables' runs)")
     p.add_argument("--torch-ref", help="path of a PyTorch reference step script to compare against")
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--profile", metavar="DIR", help="also profile each setting into DIR and print an op summary")
@@ -244,10 +248,11 @@ def main(argv=None):
                 ref = bench_torch(args.torch_ref, bs, every, args.steps, args.warmup, args.repeats, args.mixer,
                                   args.threads)
                 print(json.dumps(ref), flush=True)
-            for jit, precision in [(j, prec) for prec in args.precision for j in jits]:
+            for jit, precision, probe in [(j, prec, pr) for pr in args.probe for prec in args.precision
+                                          for j in jits]:
                 setting = dict(batch_size=bs, jit=jit, update_g_every=every, steps=args.steps, warmup=args.warmup,
                                repeats=args.repeats, depth=args.depth, mixer=args.mixer, precision=precision,
-                               profile=args.profile)
+                               profile=args.profile, probe=probe)
                 if args.one_setting_per_process:
                     res = bench_keras_in_subprocess(setting)
                 else:

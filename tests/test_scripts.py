@@ -100,6 +100,17 @@ def test_evaluate_script_refuses_no_jobs(capsys):
 
 
 @pytest.mark.slow
+def test_bench_times_each_probe_it_is_given(capsys):
+    bench = _script("bench")
+    bench.main(["--batch-sizes", "8", "--jit", "off", "--update-g-every", "1", "--steps", "2", "--warmup", "1",
+                "--repeats", "1", "--depth", "4", "--precision", "float32", "--probe", "whiten", "batchnorm",
+                "--same-process"])
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert [r["probe"] for r in lines] == ["whiten", "batchnorm"]  # read from the model that was timed
+    assert all(r["images_per_second"] > 0 for r in lines)
+
+
+@pytest.mark.slow
 def test_bench_times_each_setting_in_its_own_process(capsys):
     bench = _script("bench")
     bench.main(["--batch-sizes", "8", "--jit", "off", "--update-g-every", "1", "--steps", "2", "--warmup", "1",
