@@ -13,7 +13,7 @@ import os
 
 from amr_keras.data import DATASETS
 from amr_keras.mixers import MIXERS, check_mixer
-from amr_keras.model import ACAI_GAMMA, ACAI_WEIGHT, RECON_LOSSES, check_acai_settings
+from amr_keras.model import ACAI_GAMMA, ACAI_WEIGHT, RECON_LOSSES, check_acai_settings, check_recon_gan
 from amr_keras.precision import PRECISIONS
 from amr_keras.probe import PROBES
 
@@ -37,6 +37,7 @@ class Config:
     recon: str = "l1"
     acai_gamma: float = ACAI_GAMMA
     acai_weight: float = ACAI_WEIGHT
+    recon_gan: bool = True
     lr: float = None
     d_lr: float = None
     probe_lr: float = None
@@ -62,7 +63,7 @@ class Config:
 
 
 # Settings that define a run: a --resume folder must have been made with the same ones.
-RUN_KEYS = ("dataset", "data_dir", "train_size", "preset", "mixer", "k", "lamb", "beta", "recon", "acai_gamma", "acai_weight", "lr",
+RUN_KEYS = ("dataset", "data_dir", "train_size", "preset", "mixer", "k", "lamb", "beta", "recon", "acai_gamma", "acai_weight", "recon_gan", "lr",
             "d_lr", "probe_lr", "probe", "schedule", "batch_size", "epochs", "steps_per_epoch", "update_g_every", "depth",
             "code_channels", "slope", "seed", "precision")
 
@@ -146,6 +147,7 @@ def validate(cfg):
     try:
         check_mixer(cfg.mixer, cfg.k)
         check_acai_settings(cfg.mixer, cfg.acai_gamma, cfg.acai_weight)
+        check_recon_gan(cfg.mixer, cfg.recon_gan)
     except ValueError as e:
         raise ConfigError(str(e)) from e
     for name in ("batch_size", "epochs", "update_g_every", "depth"):
@@ -196,7 +198,8 @@ def default_run_name(cfg, extra=""):
     ACAI runs with other than the default ``acai_gamma``/``acai_weight`` name them too,
     e.g. ``mnist_sample-acai-g0.2-w0.5-k2-lamb100-fast-s0``; so do a training subset
     (``mnist-n1000-mixup-...``), a code of other than 2 channels (``...-k2-c16-lamb10-...``) and a probe
-    other than the default (``...-mnist_full-batchnorm-s0``).
+    other than the default (``...-mnist_full-batchnorm-s0``); so does ``recon_gan`` off
+    (``mnist-mixup-norecgan-k2-...``).
 
     Args:
         cfg: a Config whose ``lamb`` is set.
@@ -208,6 +211,8 @@ def default_run_name(cfg, extra=""):
         mixer += f"-g{cfg.acai_gamma:g}-w{cfg.acai_weight:g}"
     code = "" if cfg.code_channels == Config.code_channels else f"-c{cfg.code_channels}"
     probe = "" if cfg.probe == Config.probe else f"-{cfg.probe}"
+    if not cfg.recon_gan:
+        mixer += "-norecgan"
     return f"{data}-{mixer}-k{cfg.k}{code}-lamb{cfg.lamb:g}-{cfg.preset}{probe}{extra}-s{cfg.seed}"
 
 
@@ -258,10 +263,13 @@ def upgrade_legacy_settings(values):
 
 def upgrade_run_settings(values):
     """The settings of a finished or started run (its ``config.json``, a ledger record) in today's terms:
-    ``upgrade_legacy_settings``, and ``probe: "batchnorm"`` for runs made before the probe was a setting
-    (their probe was the batch-normalised one)."""
+    ``upgrade_legacy_settings``, ``probe: "batchnorm"`` for runs made before the probe was a setting
+    (their probe was the batch-normalised one) and ``recon_gan: true`` for runs made before that was one."""
     values = upgrade_legacy_settings(values)
     values.setdefault("probe", "batchnorm")
+    # Runs made before recon_gan was a setting had the term (a ledger line may hold null for it).
+    if values.get("recon_gan") is None:
+        values["recon_gan"] = True
     return values
 
 
@@ -325,6 +333,9 @@ def build_parser(description="Train AMR."):
     m.add_argument("--acai-weight", type=float,
                    help=f"--mixer acai: weight of the autoencoder's ACAI regulariser, >= 0 "
                         f"(default {ACAI_WEIGHT:g}; the ACAI paper: 0.5)")
+    m.add_argument("--no-recon-gan", dest="recon_gan", action="store_false", default=None,
+                   help="drop the adversarial term on reconstructions (the official code's disable_g_recon): the "
+                        "discriminator then judges images and mixes only; mixup and bernoulli only")
     m.add_argument("--depth", type=int, help="channels of the first scale of every network")
     m.add_argument("--code-channels", type=int,
                    help="feature maps of the 4x4 code (default 2: 32 values; 16: the paper's 256-value code)")

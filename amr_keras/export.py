@@ -86,7 +86,7 @@ PAD = (IMAGE_SIZE - PADDED_SOURCE[0]) // 2
 RANGE_TOLERANCE = 1e-3
 # Model settings copied from the model's config into metadata.json.
 CONFIG_KEYS = ("num_classes", "mixer", "k", "lamb", "beta", "recon", "update_g_every", "seed", "acai_gamma",
-               "acai_weight", "probe")
+               "acai_weight", "probe", "recon_gan")
 
 
 def to_model_input(images):

@@ -74,6 +74,25 @@ def check_acai_settings(mixer, acai_gamma, acai_weight):
         )
 
 
+def check_recon_gan(mixer, recon_gan):
+    """Validate ``recon_gan`` (the adversarial term on reconstructions); raise ``ValueError`` saying why.
+
+    Turning it off (the official code's ``disable_g_recon=True``) needs a mixer: with ``"none"`` nothing
+    would be left for the discriminator to judge. ACAI has no such term for the autoencoder (its critic
+    sees reconstructions as the "no mixing" end of its scale), so it keeps the default.
+    """
+    if not isinstance(recon_gan, bool):
+        raise ValueError(f"recon_gan must be True or False, got {recon_gan!r}.")
+    if recon_gan:
+        return
+    if mixer == "none":
+        raise ValueError("recon_gan=False needs a mixer: with mixer 'none' the discriminator would judge nothing "
+                         "but real images. Use mixup or bernoulli, or keep recon_gan=True (AE + GAN).")
+    if mixer == "acai":
+        raise ValueError("recon_gan=False does not apply to mixer 'acai': ACAI's autoencoder has no adversarial "
+                         "term on reconstructions (its critic sees them as unmixed). Keep recon_gan=True.")
+
+
 def acai_critic_target(alpha):
     """ACAI's critic target for a mix of two codes with weight ``alpha``: ``2 * min(alpha, 1 - alpha)``.
 
@@ -158,6 +177,10 @@ class AMR(keras.Model):
             term, >= 0. Default 1 (``ACAIF3``); the ACAI paper uses 0.5.
             Other mixers reject values of ``acai_gamma`` and ``acai_weight`` other
             than the defaults (``ValueError``) instead of ignoring them.
+        recon_gan: whether the autoencoder is also trained to make its reconstructions fool the
+            discriminator (default True, as in every experiment of the paper). False (the official code's
+            ``disable_g_recon``) leaves the discriminator images and mixes only; it needs ``"mixup"`` or
+            ``"bernoulli"`` (``ValueError`` otherwise).
         probe: ``"whiten"`` (default) or ``"batchnorm"``, see above. Both are one linear layer on the
             stop-gradient code; the whitening probe comes closer to a logistic regression fitted on the
             frozen codes afterwards.
@@ -191,12 +214,14 @@ class AMR(keras.Model):
         acai_gamma=ACAI_GAMMA,
         acai_weight=ACAI_WEIGHT,
         probe="whiten",
+        recon_gan=True,
         **kwargs,
     ):
         super().__init__(**kwargs)
         check_mixer(mixer, k)
         check_probe(probe)
         check_acai_settings(mixer, acai_gamma, acai_weight)
+        check_recon_gan(mixer, recon_gan)
         if not lamb > 0:
             raise ValueError(f"lamb (weight of the reconstruction loss) must be > 0, got {lamb!r}.")
         if not beta >= 0:
@@ -220,6 +245,7 @@ class AMR(keras.Model):
         self.seed = int(seed)
         self.acai_gamma = float(acai_gamma)
         self.acai_weight = float(acai_weight)
+        self.recon_gan = bool(recon_gan)
         self.seed_generator = keras.random.SeedGenerator(self.seed, name="mix_seed")
         self.probe_kind = probe
         # float32 under every precision policy: a few hundred inputs and 10 outputs cost nothing, and the
@@ -322,6 +348,7 @@ class AMR(keras.Model):
             acai_gamma=self.acai_gamma,
             acai_weight=self.acai_weight,
             probe=self.probe_kind,
+            recon_gan=self.recon_gan,
         )
         return config
 
@@ -393,7 +420,9 @@ class AMR(keras.Model):
         code = self.encoder(x, training=training)
         rec = self.decoder(code, training=training)
         z_mix, _, weights = mix_codes(code, self.mixer, self.k, self.seed_generator, return_weights=True)
-        fakes = [rec]
+        # Without the adversarial term on reconstructions (recon_gan False) the discriminator sees only
+        # images and mixes, and the reconstructions answer to the reconstruction loss alone.
+        fakes = [rec] if self.recon_gan else []
         if self.mixer == "acai" and self.acai_gamma > 0:
             fakes = [self.acai_gamma * ops.cast(x, rec.dtype) + (1.0 - self.acai_gamma) * rec]
         x_mix = None

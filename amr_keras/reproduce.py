@@ -80,7 +80,7 @@ LEDGER_SETTING_KEYS = tuple(key for key in RUN_KEYS if key != "data_dir")
 # Recipe fields written beside a table (the run-defining settings that are not the table's axes).
 RECIPE_KEYS = ("preset", "lamb", "lr", "d_lr", "probe_lr", "probe", "schedule", "batch_size", "epochs", "steps_per_epoch",
                "update_g_every", "depth", "code_channels", "slope", "recon", "beta", "acai_gamma", "acai_weight",
-               "precision")
+               "recon_gan", "precision")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -91,7 +91,7 @@ def build_model(cfg, colors, num_classes, steps_per_epoch):
     enc, dec, disc = build_networks(colors=colors, depth=cfg.depth, code_channels=cfg.code_channels, slope=cfg.slope)
     model = AMR(enc, dec, disc, num_classes=num_classes, mixer=cfg.mixer, k=cfg.k, lamb=cfg.lamb, beta=cfg.beta,
                 recon=cfg.recon, update_g_every=cfg.update_g_every, seed=cfg.seed, acai_gamma=cfg.acai_gamma,
-                acai_weight=cfg.acai_weight, probe=cfg.probe)
+                acai_weight=cfg.acai_weight, probe=cfg.probe, recon_gan=cfg.recon_gan)
     ae, d, probe = make_optimizers(cfg, steps_per_epoch)
     model.compile(ae_optimizer=ae, d_optimizer=d, probe_optimizer=probe, jit_compile=cfg.jit_compile)
     return model
@@ -277,7 +277,7 @@ def run(cfg, argv=None):
             "num_train": info.num_train, "num_val": info.num_val, "num_test": info.num_test,
             "train_size": cfg.train_size, "code_channels": cfg.code_channels, "steps_per_epoch": steps,
             "mixer": cfg.mixer, "k": cfg.k, "lamb": cfg.lamb, "acai_gamma": cfg.acai_gamma,
-            "acai_weight": cfg.acai_weight, "preset": cfg.preset, "lr": cfg.lr,
+            "acai_weight": cfg.acai_weight, "recon_gan": cfg.recon_gan, "preset": cfg.preset, "lr": cfg.lr,
             "d_lr": cfg.d_lr, "probe_lr": cfg.probe_lr, "probe": cfg.probe, "schedule": cfg.schedule, "batch_size": cfg.batch_size,
             "update_g_every": cfg.update_g_every, "depth": cfg.depth, "seed": cfg.seed,
             "precision": cfg.precision, "compute_dtype": compute_dtype(model),
