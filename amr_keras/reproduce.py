@@ -62,7 +62,10 @@ TABLE2_STEPS = 2500
 # (precision and probe: their value alone, e.g. "-float32", "-whiten"). Run folders name the probe through
 # default_run_name instead, so that a run has one name whichever table plans it.
 RECIPE_TAGS = {"lr": "lr", "d_lr": "dlr", "beta": "beta", "epochs": "e", "batch_size": "b", "depth": "d",
-               "precision": "", "probe": ""}
+               "recon_gan": "norecgan", "precision": "", "probe": ""}
+# Mixers that can drop the adversarial term on reconstructions (recon_gan False); a table that drops it keeps
+# it in its other rows (none: AE + GAN; acai: its critic), whose runs are then those of the table without.
+NO_RECON_GAN_MIXERS = ("mixup", "bernoulli")
 
 # Fields of results.json kept for each run in the table's JSON.
 RUN_RECORD_KEYS = ("seed", "epochs", "best_epoch", "best_val_probe_accuracy", "test_probe_accuracy",
@@ -210,7 +213,8 @@ def recipe_tag(preset, recipe, probe=Config.probe):
         recipe: overrides among ``RECIPE_TAGS`` (``None`` values mean "the preset's").
         probe: the probe ``recipe`` departs from (a table's own).
     """
-    defaults = {**PRESETS[preset], "beta": Config.beta, "precision": Config.precision, "probe": probe}
+    defaults = {**PRESETS[preset], "beta": Config.beta, "precision": Config.precision, "probe": probe,
+                "recon_gan": Config.recon_gan}
     unknown = sorted(set(recipe) - set(RECIPE_TAGS))
     if unknown:
         raise ConfigError(f"A table's recipe overrides only {', '.join(RECIPE_TAGS)}; got {', '.join(unknown)}.")
@@ -218,7 +222,10 @@ def recipe_tag(preset, recipe, probe=Config.probe):
     for key, tag in RECIPE_TAGS.items():
         value = recipe.get(key)
         if value is not None and value != defaults[key]:
-            parts.append(f"-{tag}{value:g}" if isinstance(value, float) else f"-{tag}{value}")
+            if isinstance(value, bool):
+                parts.append(f"-{tag}")  # recon_gan False: "-norecgan"
+            else:
+                parts.append(f"-{tag}{value:g}" if isinstance(value, float) else f"-{tag}{value}")
     return "".join(parts)
 
 
@@ -387,6 +394,8 @@ def plan_runs(spec, seeds, data_dirs, runs_dir, preset=None, lambs=None, recipe=
     recipe = {k: v for k, v in (recipe or {}).items() if v is not None}
     # The probe is named by default_run_name; resolve() checks its value, recipe_tag the other overrides.
     probe = recipe.pop("probe", spec.probe)
+    # recon_gan too (as "-norecgan" after the mixer), and only in the rows that have the term to drop.
+    recon_gan = recipe.pop("recon_gan", Config.recon_gan)
     tag = recipe_tag(preset, recipe)
     steps_per_epoch = None
     if spec.budget_steps is not None:
@@ -402,7 +411,8 @@ def plan_runs(spec, seeds, data_dirs, runs_dir, preset=None, lambs=None, recipe=
                         cfg = Config(dataset=dataset, data_dir=data_dirs.get(dataset), preset=preset, mixer=mixer,
                                      k=k, lamb=lamb, seed=seed, export=False, verbose=verbose,
                                      train_size=train_size, code_channels=spec.code_channels,
-                                     steps_per_epoch=steps_per_epoch, probe=probe, **recipe)
+                                     steps_per_epoch=steps_per_epoch, probe=probe,
+                                     recon_gan=recon_gan or mixer not in NO_RECON_GAN_MIXERS, **recipe)
                         cfg = resolve(dataclasses.replace(cfg, out=os.path.join(runs_dir,
                                                                                 default_run_name(cfg, tag))))
                         entry = find_recorded(cfg, ledger)
@@ -607,6 +617,8 @@ def _recipe(runs):
     lambs = sorted({run.row[3] for run in runs})
     if len(lambs) > 1:
         recipe["lamb"] = lambs
+    if not all(run.cfg.recon_gan for run in runs):
+        recipe["recon_gan"] = "False(mixup,bernoulli;none,acai:True)"
     return recipe
 
 

@@ -20,6 +20,8 @@ runs/ (where fit.py puts the same runs), the tables to results/:
 Recipe flags (--lamb, --lr, --d-lr, --beta, --epochs, --batch-size, --depth, --precision, --preset) change every
 run of the table; the run folders and table files then carry them in their names (e.g. --lamb 30 writes
 results/table1_mnist-lamb30.md from runs/mnist-mixup-k2-lamb30-mnist_full-s0 ...), so variants never collide.
+--no-recon-gan changes the mixup and bernoulli rows only (runs/mnist-mixup-norecgan-k2-..., table files tagged
+-norecgan): none has no mixes to judge and ACAI no such term, so those rows are the table's without the flag.
 
 Without --table: the grid --datasets x --mixers x --seeds (preset fast unless --preset), written as
 OUT/table1.md and OUT/table1.json, runs in OUT/runs/. Datasets that cannot be reached (no network for
@@ -101,6 +103,10 @@ def parse_args(argv):
     r.add_argument("--probe", choices=PROBES,
                    help="online linear probe (default: the table's; tables 1, lamb, 2 and 3 keep batchnorm, the "
                         "probe their runs were made with, and --probe whiten writes a variant of them)")
+    r.add_argument("--no-recon-gan", dest="recon_gan", action="store_false", default=None,
+                   help="the mixup and bernoulli rows drop the adversarial term on reconstructions (the official "
+                        "code's disable_g_recon); none and acai rows keep it and share the runs of the table "
+                        "without this flag; files tagged -norecgan")
     p.add_argument("--quick", action="store_true",
                    help=f"smoke run: 1 seed, 1 epoch, depth 4 (the grid: on mnist_sample; --table 2: "
                         f"{QUICK_BUDGET_STEPS} steps per run)")
@@ -167,6 +173,7 @@ def command_line(args):
     for item in args.data_dir:
         words += ["--data-dir", item]
     words += ["--seeds", *map(str, args.seeds)]
+    words += ["--no-recon-gan"] if args.recon_gan is False else []
     for flag in ("preset", "lamb", "lr", "d_lr", "beta", "epochs", "batch_size", "depth", "precision", "probe", "runs"):
         value = getattr(args, flag)
         if value is not None:
@@ -191,7 +198,8 @@ def _run(args, argv):
     data_dirs = parse_data_dirs(args.data_dir)
     seeds = parse_seeds(args.seeds)
     recipe = {"lr": args.lr, "d_lr": args.d_lr, "beta": args.beta, "epochs": args.epochs,
-              "batch_size": args.batch_size, "depth": args.depth, "precision": args.precision, "probe": args.probe}
+              "batch_size": args.batch_size, "depth": args.depth, "precision": args.precision, "probe": args.probe,
+              "recon_gan": args.recon_gan}
     if args.quick:
         seeds, recipe = [0], {**recipe, "epochs": args.epochs or 1, "depth": args.depth or 4}
     if args.table:

@@ -193,6 +193,23 @@ def test_a_started_run_resumes(dirs, monkeypatch):
     assert [(c.mixer, c.resume) for c in fake.calls] == [("acai", False), ("acai", True)]
 
 
+def test_no_recon_gan_changes_the_mixing_rows_and_shares_the_others(dirs):
+    spec = reproduce.TABLES["1"]
+    recipe = {"probe": "whiten", "recon_gan": False}
+    runs = reproduce.plan_runs(spec, [0], {"mnist": dirs["data"]}, dirs["runs"], recipe=recipe)
+    by_row = {run.row[1:3]: run for run in runs}
+    for row in (("mixup", 2), ("bernoulli", 2), ("mixup", 3)):
+        assert by_row[row].cfg.recon_gan is False
+        assert f"-{row[0]}-norecgan-k{row[1]}-" in os.path.basename(by_row[row].folder)
+    # none and acai have no term to drop: the same runs as the table without the flag.
+    plain = {run.row[1:3]: run for run in reproduce.plan_runs(spec, [0], {"mnist": dirs["data"]}, dirs["runs"],
+                                                              recipe={"probe": "whiten"})}
+    for row in (("none", 2), ("acai", 2)):
+        assert by_row[row].cfg.recon_gan is True and by_row[row].folder == plain[row].folder
+    assert reproduce.table_stem(spec, recipe=recipe) == "table1_mnist-norecgan-whiten"
+    assert reproduce.table_stem(spec, recipe={"recon_gan": True}) == "table1_mnist"
+
+
 def test_table1_md_and_json_hold_means_stds_report_numbers_and_the_recipe(dirs, monkeypatch):
     monkeypatch.setattr("amr_keras.train.run", FakeTrain())
     script = load_script()
