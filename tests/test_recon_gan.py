@@ -1,5 +1,6 @@
 """recon_gan=False (the official code's disable_g_recon): losses by hand, save/load, settings and errors."""
 
+import json
 import os
 
 import keras
@@ -7,6 +8,7 @@ import numpy as np
 import pytest
 
 from test_acai import _bce
+from test_fit import load_script, tiny_args
 from test_model import _batch, tiny_model
 
 from amr_keras.cli import CONFIG_FILE_KEYS, RUN_KEYS, ConfigError, config_from_args
@@ -88,3 +90,26 @@ def test_cli_flag_names_the_run_and_is_a_run_setting():
     assert os.path.basename(cfg.out) == "mnist_sample-mixup-norecgan-k2-lamb100-fast-s0"
     assert config_from_args([]).recon_gan is True
     assert "recon_gan" in set(RUN_KEYS) & set(CONFIG_FILE_KEYS)
+
+
+def test_export_records_the_setting(tmp_path):
+    from amr_keras.export import export_model, load_metadata
+
+    path = export_model(tiny_model(recon_gan=False), tmp_path / "export", (28, 28, 1),
+                        metadata={"dataset": "mnist_sample"})
+    assert load_metadata(path)["recon_gan"] is False
+
+
+def test_fit_records_the_setting_and_resume_refuses_a_change(tmp_path, capsys):
+    from test_data import write_mnist_folder
+
+    data = write_mnist_folder(str(tmp_path / "mnist"), n_train=64, n_test=16)
+    out = str(tmp_path / "run")
+    argv = tiny_args(data, out, "--epochs", "1", "--no-export", "--no-linear-eval")
+    assert load_script("fit").main(argv + ["--no-recon-gan"]) == 0
+    for name in ("results.json", "config.json"):
+        with open(os.path.join(out, name)) as f:
+            assert json.load(f)["recon_gan"] is False, name
+    # Resuming with the term back on would mix two losses in one run.
+    assert load_script("fit").main(argv + ["--resume", "--epochs", "2"]) == 2
+    assert "recon_gan: run has False, now True" in capsys.readouterr().err
