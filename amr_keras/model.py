@@ -24,6 +24,9 @@ RECON_LOSSES = ("l1", "l2")
 # plain reconstructions, and the autoencoder's regulariser has weight 1.
 ACAI_GAMMA = 0.0
 ACAI_WEIGHT = 1.0
+# Mixers whose adversarial term on reconstructions can be dropped (recon_gan False): the others would be left
+# with nothing to judge (none) or have no such term (acai).
+RECON_GAN_OPTIONAL_MIXERS = ("mixup", "bernoulli")
 
 
 def default_optimizer(learning_rate=1e-4, name=None):
@@ -83,14 +86,13 @@ def check_recon_gan(mixer, recon_gan):
     """
     if not isinstance(recon_gan, bool):
         raise ValueError(f"recon_gan must be True or False, got {recon_gan!r}.")
-    if recon_gan:
+    if recon_gan or mixer in RECON_GAN_OPTIONAL_MIXERS:
         return
     if mixer == "none":
         raise ValueError("recon_gan=False needs a mixer: with mixer 'none' the discriminator would judge nothing "
                          "but real images. Use mixup or bernoulli, or keep recon_gan=True (AE + GAN).")
-    if mixer == "acai":
-        raise ValueError("recon_gan=False does not apply to mixer 'acai': ACAI's autoencoder has no adversarial "
-                         "term on reconstructions (its critic sees them as unmixed). Keep recon_gan=True.")
+    raise ValueError(f"recon_gan=False does not apply to mixer {mixer!r}: ACAI's autoencoder has no adversarial "
+                     "term on reconstructions (its critic sees them as unmixed). Keep recon_gan=True.")
 
 
 def acai_critic_target(alpha):
@@ -245,7 +247,7 @@ class AMR(keras.Model):
         self.seed = int(seed)
         self.acai_gamma = float(acai_gamma)
         self.acai_weight = float(acai_weight)
-        self.recon_gan = bool(recon_gan)
+        self.recon_gan = recon_gan
         self.seed_generator = keras.random.SeedGenerator(self.seed, name="mix_seed")
         self.probe_kind = probe
         # float32 under every precision policy: a few hundred inputs and 10 outputs cost nothing, and the

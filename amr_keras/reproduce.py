@@ -38,6 +38,7 @@ import sys
 from amr_keras.callbacks import checkpoint_epochs
 from amr_keras.cli import (PRESETS, RUN_KEYS, Config, ConfigError, default_run_name, resolve, settings_diff,
                            upgrade_run_settings)
+from amr_keras.model import RECON_GAN_OPTIONAL_MIXERS
 
 # Table 1 of the reproduction report (online probe, test accuracy %, 32-value code, k=2): mixup and Bernoulli
 # only; it has no numbers for the AE + GAN baseline, ACAI or k=3.
@@ -63,9 +64,8 @@ TABLE2_STEPS = 2500
 # default_run_name instead, so that a run has one name whichever table plans it.
 RECIPE_TAGS = {"lr": "lr", "d_lr": "dlr", "beta": "beta", "epochs": "e", "batch_size": "b", "depth": "d",
                "recon_gan": "norecgan", "precision": "", "probe": ""}
-# Mixers that can drop the adversarial term on reconstructions (recon_gan False); a table that drops it keeps
-# it in its other rows (none: AE + GAN; acai: its critic), whose runs are then those of the table without.
-NO_RECON_GAN_MIXERS = ("mixup", "bernoulli")
+# A table with recon_gan False drops the term in the rows of RECON_GAN_OPTIONAL_MIXERS only; its other rows
+# (none: AE + GAN; acai: its critic) keep it, and their runs are those of the table without.
 
 # Fields of results.json kept for each run in the table's JSON.
 RUN_RECORD_KEYS = ("seed", "epochs", "best_epoch", "best_val_probe_accuracy", "test_probe_accuracy",
@@ -412,7 +412,7 @@ def plan_runs(spec, seeds, data_dirs, runs_dir, preset=None, lambs=None, recipe=
                                      k=k, lamb=lamb, seed=seed, export=False, verbose=verbose,
                                      train_size=train_size, code_channels=spec.code_channels,
                                      steps_per_epoch=steps_per_epoch, probe=probe,
-                                     recon_gan=recon_gan or mixer not in NO_RECON_GAN_MIXERS, **recipe)
+                                     recon_gan=recon_gan or mixer not in RECON_GAN_OPTIONAL_MIXERS, **recipe)
                         cfg = resolve(dataclasses.replace(cfg, out=os.path.join(runs_dir,
                                                                                 default_run_name(cfg, tag))))
                         entry = find_recorded(cfg, ledger)
@@ -618,7 +618,7 @@ def _recipe(runs):
     if len(lambs) > 1:
         recipe["lamb"] = lambs
     if not all(run.cfg.recon_gan for run in runs):
-        recipe["recon_gan"] = "False(mixup,bernoulli;none,acai:True)"
+        recipe["recon_gan"] = f"False({','.join(RECON_GAN_OPTIONAL_MIXERS)};none,acai:True)"
     return recipe
 
 
