@@ -7,13 +7,7 @@ import time
 
 import keras
 
-
-def write_json_atomically(path, data):
-    """Write ``data`` as JSON next to ``path`` and move it into place, so a kill leaves the old or the new file."""
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f)
-    os.replace(tmp, path)
+from amr_keras.runfolder import fault_point, guarded_write, write_json_atomically
 
 
 class NonFiniteLossError(RuntimeError):
@@ -134,12 +128,14 @@ class ResumableCheckpoint(keras.callbacks.Callback):
 
     Args:
         folder: where the checkpoint files go.
+        create: create ``folder`` now (``False`` to read an existing one).
     """
 
-    def __init__(self, folder):
+    def __init__(self, folder, create=True):
         super().__init__()
         self.folder = folder
-        os.makedirs(folder, exist_ok=True)
+        if create:
+            os.makedirs(folder, exist_ok=True)
 
     @property
     def model_path(self):
@@ -159,13 +155,30 @@ class ResumableCheckpoint(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         tmp = os.path.join(self.folder, "last.tmp.keras")
-        self.model.save(tmp)
-        # The newest checkpoint becomes the previous one: model first, then its state (see _slots).
-        for src, dst in ((self.model_path, self.previous_model_path), (self.state_path, self.previous_state_path)):
-            if os.path.exists(src):
-                os.replace(src, dst)
-        os.replace(tmp, self.model_path)
+        with guarded_write(self.model_path, tmp):
+            self.model.save(tmp)
+            fault_point("last.keras", tmp)
+            # The newest checkpoint becomes the previous one: model first, then its state (see _slots).
+            for src, dst in ((self.model_path, self.previous_model_path), (self.state_path, self.previous_state_path)):
+                if os.path.exists(src):
+                    os.replace(src, dst)
+                    fault_point("last.keras:rotate")
+            os.replace(tmp, self.model_path)
         write_json_atomically(self.state_path, {"epochs_done": epoch + 1})
+
+    @classmethod
+    def newest_complete(cls, folder):
+        """``(model path, epochs done)`` of the newest checkpoint in ``folder`` whose model and state are both on
+        disk (what ``restore`` would try first), or ``None``; reads the small state files only."""
+        for model_path, state_path in cls(folder, create=False)._slots():
+            try:
+                with open(state_path) as f:
+                    epochs = int(json.load(f)["epochs_done"])
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            if os.path.exists(model_path):
+                return model_path, epochs
+        return None
 
     def epochs_done(self):
         """Finished epochs recorded with ``last.keras`` (0 when there is no checkpoint)."""
@@ -202,6 +215,11 @@ class ResumableCheckpoint(keras.callbacks.Callback):
         problems, unreadable = [], []
         for model_path, state_path in self._slots():
             if not os.path.exists(model_path):
+                continue
+            if not os.path.exists(state_path) and not problems:
+                # Written but never recorded (a kill between the model's move and its state's write): the
+                # epoch did not finish saving, so the checkpoint before it is the newest.
+                os.remove(model_path)
                 continue
             what = state_path
             try:
@@ -332,11 +350,14 @@ class BestCheckpoint(keras.callbacks.Callback):
     def save(self, epoch, value):
         """Write the model as the best one, of ``epoch`` (1-based) with ``value``; the replaced one is kept."""
         tmp = os.path.splitext(self.path)[0] + ".tmp.keras"
-        self.model.save(tmp)
-        if self.best is not None and os.path.exists(self.path):
-            os.replace(self.path, self.previous_path)
-            os.replace(self.record_path, self.previous_record_path)
-        os.replace(tmp, self.path)
+        with guarded_write(self.path, tmp):
+            self.model.save(tmp)
+            fault_point("best.keras", tmp)
+            if self.best is not None and os.path.exists(self.path):
+                os.replace(self.path, self.previous_path)
+                fault_point("best.keras:rotate")
+                os.replace(self.record_path, self.previous_record_path)
+            os.replace(tmp, self.path)
         self._write_record(epoch, value)
         self.best = (epoch, value)
 

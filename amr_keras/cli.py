@@ -59,6 +59,7 @@ class Config:
     linear_eval: bool = True
     export: bool = True
     epoch_figures: bool = False
+    deterministic: bool = False
     verbose: int = None
 
 
@@ -374,6 +375,9 @@ def build_parser(description="Train AMR."):
     r.add_argument("--no-export", dest="export", action="store_false", default=None,
                    help="skip the SavedModel export and figures at the end")
     r.add_argument("--epoch-figures", action="store_true", default=None, help="write an interpolation figure every epoch")
+    r.add_argument("--deterministic", action="store_true", default=None,
+                   help="TensorFlow's deterministic ops: the same seed gives the same weights bit for bit, and a run "
+                        "stopped and resumed ends as the uninterrupted one (slower; see docs/troubleshooting.md)")
     r.add_argument("--verbose", type=int, choices=(0, 1, 2), help="Keras progress output (default: bar on a terminal)")
     return p
 

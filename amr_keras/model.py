@@ -282,6 +282,20 @@ class AMR(keras.Model):
         self.probe_optimizer = None
         self.built = True
 
+    # The mixing draws' SeedGenerator is not a layer, so Keras would save no state for it: a model loaded from a
+    # checkpoint would draw the first steps' mixes again, and a resumed run would not continue the interrupted one.
+    _MIX_SEED_KEY = "mix_seed_state"
+
+    def save_own_variables(self, store):
+        super().save_own_variables(store)
+        store[self._MIX_SEED_KEY] = self.seed_generator.state
+
+    def load_own_variables(self, store):
+        keys = list(store.keys())
+        if self._MIX_SEED_KEY in keys:  # absent from checkpoints written before it was saved
+            self.seed_generator.state.assign(store[self._MIX_SEED_KEY])
+        super().load_own_variables({key: store[key] for key in keys if key != self._MIX_SEED_KEY})
+
     # ----------------------------------------------------------------- compile
     def compile(self, ae_optimizer=None, d_optimizer=None, probe_optimizer=None, **kwargs):
         """Set the three optimizers (reference defaults when omitted) and compile.

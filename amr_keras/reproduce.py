@@ -39,6 +39,7 @@ from amr_keras.callbacks import checkpoint_epochs
 from amr_keras.cli import (PRESETS, RUN_KEYS, Config, ConfigError, default_run_name, resolve, settings_diff,
                            upgrade_run_settings)
 from amr_keras.model import RECON_GAN_OPTIONAL_MIXERS
+from amr_keras.runfolder import FolderLock, FolderLockError, append_line
 
 # Table 1 of the reproduction report (online probe, test accuracy %, 32-value code, k=2): mixup and Bernoulli
 # only; it has no numbers for the AE + GAN baseline, ACAI or k=3.
@@ -258,18 +259,21 @@ def load_ledger(out_dir):
         return {}
     entries = {}
     with open(path) as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ConfigError(f"{path}, line {number}, is not valid JSON ({e.msg}). Mend or delete that line "
-                                  "(the run it recorded is then trained again).") from None
-            if not isinstance(entry, dict) or not {"run", "settings", "results"} <= set(entry):
-                raise ConfigError(f"{path}, line {number}, is not a finished-run record "
-                                  "(a JSON object with run, settings and results). Mend or delete that line.")
-            entries[entry["run"]] = entry
+        lines = f.readlines()
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError as e:
+            if number == len(lines) and not line.endswith("\n"):
+                break  # torn by a kill while it was appended: the run is recorded again when it is next seen
+            raise ConfigError(f"{path}, line {number}, is not valid JSON ({e.msg}). Mend or delete that line "
+                              "(the run it recorded is then trained again).") from None
+        if not isinstance(entry, dict) or not {"run", "settings", "results"} <= set(entry):
+            raise ConfigError(f"{path}, line {number}, is not a finished-run record "
+                              "(a JSON object with run, settings and results). Mend or delete that line.")
+        entries[entry["run"]] = entry
     return entries
 
 
@@ -304,8 +308,7 @@ def record_finished(runs, out_dir):
             names.append(run.name)
     if lines:
         os.makedirs(out_dir, exist_ok=True)
-        with open(os.path.join(out_dir, LEDGER_NAME), "a") as f:
-            f.writelines(lines)
+        append_line(os.path.join(out_dir, LEDGER_NAME), "".join(lines))
     return names
 
 
@@ -493,10 +496,20 @@ def train_missing(runs, rows=None, argv=None, on_finished=None, train_sizes=None
     for i, run in enumerate(todo, 1):
         if run.cfg.dataset in unavailable:
             continue
-        resume = run.state() == "started"
-        print(f"[{i}/{len(todo)}] {run.name}" + (f" (resuming after epoch {run.epochs_done()})" if resume else ""),
-              flush=True)
+        lock = FolderLock(run.folder)
         try:
+            lock.acquire()
+        except FolderLockError as e:
+            # Another process (e.g. a second reproduce.py on the same grid) is training it.
+            print(f"[{i}/{len(todo)}] {run.name}: skipped, {e.holder_text()} is training it", flush=True)
+            continue
+        try:
+            state = run.state()  # read again under the lock: another process may have finished it meanwhile
+            if state == "done":
+                continue
+            resume = state == "started"
+            print(f"[{i}/{len(todo)}] {run.name}" + (f" (resuming after epoch {run.epochs_done()})" if resume else ""),
+                  flush=True)
             train.run(dataclasses.replace(run.cfg, resume=resume), argv=argv)
         except DataError as e:
             unavailable[run.cfg.dataset] = "not available offline" if "cannot download" in str(e) else f"data error: {e}"
@@ -506,6 +519,8 @@ def train_missing(runs, rows=None, argv=None, on_finished=None, train_sizes=None
             print(f"error: {run.name}: {e}", file=sys.stderr)
             failed.append(run)
             continue
+        finally:
+            lock.release()
         if on_finished is not None:
             on_finished()
     return unavailable, failed
@@ -820,7 +835,7 @@ def describe_plan(runs, rows=None, train_sizes=None, lambs=None):
 
 
 def _write_text(path, text):
-    tmp = path + ".tmp"  # replaced whole: a reader never sees half a table
+    tmp = f"{path}.{os.getpid()}.tmp"  # replaced whole: a reader never sees half a table (nor another writer's)
     with open(tmp, "w") as f:
         f.write(text)
     os.replace(tmp, path)

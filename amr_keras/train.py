@@ -23,6 +23,8 @@ from amr_keras.data import load_dataset, train_pipeline
 from amr_keras.model import AMR, default_optimizer
 from amr_keras.networks import build_networks
 from amr_keras.precision import compute_dtype, cpu_info, native_bfloat16, precision_scope, resolve_precision
+from amr_keras.runfolder import (LOCK_NAME, FolderLock, RunWriteError, describe_os_error, failed_path, fault_point,
+                                 guarded_write, is_write_failure, remove_quietly, write_json_atomically)
 
 
 def make_strategy(name):
@@ -98,11 +100,21 @@ def build_model(cfg, colors, num_classes, steps_per_epoch):
 
 
 def read_log(path):
-    """Rows of a CSVLogger file as dicts of floats (empty list when absent)."""
+    """Rows of a CSVLogger file as dicts of floats (empty list when absent).
+
+    Reading stops at a row that does not parse (a line torn by a kill while it was written): the rows after it
+    belong to no checkpoint, and ``run`` drops them on resume.
+    """
     if not os.path.exists(path):
         return []
+    rows = []
     with open(path, newline="") as f:
-        return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
+        for row in csv.DictReader(f):
+            try:
+                rows.append({k: float(v) for k, v in row.items() if k is not None and v not in ("", None)})
+            except (TypeError, ValueError):
+                break
+    return rows
 
 
 def _check_resume(cfg, out):
@@ -130,27 +142,32 @@ def _check_resume(cfg, out):
     return cfg
 
 
-def worker_folder(strategy, out, resume):
+def worker_folder(strategy, out):
     """Where this worker writes: ``out`` on the chief (or a single machine), ``out/.worker-N`` elsewhere.
 
     Every worker of a ``MultiWorkerMirroredStrategy`` must run the same saves
     (they may read variables collectively), so the other workers save into a
-    private folder, removed at the end of the run. On ``--resume`` it starts as
-    a copy of the chief's config, log and checkpoints (the run folder must then
-    be on a file system that every worker sees).
+    private folder, removed at the end of the run. The chief owns (locks) the
+    run folder, each other worker its own folder.
     """
     if strategy.extended.should_checkpoint:
         return out
-    folder = os.path.join(out, f".worker-{strategy.cluster_resolver.task_id}")
-    shutil.rmtree(folder, ignore_errors=True)
-    os.makedirs(folder)
+    return os.path.join(out, f".worker-{strategy.cluster_resolver.task_id}")
+
+
+def prepare_worker_folder(folder, out, resume):
+    """Empty a non-chief worker's folder (its lock file stays) and, on ``--resume``, copy the chief's config,
+    log and checkpoints into it (the run folder must then be on a file system that every worker sees)."""
+    for name in os.listdir(folder):
+        if name != LOCK_NAME:
+            path = os.path.join(folder, name)
+            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
     for name in ("config.json", "log.csv", "best.keras", "best.json", "checkpoint") if resume else ():
         src = os.path.join(out, name)
         if os.path.isdir(src):
             shutil.copytree(src, os.path.join(folder, name))
         elif os.path.exists(src):
             shutil.copy2(src, folder)
-    return folder
 
 
 
@@ -187,7 +204,50 @@ def run(cfg, argv=None):
         # XLA has no collective operations on CPUs: a replicated step cannot be compiled.
         print(f"note: {replicas} CPU replicas of --strategy {cfg.strategy}: training without XLA (--jit-compile).")
         cfg = dataclasses.replace(cfg, jit_compile=False)
-    out = worker_folder(strategy, cfg.out, cfg.resume)
+    out = worker_folder(strategy, cfg.out)
+    created = not os.path.isdir(out)
+    try:
+        with FolderLock(out):
+            if out != cfg.out:
+                prepare_worker_folder(out, cfg.out, cfg.resume)
+            results = _train(cfg, strategy, out, argv)
+    except BaseException as e:
+        if created and not os.path.exists(os.path.join(out, "config.json")):
+            shutil.rmtree(out, ignore_errors=True)  # a start that failed leaves no folder behind
+        if is_write_failure(e):
+            raise RunWriteError(_write_failure_message(e, cfg, out)) from e
+        raise
+    if out != cfg.out:
+        shutil.rmtree(out, ignore_errors=True)
+    return results
+
+
+def _write_failure_message(e, cfg, out):
+    """What could not be written, what is intact, and how to go on."""
+    path = failed_path(e, out)
+    ckpt = cbs.ResumableCheckpoint.newest_complete(os.path.join(out, "checkpoint"))
+    if os.path.exists(os.path.join(out, "results.json")):
+        kept = "The run's results.json from before is intact."
+    elif ckpt is None:
+        kept = "No checkpoint was written yet (the first is written at the end of epoch 1)."
+    else:
+        kept = f"The last complete checkpoint, {ckpt[0]} (epoch {ckpt[1]}), is intact."
+    again = (f"continue with the same command and --resume (--out {cfg.out})" if ckpt is not None
+             else "start the run again")
+    return (f"could not write {path} ({describe_os_error(_os_cause(e))}). {kept} Partial files were removed. Free "
+            f"some space (or make {out} writable), then {again}.")
+
+
+def _os_cause(e):
+    while e is not None and not isinstance(e, OSError):
+        e = e.__cause__ or e.__context__
+    return e
+
+
+def _train(cfg, strategy, out, argv):
+    """``run``'s work, in a folder this process owns."""
+    replicas = strategy.num_replicas_in_sync
+    clean_temporaries(out)
     ckpt_dir = os.path.join(out, "checkpoint")
     asked_precision = cfg.precision
     if cfg.resume:
@@ -198,13 +258,16 @@ def run(cfg, argv=None):
         cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision))
     if asked_precision == "auto" and not cfg.resume:
         print(f"precision: {cfg.precision} (auto: {native_bfloat16()[1]}; --precision float32 to change it)")
+    if cfg.deterministic:
+        # Deterministic kernels (and the seeds below): a resumed run ends as the uninterrupted one.
+        tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(cfg.seed)
     splits = load_dataset(cfg.dataset, data_dir=cfg.data_dir, batch_size=cfg.batch_size, seed=cfg.seed,
                           tfds_data_dir=cfg.tfds_data_dir, eval_batch_size=max(cfg.batch_size, 256),
                           train_size=cfg.train_size)
     # Written once the settings and the data are known to be good, so a failed start leaves no run behind.
     os.makedirs(out, exist_ok=True)
-    _write_json(os.path.join(out, "config.json"), dataclasses.asdict(cfg))
+    write_json_atomically(os.path.join(out, "config.json"), dataclasses.asdict(cfg), indent=2)
     info = splits.info
     steps = cfg.steps_per_epoch or info.num_train // cfg.batch_size
     ckpt = cbs.ResumableCheckpoint(ckpt_dir)
@@ -280,7 +343,7 @@ def run(cfg, argv=None):
             "acai_weight": cfg.acai_weight, "recon_gan": cfg.recon_gan, "preset": cfg.preset, "lr": cfg.lr,
             "d_lr": cfg.d_lr, "probe_lr": cfg.probe_lr, "probe": cfg.probe, "schedule": cfg.schedule, "batch_size": cfg.batch_size,
             "update_g_every": cfg.update_g_every, "depth": cfg.depth, "seed": cfg.seed,
-            "precision": cfg.precision, "compute_dtype": compute_dtype(model),
+            "precision": cfg.precision, "compute_dtype": compute_dtype(model), "deterministic": cfg.deterministic,
             "epochs": len(rows),
             "best_epoch": best_epoch,
             "best_val_probe_accuracy": rows[best_epoch - 1]["val_probe_accuracy"],
@@ -302,12 +365,22 @@ def run(cfg, argv=None):
             scores, classifier = evaluate_codes(model.encode, splits.arrays, seed=cfg.seed, return_classifier=True)
             results.update(scores)
             results["linear_eval_seconds"] = round(time.perf_counter() - t0, 1)
-        _write_json(os.path.join(out, "results.json"), results)
         if cfg.export:
             _export_and_draw(model, splits, results, out, cfg.seed, classifier)
-    if out != cfg.out:
-        shutil.rmtree(out, ignore_errors=True)
+        # Written last: a run folder with results.json is complete (export and figure included).
+        write_json_atomically(os.path.join(out, "results.json"), results, indent=2)
     return results
+
+
+def clean_temporaries(out):
+    """Remove what a process killed while writing left behind (temporary files and folders of whole-file writes)."""
+    for folder in (out, os.path.join(out, "checkpoint")):
+        if not os.path.isdir(folder):
+            continue
+        for name in os.listdir(folder):
+            if ".tmp" in name or name in ("export.old",):
+                path = os.path.join(folder, name)
+                shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else remove_quietly(path)
 
 
 def _figure_pairs(splits, n, seed):
@@ -321,17 +394,23 @@ def _export_and_draw(model, splits, results, out, seed, classifier):
     from amr_keras.export import export_model, load_export
     from amr_keras.plots import interpolation_grid
 
+    # Each written next to its final name and moved into place: a kill leaves the old export or the new one.
     export_dir = os.path.join(out, "export")
-    export_model(model, export_dir, tuple(results["image_shape"]), metadata=results, linear_head=classifier)
+    tmp_dir, old_dir = export_dir + ".tmp", export_dir + ".old"
+    with guarded_write(export_dir, tmp_dir):
+        export_model(model, tmp_dir, tuple(results["image_shape"]), metadata=results, linear_head=classifier)
+        fault_point("export", tmp_dir)
+        if os.path.exists(export_dir):
+            os.replace(export_dir, old_dir)
+        os.replace(tmp_dir, export_dir)
+    shutil.rmtree(old_dir, ignore_errors=True)
+    figure = os.path.join(out, "interpolations.png")
+    tmp_figure = os.path.join(out, "interpolations.tmp.png")
     a, b = _figure_pairs(splits, 6, seed)
-    interpolation_grid(load_export(export_dir), a, b, os.path.join(out, "interpolations.png"))
-
-
-def _write_json(path, data):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2)
-    os.replace(tmp, path)
+    with guarded_write(figure, tmp_figure):
+        interpolation_grid(load_export(export_dir), a, b, tmp_figure)
+        fault_point("interpolations.png", tmp_figure)
+        os.replace(tmp_figure, figure)
 
 
 def _rewrite_log(path, rows):

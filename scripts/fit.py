@@ -15,6 +15,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from amr_keras.callbacks import CheckpointError, NonFiniteLossError  # noqa: E402
 from amr_keras.cli import ConfigError, config_from_args  # noqa: E402
 from amr_keras.data import DataError  # noqa: E402
+from amr_keras.runfolder import FolderLockError, RunWriteError  # noqa: E402
 from amr_keras.train import run  # noqa: E402
 
 
@@ -23,7 +24,7 @@ def main(argv=None):
     try:
         cfg = config_from_args(argv)
         results = run(cfg, argv=["scripts/fit.py", *argv])
-    except (ConfigError, DataError, NonFiniteLossError, CheckpointError) as e:
+    except (ConfigError, DataError, NonFiniteLossError, CheckpointError, FolderLockError, RunWriteError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     test = results["test_probe_accuracy"]

@@ -62,6 +62,7 @@ from amr_keras.cli import PRESETS, ConfigError  # noqa: E402
 from amr_keras.data import DATASETS  # noqa: E402
 from amr_keras.precision import PRECISIONS  # noqa: E402
 from amr_keras.probe import PROBES  # noqa: E402
+from amr_keras.runfolder import FolderLockError, RunWriteError  # noqa: E402
 
 GRID_DATASETS = ["mnist_sample", "mnist", "kmnist", "svhn", "fashion_mnist"]
 QUICK_BUDGET_STEPS = 40  # --quick on a table whose runs train a fixed number of steps
@@ -189,7 +190,7 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         return _run(args, argv)
-    except ConfigError as e:
+    except (ConfigError, FolderLockError, RunWriteError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
