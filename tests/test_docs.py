@@ -1,9 +1,10 @@
 """The documentation cannot rot unnoticed.
 
-- Every ``python scripts/NAME.py ...`` command in README.md, docs/*.md and results/README.md (code blocks and
-  inline code) parses with the argument parser that script builds: an unknown flag or a bad choice fails, naming
-  file and line.
+- Every ``python scripts/NAME.py ...`` command in README.md, docs/*.md and the README files of results/ and
+  saved_models/ (code blocks and inline code) parses with the argument parser that script builds: an unknown
+  flag or a bad choice fails, naming file and line.
 - Every relative link and image path in them resolves, and so does every ``#anchor`` into a Markdown page.
+- The README stays short (at most ``README_MAX_LINES`` lines): details belong in docs/.
 - Every number of the README's headline table equals the value computed from the results JSON file its row links.
 
 Nothing here trains; only the command test imports the scripts (and so TensorFlow).
@@ -22,7 +23,9 @@ from unittest import mock
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "results" / "README.md"]
+DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "results" / "README.md",
+             ROOT / "saved_models" / "README.md"]
+README_MAX_LINES = 250
 
 # Arguments after "--" that a script hands on to another script's parser.
 FORWARDS = {"multiworker_demo": "fit"}
@@ -342,3 +345,8 @@ def test_an_edited_headline_number_is_caught(cell, problem):
     gap_problems, _ = check_headline_row(
         ["post-hoc gap to none, 95% interval"], ["mixup minus none +0.49 (+0.02 to +0.96): open"], data, {})
     assert gap_problems and "the JSON gives 'mixup minus none +0.49 (+0.02 to +0.96): ahead'" in gap_problems[0]
+
+
+def test_the_readme_stays_short():
+    lines = (ROOT / "README.md").read_text().splitlines()
+    assert len(lines) <= README_MAX_LINES, f"README.md has {len(lines)} lines; move details to docs/"
