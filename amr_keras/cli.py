@@ -68,7 +68,7 @@ RUN_KEYS = ("dataset", "data_dir", "train_size", "preset", "mixer", "k", "lamb",
             "d_lr", "probe_lr", "probe", "schedule", "batch_size", "epochs", "steps_per_epoch", "update_g_every", "depth",
             "code_channels", "slope", "seed", "precision")
 
-# Default recipe for a few minutes on a CPU (departures from the reference are listed in the README).
+# Default recipe for a few minutes on a CPU (departures from the reference are listed in docs/method.md).
 # No XLA: with oneDNN on, the plain graph trains as fast at batch 16 on a 2-core CPU, starts 10 s sooner
 # and takes 700 MiB less memory (results/bench_cpu_2core.jsonl); --jit-compile turns it on.
 # lamb 100: with lamb 10 the adversarial terms win early and the decoder draws one generic digit for every code

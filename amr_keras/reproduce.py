@@ -247,7 +247,9 @@ def table_stem(spec, preset=None, lambs=None, recipe=None):
 
 def load_ledger(out_dir):
     """The finished runs recorded in ``OUT/finished_runs.jsonl``: ``{run name: entry}``, the last line of a
-    name winning; ``{}`` without the file.
+    name winning; ``{}`` without the file. A record that a run of other settings superseded under the same name
+    stays reachable by its settings (``find_recorded``) under the key ``NAME@lineN``, so the tables made from it
+    can still be rebuilt.
 
     An entry is ``{"run": NAME, "settings": {...}, "results": {...}}`` (``ledger_entry``).
 
@@ -257,7 +259,7 @@ def load_ledger(out_dir):
     path = os.path.join(out_dir, LEDGER_NAME)
     if not os.path.exists(path):
         return {}
-    entries = {}
+    entries, line_of = {}, {}
     with open(path) as f:
         lines = f.readlines()
     for number, line in enumerate(lines, 1):
@@ -273,7 +275,10 @@ def load_ledger(out_dir):
         if not isinstance(entry, dict) or not {"run", "settings", "results"} <= set(entry):
             raise ConfigError(f"{path}, line {number}, is not a finished-run record "
                               "(a JSON object with run, settings and results). Mend or delete that line.")
-        entries[entry["run"]] = entry
+        previous = entries.get(entry["run"])
+        if previous is not None and previous["settings"] != entry["settings"]:
+            entries[f"{entry['run']}@line{line_of[entry['run']]}"] = previous
+        entries[entry["run"]], line_of[entry["run"]] = entry, number
     return entries
 
 
@@ -578,10 +583,9 @@ def gaps(spec, rows):
     Returns:
         A list of dicts: ``rows`` (``"mixup-k2 minus none-k2"``), ``dataset``, ``train_size``, ``lamb``,
         ``seeds`` (those finished in both rows), and per metric of ``METRICS``
-        ``{"mean", "std", "per_seed", "exceeds_seed_spread", "ci95"}``. The gap exceeds the seed spread when
-        its magnitude is larger than the standard deviation over seeds of both rows (``None`` with fewer than
-        2 seeds); ``ci95`` is the 95% confidence interval of the mean paired difference (``paired_ci95``),
-        which also counts how much the difference itself varies from seed to seed.
+        ``{"mean", "std", "per_seed", "ci95", "verdict"}``: ``ci95`` is the 95% confidence interval of the
+        mean paired difference (``paired_ci95``) and ``verdict`` what it says (``gap_verdict``), the one
+        criterion the tables use (``None`` with fewer than 2 seeds).
     """
     out = []
     for (a_mixer, a_k), (b_mixer, b_k) in spec.gaps:
@@ -606,6 +610,15 @@ def paired_ci95(diffs):
     return [mean - half, mean + half]
 
 
+def gap_verdict(ci95):
+    """What a gap's 95% interval says: ``"ahead"`` (the first row leads) only when it lies above 0, ``"behind"``
+    when it lies below 0, ``"open"`` when it holds 0 (the sign is not settled); ``None`` without an interval."""
+    if ci95 is None:
+        return None
+    low, high = ci95
+    return "ahead" if low > 0 else "behind" if high < 0 else "open"
+
+
 def _gap(label, dataset, train_size, lamb, a_results, b_results):
     a_by_seed, b_by_seed = {r["seed"]: r for r in a_results}, {r["seed"]: r for r in b_results}
     seeds = sorted(set(a_by_seed) & set(b_by_seed))
@@ -616,13 +629,9 @@ def _gap(label, dataset, train_size, lamb, a_results, b_results):
         a = [a_by_seed[s].get(key) for s in seeds]
         b = [b_by_seed[s].get(key) for s in seeds]
         diffs = [100 * (x - y) for x, y in zip(a, b) if x is not None and y is not None]
-        mean, std, n = mean_std(diffs)
-        spread = [mean_std(values)[1] for values in (a, b)]
-        entry[name] = {
-            "mean": mean, "std": std, "per_seed": diffs,
-            "exceeds_seed_spread": None if n < 2 or None in spread else abs(mean) > 100 * max(spread),
-            "ci95": paired_ci95(diffs),
-        }
+        mean, std, _ = mean_std(diffs)
+        ci95 = paired_ci95(diffs)
+        entry[name] = {"mean": mean, "std": std, "per_seed": diffs, "ci95": ci95, "verdict": gap_verdict(ci95)}
     return entry
 
 
@@ -783,10 +792,9 @@ def _gap_lines(spec, entries):
             text = "–" if gap["mean"] is None else f"{gap['mean']:+.2f}"
             if gap["std"] is not None:
                 text += f" ± {gap['std']:.2f}"
-            if gap["exceeds_seed_spread"] is not None:
-                text += " (beyond spread" if gap["exceeds_seed_spread"] else " (within spread"
+            if gap["ci95"] is not None:
                 low, high = gap["ci95"]
-                text += f"; CI {low:+.2f} to {high:+.2f})"
+                text += f" (CI {low:+.2f} to {high:+.2f}: {gap['verdict']})"
             cells.append(text)
         size = entry["train_size"]
         size_cell = (f"{'all' if size is None else f'{size:,}'} | ") if by_size else ""
@@ -794,11 +802,10 @@ def _gap_lines(spec, entries):
                      f"| {' | '.join(cells)} |")
     lines += [
         "",
-        "Mean ± sample standard deviation over seeds of the per-seed difference. \"beyond spread\": the mean gap "
-        "is larger in magnitude than the standard deviation over seeds of both rows; \"within spread\": it is not "
-        "(needs 2 seeds or more). CI: 95% confidence interval of the mean per-seed difference (Student's t); "
-        "an interval that holds 0 leaves the sign of the gap open. Test accuracy where the dataset has a test "
-        "split, else validation.",
+        "Mean ± sample standard deviation over seeds of the per-seed difference. CI: 95% confidence interval of "
+        "the mean per-seed difference (Student's t, needs 2 seeds or more), the one criterion: \"ahead\" when it "
+        "lies above 0 (the first row leads), \"behind\" when it lies below 0, \"open\" when it holds 0 (the "
+        "sign of the gap is not settled). Test accuracy where the dataset has a test split, else validation.",
     ]
     return lines
 

@@ -41,7 +41,7 @@ def make_strategy(name):
         if "TF_CONFIG" not in os.environ:
             raise ConfigError(
                 "--strategy multiworker needs the TF_CONFIG environment variable describing the cluster "
-                "(see 'Scaling out' in the README)."
+                "(see docs/scaling.md)."
             )
         check_tf_config(os.environ["TF_CONFIG"])
         return tf.distribute.MultiWorkerMirroredStrategy()

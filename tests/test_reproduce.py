@@ -226,10 +226,10 @@ def test_table1_md_and_json_hold_means_stds_report_numbers_and_the_recipe(dirs, 
     assert "4 epochs of 50,000 training images = 200,000 images per run" in md
     assert "15 on Test CPU @ 2.0GHz (float32)" in md
     # The verdict's gaps, paired by seed; every row's seed spread is 2 points.
-    assert "| mixup-k2 minus none-k2 | mnist | 5 | 3 | +2.00 ± 0.00 (within spread; CI +2.00 to +2.00) |" in md
-    assert "| bernoulli-k2 minus none-k2 | mnist | 5 | 3 | +3.00 ± 0.00 (beyond spread; CI +3.00 to +3.00) |" in md
-    assert "| mixup-k3 minus none-k2 | mnist | 5 | 3 | +4.00 ± 0.00 (beyond spread; CI +4.00 to +4.00) |" in md
-    assert "| acai-k2 minus none-k2 | mnist | 5 | 3 | +1.00 ± 0.00 (within spread; CI +1.00 to +1.00) |" in md
+    assert "| mixup-k2 minus none-k2 | mnist | 5 | 3 | +2.00 ± 0.00 (CI +2.00 to +2.00: ahead) |" in md
+    assert "| bernoulli-k2 minus none-k2 | mnist | 5 | 3 | +3.00 ± 0.00 (CI +3.00 to +3.00: ahead) |" in md
+    assert "| mixup-k3 minus none-k2 | mnist | 5 | 3 | +4.00 ± 0.00 (CI +4.00 to +4.00: ahead) |" in md
+    assert "| acai-k2 minus none-k2 | mnist | 5 | 3 | +1.00 ± 0.00 (CI +1.00 to +1.00: ahead) |" in md
     assert "| mixup-k2 minus acai-k2 |" in md and "| bernoulli-k2 minus acai-k2 |" in md
     with open(os.path.join(dirs["out"], "table1_mnist.json")) as f:
         data = json.load(f)
@@ -375,6 +375,16 @@ def test_runs_recorded_before_the_probe_setting_count_for_the_tables_that_keep_t
     command = next(line for line in whiten_md.splitlines() if line.startswith("Command: "))
     assert "--probe whiten" in command and "--only" not in command
     assert "probe=batchnorm" in read(os.path.join(dirs["out"], "table1_mnist.md"))
+    # The whitening run superseded the old record under the shared name; the batch-normalised table still
+    # finds that record by its settings, so a fresh clone rebuilds it without training.
+    shutil.rmtree(dirs["runs"])
+    ledger = reproduce.load_ledger(dirs["out"])
+    assert ledger["mnist-acai-k2-lamb5-mnist_full-s0"]["settings"]["probe"] == "whiten"
+    assert "probe" not in ledger["mnist-acai-k2-lamb5-mnist_full-s0@line1"]["settings"]
+    out = dry_run(script, dirs, capsys, "--seeds", "1")
+    assert "done     mnist-acai-k2-lamb5-mnist_full-batchnorm-s0 (recorded in finished_runs.jsonl)" in out
+    out = dry_run(script, dirs, capsys, "--seeds", "1", "--probe", "whiten")
+    assert "done     mnist-acai-k2-lamb5-mnist_full-s0 (recorded in finished_runs.jsonl)" in out
 
 
 def test_a_damaged_ledger_line_is_named(dirs, capsys):
@@ -411,8 +421,8 @@ def test_bad_table_arguments_fail_with_one_line(args, message, tmp_path, capsys)
 
 def test_lamb_sweep_reuses_table1_runs_and_reports_the_gap(dirs, monkeypatch):
     def accuracy(cfg):
-        # lamb 5 (Table 1's): mixup - none = 2, 3, 4 points (stds 1 and 2): beyond spread.
-        # lamb 2, 10, 30 and 100: mixup - none = 0.5 points every seed: within the spread of 1 point.
+        # lamb 5 (Table 1's): mixup - none = 2, 3, 4 points: interval above 0.
+        # lamb 2, 10, 30 and 100: mixup - none = 0.5 points every seed: a degenerate interval above 0.
         none = 0.90 + 0.01 * cfg.seed
         if cfg.mixer == "none":
             return none
@@ -429,17 +439,34 @@ def test_lamb_sweep_reuses_table1_runs_and_reports_the_gap(dirs, monkeypatch):
     assert [(c.seed, c.lamb, c.mixer) for c in fake.calls[6:10]] == [
         (0, 2.0, "none"), (0, 2.0, "mixup"), (0, 10.0, "none"), (0, 10.0, "mixup")]
     md = read(os.path.join(dirs["out"], "lamb_sweep_mnist.md"))
-    assert "| mixup-k2 minus none-k2 | mnist | 5 | 3 | +3.00 ± 1.00 (beyond spread; CI +0.52 to +5.48) |" in md
-    assert "| mixup-k2 minus none-k2 | mnist | 100 | 3 | +0.50 ± 0.00 (within spread; CI +0.50 to +0.50) |" in md
+    assert "| mixup-k2 minus none-k2 | mnist | 5 | 3 | +3.00 ± 1.00 (CI +0.52 to +5.48: ahead) |" in md
+    assert "| mixup-k2 minus none-k2 | mnist | 100 | 3 | +0.50 ± 0.00 (CI +0.50 to +0.50: ahead) |" in md
     with open(os.path.join(dirs["out"], "lamb_sweep_mnist.json")) as f:
         gaps = json.load(f)["gaps"]
     assert [g["lamb"] for g in gaps] == [2.0, 5.0, 10.0, 30.0, 100.0]
     assert gaps[1]["online_probe"]["mean"] == pytest.approx(3.0)
     assert gaps[1]["online_probe"]["per_seed"] == pytest.approx([2.0, 3.0, 4.0])
-    assert gaps[1]["online_probe"]["exceeds_seed_spread"] is True
+    assert gaps[1]["online_probe"]["verdict"] == "ahead"
     # 3 seeds: mean 3, std 1, t(0.975, 2) = 4.303, so 3 +- 4.303 / sqrt(3).
     assert gaps[1]["online_probe"]["ci95"] == pytest.approx([3 - 2.4843, 3 + 2.4843], abs=1e-3)
-    assert gaps[4]["knn"]["exceeds_seed_spread"] is False
+    assert gaps[4]["knn"]["verdict"] == "ahead"  # +0.5 on every seed: a degenerate interval above 0
+
+
+def test_a_gap_is_ahead_only_when_its_paired_interval_excludes_0():
+    # Bernoulli minus none, online, seeds 0-2 of the whitening variant of Table 1: the mean gap (+0.38) is
+    # larger than either row's seed spread (0.35, 0.37), yet its paired 95% interval holds 0.
+    none = [{"seed": s, "test_probe_accuracy": v} for s, v in enumerate((0.9396, 0.9444, 0.9469))]
+    bernoulli = [{"seed": s, "test_probe_accuracy": v} for s, v in enumerate((0.9512, 0.9443, 0.9467))]
+    gap = reproduce._gap("bernoulli-k2 minus none-k2", "mnist", None, 5.0, bernoulli, none)
+    online = gap["online_probe"]
+    assert online["mean"] == pytest.approx(0.3767, abs=1e-3) and online["std"] == pytest.approx(0.6784, abs=1e-3)
+    assert online["ci95"] == pytest.approx([-1.3085, 2.0618], abs=1e-3)
+    assert online["verdict"] == "open"
+    assert gap["knn"]["ci95"] is None and gap["knn"]["verdict"] is None  # no k-NN accuracies: no interval
+    assert reproduce.gap_verdict([0.02, 0.96]) == "ahead"
+    assert reproduce.gap_verdict([-2.0, -0.1]) == "behind"
+    assert reproduce.gap_verdict([0.0, 0.0]) == "open" and reproduce.gap_verdict([-0.5, 0.0]) == "open"
+    assert reproduce.gap_verdict(None) is None
 
 
 def test_only_lambs_trains_the_chosen_lambs_and_tabulates_them_all(dirs, monkeypatch, capsys):
@@ -524,8 +551,8 @@ def test_table2_trains_every_size_for_the_same_steps_and_answers_the_question(di
     assert len(fake.calls) == 4 * 2 * 2 and {c.train_size for c in fake.calls} == {1000, 5000, 10000, 20000}
     md = read(os.path.join(dirs["out"], "table2-mnist.md"))
     assert "| mnist | 1,000 | mixup | 2 | 10 | 2 |" in md and "2,500 training steps of 16 images" in md
-    assert "| mixup-k2 minus none-k2 | mnist | 1,000 | 10 | 2 | +3.00 ± 0.00 (beyond spread; CI +3.00 to +3.00)" in md
-    assert "| mixup-k2 minus none-k2 | mnist | 5,000 | 10 | 2 | +0.00 ± 0.00 (within spread; CI +0.00 to +0.00)" in md
+    assert "| mixup-k2 minus none-k2 | mnist | 1,000 | 10 | 2 | +3.00 ± 0.00 (CI +3.00 to +3.00: ahead)" in md
+    assert "| mixup-k2 minus none-k2 | mnist | 5,000 | 10 | 2 | +0.00 ± 0.00 (CI +0.00 to +0.00: open)" in md
     with open(os.path.join(dirs["out"], "table2-mnist.json")) as f:
         table = json.load(f)
     row = next(r for r in table["rows"] if (r["mixer"], r["train_size"]) == ("mixup", 1000))
