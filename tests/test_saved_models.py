@@ -38,8 +38,21 @@ CHECK = textwrap.dedent("""
 """)
 
 
-def test_saved_models_folder_has_the_three_exports_of_the_readme():
-    assert {"mnist_sample_mixup", "mnist_sample_bernoulli", "fashion_mnist_mixup"} <= set(NAMES)
+def test_saved_models_folder_has_the_exports_of_the_readme():
+    assert {"mnist_mixup", "mnist_sample_mixup", "mnist_sample_bernoulli", "fashion_mnist_mixup"} <= set(NAMES)
+
+
+def test_the_headline_model_is_the_table_1_run_it_claims_to_be():
+    with open(os.path.join(SAVED, "mnist_mixup", "metadata.json")) as f:
+        meta = json.load(f)
+    with open(os.path.join(ROOT, "results", "table1_mnist-whiten.json")) as f:
+        table = json.load(f)
+    runs = [run for row in table["rows"] if (row["mixer"], row["k"]) == ("mixup", 2) for run in row["runs"]
+            if run["seed"] == 0]
+    assert len(runs) == 1, runs
+    for key in ("test_probe_accuracy", "linear_eval_test_accuracy", "linear_eval_val_accuracy"):
+        assert round(meta[key], 4) == round(runs[0][key], 4), key
+    assert (meta["dataset"], meta["preset"], meta["lamb"], meta["probe"]) == ("mnist", "mnist_full", 5.0, "whiten")
 
 
 # One export in the default suite (each takes a fresh TensorFlow process); the others with -m slow.
