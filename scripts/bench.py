@@ -103,7 +103,7 @@ def summarize_profile(logdir, top=12):
 
 
 def bench_keras(batch_size, jit, update_g_every, steps, warmup, repeats, depth, mixer, precision="auto",
-                profile=None, probe="whiten"):
+                profile=None, probe="whiten", deterministic=False):
     import amr_keras  # before tensorflow: it turns on the oneDNN CPU kernels unless TF_ENABLE_ONEDNN_OPTS is set
     import keras
     import tensorflow as tf
@@ -112,6 +112,8 @@ def bench_keras(batch_size, jit, update_g_every, steps, warmup, repeats, depth, 
     from amr_keras.networks import build_networks
     from amr_keras.precision import compute_dtype, cpu_info, isa_caps, precision_scope, resolve_precision
 
+    if deterministic:  # what fit.py --deterministic turns on
+        tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(0)
     precision = resolve_precision(precision)
     with precision_scope(precision):
@@ -167,7 +169,7 @@ def bench_keras(batch_size, jit, update_g_every, steps, warmup, repeats, depth, 
     return {
         "impl": "amr_keras", "images_per_second": round(statistics.median(rates), 1),
         "images_per_second_repeats": [round(r, 1) for r in rates], "batch_size": batch_size,
-        "jit_compile": jit, "update_g_every": update_g_every, "precision": precision,
+        "jit_compile": jit, "update_g_every": update_g_every, "precision": precision, "deterministic": deterministic,
         "compute_dtype": compute_dtype(model),
         "mixer": mixer, "probe": model.probe_kind, "depth": depth, "steps": steps, "warmup": warmup,
         "warmup_seconds": round(warmup_s, 1),
@@ -222,6 +224,8 @@ def main(argv=None):
     p.add_argument("--probe", choices=("whiten", "batchnorm"), nargs="+", default=["whiten"],
                    help="online probe(s) of amr_keras (default whiten, fit.py's default; batchnorm: the probe "
                         "of the committed tables' runs)")
+    p.add_argument("--deterministic", choices=("off", "on"), nargs="+", default=["off"],
+                   help="TensorFlow's deterministic ops off and/or on (fit.py --deterministic); default off")
     p.add_argument("--torch-ref", help="path of a PyTorch reference step script to compare against")
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--profile", metavar="DIR", help="also profile each setting into DIR and print an op summary")
@@ -249,11 +253,11 @@ def main(argv=None):
                 ref = bench_torch(args.torch_ref, bs, every, args.steps, args.warmup, args.repeats, args.mixer,
                                   args.threads)
                 print(json.dumps(ref), flush=True)
-            for jit, precision, probe in [(j, prec, pr) for pr in args.probe for prec in args.precision
-                                          for j in jits]:
+            for jit, precision, probe, det in [(j, prec, pr, d == "on") for d in args.deterministic
+                                               for pr in args.probe for prec in args.precision for j in jits]:
                 setting = dict(batch_size=bs, jit=jit, update_g_every=every, steps=args.steps, warmup=args.warmup,
                                repeats=args.repeats, depth=args.depth, mixer=args.mixer, precision=precision,
-                               profile=args.profile, probe=probe)
+                               profile=args.profile, probe=probe, deterministic=det)
                 if args.one_setting_per_process:
                     res = bench_keras_in_subprocess(setting)
                 else:
