@@ -21,6 +21,7 @@ share of the CPU cores each); on a cluster, run the same command on every machin
 
 import argparse
 import os
+import signal
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -114,7 +115,13 @@ def local_cluster(args, argv):
         threads = max(1, (os.cpu_count() or 1) // args.workers)
     command = [sys.executable, os.path.abspath(__file__), *worker_argv(argv)]
     workers = LocalWorkers(command, args.workers, os.path.join(args.out, WORKERS_FOLDER), threads=threads, gpus=gpus)
+    # A job scheduler's SIGTERM stops the chief as Ctrl-C does: it stops its workers and writes the reports.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     return Cluster("chief", "chief", "127.0.0.1", 0, workers)
+
+
+def _exit_on_sigterm(signum, frame):
+    sys.exit(128 + signum)
 
 
 def main(argv=None):
