@@ -728,14 +728,15 @@ class _Chief:
             self.end_trial(trial)
 
     def progress_line(self, trial, worker):
-        if trial.status == "COMPLETED":
+        if trial.status == "COMPLETED" and trial.score is not None:
             what = f"COMPLETED, {self.oracle.objective.name} {trial.score:.4f}"
         elif trial.trial_id in self.oracle._retry_queue:
             what = f"{trial.status}, to be trained again: {_last_line(trial.message)}"
         else:
             what = f"{trial.status}: {_last_line(trial.message)}"
         ended = len(self.oracle.end_order)
-        return f"trial {trial.trial_id} on {worker or 'a lost worker'}: {what} ({ended} of {self.oracle.max_trials} ended)"
+        worker = worker or "a lost worker"
+        return f"trial {trial.trial_id} on {worker}: {what} ({ended} of {self.oracle.max_trials} ended)"
 
 
 def _start_oracle_server(oracle, ip, port):
