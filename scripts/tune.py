@@ -12,10 +12,16 @@ Examples:
     python scripts/tune.py --out runs/search-mnist --dataset mnist --data-dir ../shared/data/mnist --epochs 1 \
         --objective posthoc --lamb-range 3:30 --lr-range 5e-4:4e-3 --search beta --tuner bayesian
     python scripts/fit.py --config runs/search/best_hyperparameters.json --epochs 20    # train the best settings
+
+Distributed (docs/distributed_search.md): --workers N runs the chief and N workers on this machine (one GPU or a
+share of the CPU cores each); on a cluster, run the same command on every machine with KERASTUNER_TUNER_ID
+(chief, worker0, worker1, ...), KERASTUNER_ORACLE_IP and KERASTUNER_ORACLE_PORT (the chief's address) set.
+    python scripts/tune.py --out runs/search --max-trials 20 --epochs 4 --workers 4
 """
 
 import argparse
 import os
+import signal
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -25,7 +31,11 @@ from amr_keras.data import DATASETS, DataError  # noqa: E402
 from amr_keras.mixers import MIXERS  # noqa: E402
 from amr_keras.precision import PRECISIONS  # noqa: E402
 from amr_keras.probe import PROBES  # noqa: E402
-from amr_keras.tuning import OBJECTIVES, RANGES, SEARCHABLE, TUNERS, SearchError, search  # noqa: E402
+from amr_keras.tuning import (OBJECTIVES, RANGES, SEARCHABLE, TUNERS, WORKERS_FOLDER, Cluster,  # noqa: E402
+                              LocalWorkers, SearchError, cluster_from_env, limit_cpu_threads, local_gpus, search)
+
+# Options of this process alone, not passed on to the workers that --workers starts.
+LAUNCHER_OPTIONS = ("--workers", "--threads-per-worker", "--threads")
 
 
 def build_parser():
@@ -70,11 +80,61 @@ def build_parser():
                         "bfloat16 units, else float32)")
     p.add_argument("--seed", type=int, default=0, help="seed of the weights, the data order and the draws (default 0)")
     p.add_argument("--verbose", type=int, choices=(0, 1, 2), help="progress output (default: bar on a terminal)")
+    p.add_argument("--workers", type=int, default=0,
+                   help="run the search distributed on this machine: a chief (serves the oracle, writes the reports) "
+                        "and this many worker processes, each training one trial at a time")
+    p.add_argument("--threads-per-worker", type=int,
+                   help="CPU threads of each --workers process (default: the cores split between them; with GPUs, "
+                        "one GPU per worker and TensorFlow's default threads)")
+    p.add_argument("--threads", type=int,
+                   help="CPU threads of this process's TensorFlow ops (intra-op; inter-op: up to 2)")
     return p
 
 
+def worker_argv(argv):
+    """``argv`` without the options of this process alone (``LAUNCHER_OPTIONS`` and their values)."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in LAUNCHER_OPTIONS:
+            skip = True
+        elif not arg.startswith(tuple(f"{o}=" for o in LAUNCHER_OPTIONS)):
+            out.append(arg)
+    return out
+
+
+def local_cluster(args, argv):
+    """The chief of a search on this machine with ``args.workers`` workers running this script."""
+    if cluster_from_env() is not None:
+        raise ConfigError("--workers starts its own chief and workers on this machine: unset KERASTUNER_TUNER_ID, "
+                          "KERASTUNER_ORACLE_IP and KERASTUNER_ORACLE_PORT, or drop --workers.")
+    gpus = local_gpus()
+    threads = args.threads_per_worker
+    if threads is None and not gpus:
+        threads = max(1, (os.cpu_count() or 1) // args.workers)
+    command = [sys.executable, os.path.abspath(__file__), *worker_argv(argv)]
+    workers = LocalWorkers(command, args.workers, os.path.join(args.out, WORKERS_FOLDER), threads=threads, gpus=gpus)
+    # A job scheduler's SIGTERM stops the chief as Ctrl-C does: it stops its workers and writes the reports.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    return Cluster("chief", "chief", "127.0.0.1", 0, workers)
+
+
+def _exit_on_sigterm(signum, frame):
+    sys.exit(128 + signum)
+
+
 def main(argv=None):
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(argv)
+    for name in ("workers", "threads_per_worker", "threads"):
+        value = getattr(args, name)
+        if value is not None and value < (0 if name == "workers" else 1):
+            print(f"error: --{name.replace('_', '-')} must be at least {0 if name == 'workers' else 1}, got {value}.",
+                  file=sys.stderr)
+            return 2
+    if args.threads:
+        limit_cpu_threads(args.threads)
     base = {k: v for k, v in dict(mixer=args.mixer, k=args.k, beta=args.beta, probe=args.probe).items()
             if v is not None}
     ranges = {name: getattr(args, f"{name}_range") for name in RANGES if getattr(args, f"{name}_range") is not None}
@@ -83,11 +143,16 @@ def main(argv=None):
                  train_size=args.train_size, code_channels=args.code_channels, steps_per_epoch=args.steps_per_epoch,
                  jit_compile=args.jit_compile, precision=args.precision, out=args.out)
     try:
+        cluster = local_cluster(args, argv) if args.workers else None
         result = search(cfg, tuner=args.tuner, max_trials=args.max_trials, search_space=args.search,
-                        verbose=args.verbose, objective=args.objective, ranges=ranges)
+                        verbose=args.verbose, objective=args.objective, ranges=ranges, cluster=cluster)
     except (ConfigError, DataError, SearchError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if result["role"] == "worker":
+        print(f"\n{result['tuner_id']}: trained trials {', '.join(result['trained']) or 'none'}; the chief writes the "
+              "reports")
+        return 0
     searched = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
                          for k, v in result["best_values"].items())
     out = result["out"]
