@@ -231,22 +231,35 @@ def write_json_atomically(path, data, indent=None, point=None):
 def append_line(path, text, point=None):
     """Append ``text`` (whole lines) to ``path`` under an exclusive lock, in one write, flushed to disk.
 
-    Two processes appending to one ledger never interleave their lines, and a
-    kill leaves at most a torn last line, which readers skip.
+    Two processes appending to one ledger never interleave their lines. A
+    kill leaves at most a torn last line: readers skip it, and the next append
+    cuts it off before writing.
     """
     with guarded_write(path):
         fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            # A line torn by an earlier kill would swallow this one: start on a fresh line.
-            size = os.fstat(fd).st_size
-            if size and os.pread(fd, 1, size - 1) != b"\n":
-                text = "\n" + text
+            drop_torn_tail(fd)
             fault_point(point or os.path.basename(path), torn=(fd, text.encode()))
             os.write(fd, text.encode())
             os.fsync(fd)
         finally:
             os.close(fd)  # drops the lock
+
+
+def drop_torn_tail(fd):
+    """Cut a last line that has no newline (an append a kill cut short) off the file open as ``fd``."""
+    size = end = os.fstat(fd).st_size
+    while end > 0:
+        start = max(0, end - 65536)
+        chunk = os.pread(fd, end - start, start)
+        cut = chunk.rfind(b"\n")
+        if cut >= 0:
+            end = start + cut + 1
+            break
+        end = start
+    if end != size:
+        os.ftruncate(fd, end)
 
 
 # --- test-only fault injection --------------------------------------------------------------------------------

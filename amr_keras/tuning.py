@@ -41,6 +41,7 @@ from amr_keras.evaluate import encode_arrays, linear_evaluation
 from amr_keras.mixers import K_WAY_MIXERS, MIXERS
 from amr_keras.model import ACAI_GAMMA, ACAI_WEIGHT
 from amr_keras.precision import precision_scope, resolve_precision
+from amr_keras.runfolder import FolderLock
 from amr_keras.train import build_model
 
 # --objective name -> the metric a trial is scored by (higher is better).
@@ -501,46 +502,51 @@ def search(cfg, tuner="random", max_trials=10, search_space=(), verbose=None, ob
                     ranges={k: list(v) for k, v in ranges.items()},
                     **{k: getattr(cfg, k) for k in SEARCH_KEYS if k not in ("tuner", "search_space", "objective",
                                                                             "ranges")})
-    # The search folder belongs to a single-process search or to the chief; a worker writes only the trial
-    # folders it is handed (a lock on the search folder belongs here, around the whole search).
+    # The search folder belongs to a single-process search or to the chief, who own it (lock it) for the whole
+    # search; a worker writes only the trial folders it is handed.
     owns_folder = role != "worker"
-    if owns_folder:
-        _check_search_settings(out, settings)
-
-    splits = load_dataset(cfg.dataset, data_dir=cfg.data_dir, batch_size=cfg.batch_size, seed=cfg.seed,
-                          tfds_data_dir=cfg.tfds_data_dir, eval_batch_size=max(cfg.batch_size, 256),
-                          train_size=cfg.train_size)
-    info = splits.info
-    steps = cfg.steps_per_epoch or info.num_train // cfg.batch_size
-    hypermodel = AMRHyperModel(cfg, info.colors, info.num_classes, steps, search_space=search_space, ranges=ranges,
-                               objective=objective, posthoc_arrays=splits.arrays)
-    os.makedirs(out, exist_ok=True)
-    if owns_folder:
-        _write_json(os.path.join(out, "search.json"), settings)
-    kt_tuner = make_tuner(tuner, hypermodel, out, max_trials, seed=cfg.seed)
-    if role == "chief":
-        return _serve_as_chief(kt_tuner, hypermodel, settings, cluster, out)
-    if role == "worker":
-        _check_chief_settings(kt_tuner.oracle, settings, cluster)
-    # Every trial sees the same batches in the same order (epoch e is a shuffle seeded by (seed, e)).
-    train_ds = train_pipeline(*splits.arrays["train"], cfg.batch_size, seed=cfg.seed)
-    callbacks = [NonFiniteLossGuard(), keras.callbacks.TensorBoard(os.path.join(out, "logs"))]
-    verbose = verbose if verbose is not None else (1 if sys.stdout.isatty() else 2)
-    fit_kwargs = dict(steps_per_epoch=steps, epochs=cfg.epochs, validation_data=splits.val, callbacks=callbacks,
-                      verbose=verbose, shuffle=False)
-    if role == "worker":
-        return _train_as_worker(kt_tuner, cluster, out, train_ds, **fit_kwargs)
-    _report_after_every_trial(kt_tuner, hypermodel, out)
+    lock = FolderLock(out, what="search folder").acquire() if owns_folder else None
     try:
-        kt_tuner.search(train_ds, **fit_kwargs)
-    except RuntimeError as e:
-        # KerasTuner stops the search with a bare RuntimeError after too many failed trials in a row.
-        if _failed_in_a_row(kt_tuner.oracle) < MAX_CONSECUTIVE_FAILED_TRIALS:
-            raise
-        raise _too_many_failures(kt_tuner.oracle, e, out) from e
+        if owns_folder:
+            _check_search_settings(out, settings)
+
+        splits = load_dataset(cfg.dataset, data_dir=cfg.data_dir, batch_size=cfg.batch_size, seed=cfg.seed,
+                              tfds_data_dir=cfg.tfds_data_dir, eval_batch_size=max(cfg.batch_size, 256),
+                              train_size=cfg.train_size)
+        info = splits.info
+        steps = cfg.steps_per_epoch or info.num_train // cfg.batch_size
+        hypermodel = AMRHyperModel(cfg, info.colors, info.num_classes, steps, search_space=search_space,
+                                   ranges=ranges, objective=objective, posthoc_arrays=splits.arrays)
+        os.makedirs(out, exist_ok=True)
+        if owns_folder:
+            _write_json(os.path.join(out, "search.json"), settings)
+        kt_tuner = make_tuner(tuner, hypermodel, out, max_trials, seed=cfg.seed)
+        if role == "chief":
+            return _serve_as_chief(kt_tuner, hypermodel, settings, cluster, out)
+        if role == "worker":
+            _check_chief_settings(kt_tuner.oracle, settings, cluster)
+        # Every trial sees the same batches in the same order (epoch e is a shuffle seeded by (seed, e)).
+        train_ds = train_pipeline(*splits.arrays["train"], cfg.batch_size, seed=cfg.seed)
+        callbacks = [NonFiniteLossGuard(), keras.callbacks.TensorBoard(os.path.join(out, "logs"))]
+        verbose = verbose if verbose is not None else (1 if sys.stdout.isatty() else 2)
+        fit_kwargs = dict(steps_per_epoch=steps, epochs=cfg.epochs, validation_data=splits.val, callbacks=callbacks,
+                          verbose=verbose, shuffle=False)
+        if role == "worker":
+            return _train_as_worker(kt_tuner, cluster, out, train_ds, **fit_kwargs)
+        _report_after_every_trial(kt_tuner, hypermodel, out)
+        try:
+            kt_tuner.search(train_ds, **fit_kwargs)
+        except RuntimeError as e:
+            # KerasTuner stops the search with a bare RuntimeError after too many failed trials in a row.
+            if _failed_in_a_row(kt_tuner.oracle) < MAX_CONSECUTIVE_FAILED_TRIALS:
+                raise
+            raise _too_many_failures(kt_tuner.oracle, e, out) from e
+        finally:
+            best, best_settings = write_reports(kt_tuner, hypermodel, out)
+        return _search_result(kt_tuner.oracle, best, best_settings, out, role)
     finally:
-        best, best_settings = write_reports(kt_tuner, hypermodel, out)
-    return _search_result(kt_tuner.oracle, best, best_settings, out, role)
+        if lock is not None:
+            lock.release()
 
 
 def _search_result(oracle, best, best_settings, out, role):

@@ -31,6 +31,7 @@ from amr_keras.data import DATASETS, DataError  # noqa: E402
 from amr_keras.mixers import MIXERS  # noqa: E402
 from amr_keras.precision import PRECISIONS  # noqa: E402
 from amr_keras.probe import PROBES  # noqa: E402
+from amr_keras.runfolder import FolderLockError  # noqa: E402
 from amr_keras.tuning import (OBJECTIVES, RANGES, SEARCHABLE, TUNERS, WORKERS_FOLDER, Cluster,  # noqa: E402
                               LocalWorkers, SearchError, cluster_from_env, limit_cpu_threads, local_gpus, search)
 
@@ -146,7 +147,7 @@ def main(argv=None):
         cluster = local_cluster(args, argv) if args.workers else None
         result = search(cfg, tuner=args.tuner, max_trials=args.max_trials, search_space=args.search,
                         verbose=args.verbose, objective=args.objective, ranges=ranges, cluster=cluster)
-    except (ConfigError, DataError, SearchError) as e:
+    except (ConfigError, DataError, SearchError, FolderLockError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if result["role"] == "worker":
