@@ -70,10 +70,15 @@ def main(argv=None):
     print(f"k-NN (k = {args.k}, cosine): "
           f"validation {_fmt(results['knn_val_accuracy'])}, test {_fmt(results['knn_test_accuracy'])}")
     print(f"evaluated in {seconds:.1f} s (loading, encoding, linear evaluation and k-NN)")
-    if args.json:
-        with open(args.json, "w") as f:
+    return _write_json(args.json, results)
+
+
+def _write_json(path, results):
+    """Write ``results`` to ``path`` when one is given; the script's exit status (0)."""
+    if path:
+        with open(path, "w") as f:
             json.dump(results, f, indent=2)
-        print(f"wrote {args.json}")
+        print(f"wrote {path}")
     return 0
 
 
@@ -89,11 +94,7 @@ def _factorvae(parser, args):
           f"{results['factorvae_active_dims']} of {results['factorvae_code_dims']} code values active)")
     print(f"code value -> factor: {results['factorvae_assignment']}")
     print(f"evaluated in {time.perf_counter() - start:.1f} s")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
-        print(f"wrote {args.json}")
-    return 0
+    return _write_json(args.json, results)
 
 
 if __name__ == "__main__":
