@@ -190,3 +190,14 @@ def test_fit_on_procedural_dsprites_trains_scores_and_exports(tmp_path, monkeypa
     assert "FactorVAE score:" in capsys.readouterr().out
     with open(out_json) as f:
         assert json.load(f)["factorvae_code_dims"] == 10
+
+
+@pytest.mark.parametrize("model, trained", [("amr", "bernoulli"), ("bvae", "none")])
+def test_bench_runs_the_64x64_step(model, trained):
+    from test_fit import load_script
+
+    bench = load_script("bench")
+    res = bench.bench_keras(batch_size=4, jit=False, update_g_every=1, steps=1, warmup=1, repeats=1, depth=4,
+                            mixer="bernoulli", precision="float32", arch="burgess", model=model)
+    assert (res["arch"], res["model"], res["image_size"], res["mixer"]) == ("burgess", model, 64, trained)
+    assert res["images_per_second"] > 0 and res["traces_during_timing"] == 0
