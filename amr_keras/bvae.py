@@ -74,7 +74,8 @@ class BVAE(AMR):
             if kwargs.pop(bad, None) is not None:
                 raise ValueError(f"BVAE.compile takes ae_optimizer and probe_optimizer, not {bad}=.")
         keras.Model.compile(self, optimizer=None, **kwargs)
-        self.ae_optimizer = default_optimizer(name="ae_adam") if ae_optimizer is None else keras.optimizers.get(ae_optimizer)
+        self.ae_optimizer = (default_optimizer(name="ae_adam") if ae_optimizer is None
+                             else keras.optimizers.get(ae_optimizer))
         self.probe_optimizer = (default_optimizer(name="probe_adam") if probe_optimizer is None
                                 else keras.optimizers.get(probe_optimizer))
         self.ae_optimizer.build(self.ae_variables)

@@ -244,10 +244,10 @@ def read_official_npz(path):
 
 def _load_tfds(tfds_data_dir):
     """The whole grid from tensorflow-datasets ``dsprites`` (its only split, ``train``)."""
+    import tensorflow as tf
     import tensorflow_datasets as tfds
 
-    from amr_keras.data import DataError, OFFLINE_HELP, _network_available
-    import tensorflow as tf
+    from amr_keras.data import OFFLINE_HELP, DataError, _network_available
 
     builder = tfds.builder("dsprites", data_dir=tfds_data_dir)
     if not tf.io.gfile.exists(os.path.join(builder.data_dir, "dataset_info.json")) and not _network_available():

@@ -113,7 +113,7 @@ def to_model_input(images):
 
 
 def from_model_output(images, source_shape):
-    """Decoder output (32x32, or 64x64 for ``--arch burgess``; about [-1, 1]) -> images clipped to [0, 1] at ``source_shape``.
+    """Decoder output (32x32, 64x64 for ``--arch burgess``; about [-1, 1]) -> images in [0, 1] at ``source_shape``.
 
     Undoes ``to_model_input``: crops the 2-pixel pad of 28x28 sources, resizes
     other sizes back (bilinear).

@@ -33,7 +33,7 @@ BURGESS_HIDDEN = 256  # width of the dense layers
 
 @keras.saving.register_keras_serializable(package="amr_keras")
 class MeanLogit(layers.Layer):
-    """Average a (batch, H, W, C) map over positions and channels (any shape: every non-batch axis) to one value per image."""
+    """Average a (batch, H, W, C) map over positions and channels (any rank: every non-batch axis) to one value."""
 
     def call(self, inputs):
         # Every axis but the batch: (B, H, W, C) maps, or the (B, 1) output of a dense head.

@@ -222,8 +222,8 @@ def write_table(runs, out_dir, command, unavailable=None, stem=STEM):
         lines += ["", "Mean ± sample standard deviation of the per-seed difference; CI: 95% confidence interval of "
                       "its mean (Student's t). An interval that holds 0 leaves the sign of the difference open."]
     if os.path.isfile(os.path.join(out_dir, figure_name(stem))):
-        lines += ["", f"Figure: `{figure_name(stem)}`: for each row (its first finished seed), every code value swept from "
-                      "-2 to +2 standard deviations around the code of one image."]
+        lines += ["", f"Figure: `{figure_name(stem)}`: for each row (its first finished seed), every code value "
+                      "swept from -2 to +2 standard deviations around the code of one image."]
     os.makedirs(out_dir, exist_ok=True)
     md_path, json_path = os.path.join(out_dir, f"{stem}.md"), os.path.join(out_dir, f"{stem}.json")
     _write_text(md_path, "\n".join(lines) + "\n")

@@ -155,3 +155,19 @@ def test_procedural_dataset_flows_through_load_dataset(monkeypatch):
 def test_procedural_dataset_refuses_a_data_dir(tmp_path):
     with pytest.raises(data.DataError, match="rendered in code"):
         data.load_arrays("dsprites_procedural", data_dir=str(tmp_path))
+
+
+def test_tfds_dsprites_is_read_by_its_factor_labels(monkeypatch, tmp_path):
+    tfds = pytest.importorskip("tensorflow_datasets")
+    monkeypatch.setattr(data, "_network_available", lambda *a, **k: True)
+    with tfds.testing.mock_data(num_examples=300):
+        source, where = dsprites.load_grid(tfds_data_dir=str(tmp_path))
+    assert where == "tensorflow-datasets" and source.imgs.shape[1:] == (64, 64)
+    # Each image is found again under the factor classes tfds gave it.
+    assert source.images(dsprites.classes_of(source.cells[:3])).shape == (3, 64, 64, 1)
+
+
+def test_tfds_without_network_names_the_offline_options(monkeypatch, tmp_path):
+    monkeypatch.setattr(data, "_network_available", lambda *a, **k: False)
+    with pytest.raises(data.DataError, match="dsprites_procedural"):
+        dsprites.load_grid(tfds_data_dir=str(tmp_path))
