@@ -400,7 +400,7 @@ def traversal_figure(models, path, steps=7, span=2.0, std_images=1000, seed=0):
     source = ProceduralSource()
     image = source.images([TRAVERSAL_CELL])[0]
     sample = source.images(source.sample_classes(np.random.default_rng(seed), std_images))
-    fig = Figure(figsize=(2.6 * len(models), 4.2), dpi=DPI)
+    fig = Figure(figsize=(max(2.6 * len(models), 5.0), 4.2), dpi=DPI)
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, len(models), squeeze=False)[0]
     for ax, (label, model) in zip(axes, models):

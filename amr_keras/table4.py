@@ -3,7 +3,7 @@
 Rows, as the official ``exps/dsprite/``: ``baseline_lamb1`` (no mixing: AE + GAN), ``mixup_lamb1``,
 ``mixupfm2_lamb1`` (Bernoulli), ``gan3f_lamb1`` (mixup, k=3), ``gan3fm_lamb1`` (Bernoulli, k=3), and the beta-VAE
 baselines ``bvae_beta100`` and ``bvae_beta110``. Every run has one recipe, the ``dsprites`` preset (burgess
-networks, lamb 1, bce summed over pixels, batch 64; 3 epochs of the 60,000 training images: 180,000 images seen),
+networks, lamb 1, bce summed over pixels, batch 64; 6 epochs of the 60,000 training images: 360,000 images seen),
 and is scored at its end by the FactorVAE metric (``amr_keras.disentanglement``, official settings: 800 votes,
 800 held-out votes, L = 800), besides the linear accuracies of the other tables (label: the shape factor).
 

@@ -19,7 +19,7 @@ runs/ (where fit.py puts the same runs), the tables to results/:
   --table 4     the paper's Table 4, disentanglement on dSprites: none (AE + GAN), mixup, bernoulli, mixup k=3,
                 bernoulli k=3 and beta-VAE at beta 100 and 110 (--only bvae:100), on dsprites_procedural (the
                 factor grid rendered in code; --datasets dsprites for the official pixels, with --data-dir
-                dsprites=DIR or tfds), preset dsprites (3 epochs of 60,000 images = 180,000 images seen per run),
+                dsprites=DIR or tfds), preset dsprites (6 epochs of 60,000 images = 360,000 images seen per run),
                 seeds 0 and 1 unless --seeds; scored by the FactorVAE metric. Writes results/table4.md, .json and
                 results/table4_traversals.png. Recipe flags: --epochs, --batch-size, --depth, --lr, --precision.
   --datasets    with --table: replace the table's datasets (the files then carry their names).

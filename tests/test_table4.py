@@ -59,7 +59,7 @@ def test_plan_has_the_papers_seven_rows_at_two_seeds_with_one_recipe(dirs):
     assert "dsprites_procedural-bvae-beta110-dsprites-s0" in names
     cfgs = [r.cfg for r in runs]
     assert {(c.preset, c.arch, c.recon, c.lamb, c.epochs, c.batch_size) for c in cfgs} == {
-        ("dsprites", "burgess", "bce", 1.0, 3, 64)}
+        ("dsprites", "burgess", "bce", 1.0, 6, 64)}
     assert {c.model for c in cfgs if c.beta_kl} == {"bvae"} and {c.mixer for c in cfgs if c.beta_kl} == {"none"}
 
 
@@ -89,12 +89,12 @@ def test_table_md_and_json_hold_scores_gaps_and_the_papers_names(dirs, monkeypat
     line = next(row for row in md.splitlines() if "`bvae_beta100`" in row)
     assert "| 2 | 0.705 ± 0.007 |" in line
     assert "`mixupfm2_lamb1`" in md and "re-rendering, not the official pixels" in md
-    assert "--table 4" in md and "--seeds 2" in md and "180,000 images seen per run" in md
+    assert "--table 4" in md and "--seeds 2" in md and "360,000 images seen per run" in md
     # Every seed of a row is the baseline plus the same amount: a gap with zero spread, clear of 0.
     gap = next(row for row in md.splitlines() if row.startswith("| mixup minus none"))
     assert "+0.100 ± 0.000 (CI +0.100 to +0.100: above 0)" in gap
     data = json.loads(read(os.path.join(dirs["out"], "table4.json")))
-    assert data["recipe"]["factorvae_samples"] == 800 and data["images_per_run"] == 180000
+    assert data["recipe"]["factorvae_samples"] == 800 and data["images_per_run"] == 360000
     row = next(r for r in data["rows"] if r["official"] == "gan3fm_lamb1")
     assert row["factorvae_score"]["mean"] == pytest.approx(0.415) and row["seeds_done"] == 2
     assert len(data["gaps"]) == 6
