@@ -11,9 +11,10 @@ import dataclasses
 import json
 import os
 
-from amr_keras.data import DATASETS
+from amr_keras.data import DATASETS, DSPRITES_DATASETS
 from amr_keras.mixers import MIXERS, check_mixer
 from amr_keras.model import ACAI_GAMMA, ACAI_WEIGHT, RECON_LOSSES, check_acai_settings, check_recon_gan
+from amr_keras.networks import ARCHS, BURGESS_CODE
 from amr_keras.precision import PRECISIONS
 from amr_keras.probe import PROBES
 
@@ -34,7 +35,7 @@ class Config:
     k: int = 2
     lamb: float = None
     beta: float = 0.0
-    recon: str = "l1"
+    recon: str = None  # None: the preset's, else "l1"
     acai_gamma: float = ACAI_GAMMA
     acai_weight: float = ACAI_WEIGHT
     recon_gan: bool = True
@@ -61,12 +62,24 @@ class Config:
     epoch_figures: bool = False
     deterministic: bool = False
     verbose: int = None
+    arch: str = None  # None: the dataset's (DATASET_ARCHS)
+    model: str = "amr"  # or "bvae" (amr_keras.bvae)
+    beta_kl: float = None  # bvae only: weight of the KL term
+    # FactorVAE metric at the end of a dSprites run (amr_keras.disentanglement): votes of the majority-vote
+    # classifier, held-out votes it is scored on, images per vote.
+    factorvae_votes: int = 800
+    factorvae_eval_votes: int = 800
+    factorvae_samples: int = 800
 
 
 # Settings that define a run: a --resume folder must have been made with the same ones.
 RUN_KEYS = ("dataset", "data_dir", "train_size", "preset", "mixer", "k", "lamb", "beta", "recon", "acai_gamma", "acai_weight", "recon_gan", "lr",
             "d_lr", "probe_lr", "probe", "schedule", "batch_size", "epochs", "steps_per_epoch", "update_g_every", "depth",
             "code_channels", "slope", "seed", "precision")
+
+# Settings added with dSprites (Table 4): a run made before them had the acai networks and was an AMR.
+RUN_KEYS = RUN_KEYS + ("arch", "model", "beta_kl")
+MODELS = ("amr", "bvae")
 
 # Default recipe for a few minutes on a CPU (departures from the reference are listed in docs/method.md).
 # No XLA: with oneDNN on, the plain graph trains as fast at batch 16 on a 2-core CPU, starts 10 s sooner
@@ -95,10 +108,27 @@ PRESETS = {
     "mnist_full": {**_FAST, "lamb": 5.0, "epochs": 4},
 }
 
+# dSprites (Table 4; the official exps/dsprite/): lamb 1 and the reconstruction summed over pixels (bce_sum),
+# batch 64, the official Adam betas; the 64x64 networks of Burgess et al. with 32 filters. The official rate
+# (1e-4, 500 epochs) is far beyond a CPU: lr 5e-4 with cosine decay and the autoencoder updated every step,
+# as the fast preset departs from the official one (not tuned on dSprites). 6 epochs of the 60,000 training
+# images (360,000 images seen): the budget of every row of Table 4 (amr_keras.table4), an estimated 12 to 18
+# minutes of training on a 2-core CPU with bfloat16 units (from the step cost of a few tiny steps, not measured).
+PRESETS["dsprites"] = dict(lamb=1.0, recon="bce", lr=5e-4, d_lr=5e-4, probe_lr=1e-2, schedule="cosine", batch_size=64,
+                           epochs=6, update_g_every=1, depth=32, slope=0.2, jit_compile=False)
+
 # Datasets whose default preset is not `fast`. MNIST's full split (50,000 training images) wants a low lamb
 # (5): there it keeps reconstructions sharp and raised the linear accuracies (see `mnist_full`), while on the
 # 9,000-image mnist_sample lamb 10 already collapses the decoder within one epoch, so `fast` keeps lamb 100.
 DATASET_PRESETS = {"mnist": "mnist_full"}
+DATASET_PRESETS.update(dsprites="dsprites", dsprites_procedural="dsprites")
+# Networks of each dataset when --arch is not given: the 64x64 burgess networks for dSprites, acai otherwise.
+DATASET_ARCHS = {"dsprites": "burgess", "dsprites_procedural": "burgess"}
+
+
+def default_arch(dataset):
+    """The network family (``networks.ARCHS``) a run on ``dataset`` gets when none is named."""
+    return DATASET_ARCHS.get(dataset, "acai")
 
 
 def default_preset(dataset):
@@ -172,7 +202,38 @@ def validate(cfg):
         raise ConfigError(f"--data-dir {cfg.data_dir!r} does not exist or is not a folder.")
     if cfg.dataset == "mnist_sample" and cfg.data_dir is not None:
         raise ConfigError("mnist_sample ships with the package: drop --data-dir, or use --dataset mnist with it.")
+    _validate_arch_and_model(cfg)
     return cfg
+
+
+def _validate_arch_and_model(cfg):
+    """The checks of --arch, --model, --beta-kl and the FactorVAE settings."""
+    if cfg.arch not in ARCHS:
+        raise ConfigError(f"Unknown arch {cfg.arch!r}. Choose one of: {', '.join(ARCHS)}.")
+    if (cfg.arch == "burgess") != (cfg.dataset in DSPRITES_DATASETS):
+        raise ConfigError(f"--arch {cfg.arch} does not fit --dataset {cfg.dataset}: the burgess networks take the "
+                          "64x64 dSprites images, the acai networks 32x32 ones. Leave --arch out to get the "
+                          "dataset's own.")
+    if cfg.arch == "burgess" and cfg.code_channels != Config.code_channels:
+        raise ConfigError(f"--code-channels sets the 4x4 code of --arch acai; the burgess code is flat "
+                          f"({BURGESS_CODE} values): leave it out.")
+    if cfg.model not in MODELS:
+        raise ConfigError(f"Unknown model {cfg.model!r}. Choose one of: {', '.join(MODELS)}.")
+    if cfg.model == "bvae":
+        if cfg.arch != "burgess":
+            raise ConfigError("--model bvae is built on the burgess networks: use it with a dSprites dataset.")
+        if not isinstance(cfg.beta_kl, (int, float)) or isinstance(cfg.beta_kl, bool) or not cfg.beta_kl > 0:
+            raise ConfigError(f"--model bvae needs --beta-kl B > 0 (weight of the KL term; the paper's baselines: "
+                              f"100 and 110), got {cfg.beta_kl!r}.")
+        if cfg.mixer != "none" or cfg.beta or not cfg.recon_gan:
+            raise ConfigError("--model bvae has no mixing and no discriminator: leave out --mixer, --k, --beta and "
+                              "--no-recon-gan.")
+    elif cfg.beta_kl is not None:
+        raise ConfigError("--beta-kl is the KL weight of --model bvae: add --model bvae, or leave it out.")
+    for name in ("factorvae_votes", "factorvae_eval_votes", "factorvae_samples"):
+        value = getattr(cfg, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 2:
+            raise ConfigError(f"{name} must be an integer >= 2, got {value!r}.")
 
 
 def resolve(cfg):
@@ -186,6 +247,12 @@ def resolve(cfg):
         raise ConfigError(f"Unknown preset {cfg.preset!r}. Choose one of: {', '.join(PRESETS)}.")
     filled = {k: v for k, v in PRESETS[cfg.preset].items() if getattr(cfg, k) is None}
     cfg = dataclasses.replace(cfg, **filled)
+    if cfg.recon is None:
+        cfg = dataclasses.replace(cfg, recon="l1")
+    if cfg.arch is None:
+        cfg = dataclasses.replace(cfg, arch=default_arch(cfg.dataset))
+    if cfg.model == "bvae" and cfg.mixer == Config.mixer and cfg.k == Config.k:
+        cfg = dataclasses.replace(cfg, mixer="none")  # the default mixer means nothing to a beta-VAE
     if cfg.d_lr is None:
         cfg = dataclasses.replace(cfg, d_lr=cfg.lr)
     if cfg.out is None:
@@ -207,6 +274,12 @@ def default_run_name(cfg, extra=""):
         extra: inserted after the preset, e.g. ``"-e2"`` gives ``mnist-none-k2-lamb10-mnist_full-e2-s0``.
     """
     data = cfg.dataset if cfg.train_size is None else f"{cfg.dataset}-n{cfg.train_size}"
+    if cfg.arch not in (None, default_arch(cfg.dataset)):
+        data += f"-{cfg.arch}"
+    if cfg.model == "bvae":  # e.g. dsprites_procedural-bvae-beta100-dsprites-s0
+        probe = "" if cfg.probe == Config.probe else f"-{cfg.probe}"
+        beta = "None" if cfg.beta_kl is None else f"{cfg.beta_kl:g}"  # None: refused by validate()
+        return f"{data}-bvae-beta{beta}-{cfg.preset}{probe}{extra}-s{cfg.seed}"
     mixer = cfg.mixer
     if (cfg.acai_gamma, cfg.acai_weight) != (ACAI_GAMMA, ACAI_WEIGHT):
         mixer += f"-g{cfg.acai_gamma:g}-w{cfg.acai_weight:g}"
@@ -268,6 +341,7 @@ def upgrade_run_settings(values):
     (their probe was the batch-normalised one) and ``recon_gan: true`` for runs made before that was one."""
     values = upgrade_legacy_settings(values)
     values.setdefault("probe", "batchnorm")
+    values.setdefault("arch", "acai")  # runs made before dSprites had the 32x32 networks
     # Runs made before recon_gan was a setting had the term (a ledger line may hold null for it).
     if values.get("recon_gan") is None:
         values["recon_gan"] = True
@@ -312,7 +386,10 @@ def build_parser(description="Train AMR."):
     """The argument parser of scripts/fit.py (defaults are None so that explicit flags can be told apart)."""
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     d = p.add_argument_group("data")
-    d.add_argument("--dataset", choices=DATASETS, help="dataset (default mnist_sample, shipped with the package)")
+    d.add_argument("--dataset", choices=DATASETS,
+                   help="dataset (default mnist_sample, shipped with the package); dsprites (official .npz in "
+                        "--data-dir, or tfds) and dsprites_procedural (the same factor grid rendered in code, "
+                        "not the official pixels) are labelled by their shape factor for the probe")
     d.add_argument("--data-dir", help="folder with the official raw files (offline); otherwise tensorflow-datasets")
     d.add_argument("--tfds-data-dir", help="where tensorflow-datasets keeps its data")
     d.add_argument("--train-size", type=int,
@@ -327,7 +404,9 @@ def build_parser(description="Train AMR."):
     m.add_argument("--k", type=int, help="codes per mix (default 2; acai: 2 only)")
     m.add_argument("--lamb", type=float, help="weight of the reconstruction loss")
     m.add_argument("--beta", type=float, help="weight of the consistency loss (default 0: off)")
-    m.add_argument("--recon", choices=RECON_LOSSES, help="reconstruction loss (default l1)")
+    m.add_argument("--recon", choices=RECON_LOSSES,
+                   help="reconstruction loss (default: the preset's, l1; dsprites: bce, binary cross-entropy "
+                        "of the decoder's logits summed over pixels)")
     m.add_argument("--acai-gamma", type=float,
                    help=f"--mixer acai: ACAI's critic sees gamma*x + (1-gamma)*x_rec, in [0, 1) "
                         f"(default {ACAI_GAMMA:g}: plain reconstructions; the ACAI paper: 0.2)")
@@ -337,7 +416,15 @@ def build_parser(description="Train AMR."):
     m.add_argument("--no-recon-gan", dest="recon_gan", action="store_false", default=None,
                    help="drop the adversarial term on reconstructions (the official code's disable_g_recon): the "
                         "discriminator then judges images and mixes only; mixup and bernoulli only")
-    m.add_argument("--depth", type=int, help="channels of the first scale of every network")
+    m.add_argument("--model", choices=MODELS,
+                   help="amr (default) or bvae: the beta-VAE baseline of Table 4 (no discriminator, no mixing; "
+                        "the probe and every code read the posterior mean), with --beta-kl")
+    m.add_argument("--beta-kl", type=float, help="--model bvae: weight of the KL term (the paper: 100 and 110)")
+    m.add_argument("--arch", choices=ARCHS,
+                   help="networks: acai (32x32, 4x4xC code) or burgess (64x64 dSprites, flat 10-value code); "
+                        "default: burgess for dSprites, acai otherwise")
+    m.add_argument("--depth", type=int, help="channels of the first scale of every network (burgess: filters "
+                                             "of every convolution)")
     m.add_argument("--code-channels", type=int,
                    help="feature maps of the 4x4 code (default 2: 32 values; 16: the paper's 256-value code)")
     o = p.add_argument_group("optimisation")
@@ -379,6 +466,12 @@ def build_parser(description="Train AMR."):
                    help="TensorFlow's deterministic ops: the same seed gives the same weights bit for bit, and a run "
                         "stopped and resumed ends as the uninterrupted one (slower; see docs/troubleshooting.md)")
     r.add_argument("--verbose", type=int, choices=(0, 1, 2), help="Keras progress output (default: bar on a terminal)")
+    r.add_argument("--factorvae-votes", type=int,
+                   help="dSprites: votes that train the FactorVAE metric's majority-vote classifier (default 800)")
+    r.add_argument("--factorvae-eval-votes", type=int,
+                   help="dSprites: held-out votes the FactorVAE metric is scored on (default 800)")
+    r.add_argument("--factorvae-samples", type=int,
+                   help="dSprites: images per FactorVAE vote, L (default 800, as the official code)")
     return p
 
 

@@ -22,6 +22,12 @@ Validation data is carved out of the training split with a fixed seed:
 | svhn | 90% / 10% of the official 73,257 training images (no ``extra``) | official 26,032 |
 | cifar10 | 45,000 / 5,000 of the official 50,000 training images | official 10,000 |
 | mnist_sample | 9,000 / 1,000 of the first 10,000 training images | official 10,000 |
+| dsprites, dsprites_procedural | 60,000 / 5,000 cells of the factor grid | 5,000 other cells |
+
+dSprites (``amr_keras.dsprites``; 64x64, kept at that size for ``--arch burgess``): ``dsprites`` reads the
+official ``dsprites_ndarray_co1sh3sc6or40x32y32_64x64.npz`` from ``data_dir`` (or tfds), ``dsprites_procedural``
+renders the same factor grid in code (a re-rendering, not the official pixels). Their class label, for the
+linear probe and the post-hoc evaluation, is the shape factor (0 square, 1 ellipse, 2 heart).
 
 For a raw folder with another number of training images, MNIST-like datasets
 keep 1/6 for validation, SVHN and CIFAR-10 10%.
@@ -49,13 +55,18 @@ import tensorflow as tf
 
 from amr_keras.networks import IMAGE_SIZE
 
-DATASETS = ("mnist", "kmnist", "fashion_mnist", "svhn", "cifar10", "mnist_sample")
+DATASETS = ("mnist", "kmnist", "fashion_mnist", "svhn", "cifar10", "mnist_sample", "dsprites", "dsprites_procedural")
+# 64x64 binary sprites labelled by their shape factor (amr_keras.dsprites); their images keep their size.
+DSPRITES_DATASETS = ("dsprites", "dsprites_procedural")
+DSPRITES_SIZE = 64
 TFDS_NAMES = {"mnist": "mnist", "kmnist": "kmnist", "fashion_mnist": "fashion_mnist", "svhn": "svhn_cropped",
-              "cifar10": "cifar10"}
+              "cifar10": "cifar10", "dsprites": "dsprites"}
 SOURCE_SHAPES = {"mnist": (28, 28, 1), "kmnist": (28, 28, 1), "fashion_mnist": (28, 28, 1),
-                 "svhn": (32, 32, 3), "cifar10": (32, 32, 3), "mnist_sample": (28, 28, 1)}
+                 "svhn": (32, 32, 3), "cifar10": (32, 32, 3), "mnist_sample": (28, 28, 1),
+                 "dsprites": (64, 64, 1), "dsprites_procedural": (64, 64, 1)}
+# dSprites: 5,000 validation cells of the 65,000 drawn for training and validation (amr_keras.dsprites).
 VAL_FRACTION = {"mnist": 1 / 6, "kmnist": 1 / 6, "fashion_mnist": 1 / 6, "svhn": 0.1, "cifar10": 0.1,
-                "mnist_sample": 0.1}
+                "mnist_sample": 0.1, "dsprites": 1 / 13, "dsprites_procedural": 1 / 13}
 SPLIT_SEED = 1234
 # Default seed of the training subset (``train_size``): fixed, so runs with different
 # training seeds train on the same images; distinct from SPLIT_SEED so the two draws
@@ -452,13 +463,14 @@ def preprocess(images):
     """uint8 (or float in [0, 255]) images of any supported size -> float32 32x32 in [-1, 1].
 
     28x28 images are zero-padded by 2 pixels on each side (background stays
-    black); other sizes are resized.
+    black); 64x64 images (dSprites, for the ``burgess`` networks) keep their
+    size; other sizes are resized.
     """
     x = tf.cast(images, tf.float32)
     h, w = x.shape[-3], x.shape[-2]
     if (h, w) == (28, 28):
         x = tf.pad(x, [[0, 0], [2, 2], [2, 2], [0, 0]])
-    elif (h, w) != (IMAGE_SIZE, IMAGE_SIZE):
+    elif (h, w) not in ((IMAGE_SIZE, IMAGE_SIZE), (DSPRITES_SIZE, DSPRITES_SIZE)):
         x = tf.image.resize(x, (IMAGE_SIZE, IMAGE_SIZE))
     return x / 127.5 - 1.0
 
@@ -571,6 +583,13 @@ def subset_train(images, labels, size, seed=SUBSET_SEED):
 def load_arrays(name, data_dir=None, tfds_data_dir=None):
     """Raw uint8 arrays of ``name`` per split plus a description of the source."""
     check_dataset(name)
+    if name in DSPRITES_DATASETS:
+        from amr_keras import dsprites
+
+        if name == "dsprites_procedural" and data_dir is not None:
+            raise DataError("dsprites_procedural is rendered in code: drop --data-dir, or use --dataset dsprites "
+                            f"with a folder holding {dsprites.NPZ_NAME}.")
+        return dsprites.load_arrays(name, data_dir, tfds_data_dir)
     if name == "mnist_sample":
         return load_raw_folder("mnist", SAMPLE_DIR), "embedded MNIST sample (first 10k train + official test)"
     if data_dir is not None:

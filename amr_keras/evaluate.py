@@ -420,6 +420,7 @@ def load_encoder(path):
     if path.endswith(".keras") and os.path.isfile(path):
         import keras
 
+        import amr_keras.bvae  # noqa: F401  (registers BVAE for deserialisation)
         import amr_keras.model  # noqa: F401  (registers AMR for deserialisation)
 
         model = keras.saving.load_model(path, compile=False)

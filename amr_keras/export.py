@@ -71,6 +71,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+import amr_keras.bvae  # noqa: F401  (registers BVAE for load_model)
 import amr_keras.model  # noqa: F401  (registers AMR for load_model)
 from amr_keras.data import DATASETS, SOURCE_SHAPES, preprocess
 from amr_keras.mixers import mix_pair
@@ -86,7 +87,7 @@ PAD = (IMAGE_SIZE - PADDED_SOURCE[0]) // 2
 RANGE_TOLERANCE = 1e-3
 # Model settings copied from the model's config into metadata.json.
 CONFIG_KEYS = ("num_classes", "mixer", "k", "lamb", "beta", "recon", "update_g_every", "seed", "acai_gamma",
-               "acai_weight", "probe", "recon_gan")
+               "acai_weight", "probe", "recon_gan", "beta_kl")
 
 
 def to_model_input(images):
@@ -112,7 +113,7 @@ def to_model_input(images):
 
 
 def from_model_output(images, source_shape):
-    """Decoder output (32x32, about [-1, 1]) -> images clipped to [0, 1] at ``source_shape``.
+    """Decoder output (32x32, 64x64 for ``--arch burgess``; about [-1, 1]) -> images in [0, 1] at ``source_shape``.
 
     Undoes ``to_model_input``: crops the 2-pixel pad of 28x28 sources, resizes
     other sizes back (bilinear).
@@ -128,7 +129,7 @@ def from_model_output(images, source_shape):
     h, w = int(source_shape[0]), int(source_shape[1])
     if (h, w) == PADDED_SOURCE:
         x = x[:, PAD : PAD + h, PAD : PAD + w, :]
-    elif (h, w) != (IMAGE_SIZE, IMAGE_SIZE):
+    elif (h, w) != tuple(x.shape[1:3]):  # 32x32 networks, or 64x64 ones (dSprites) at their own size
         x = tf.image.resize(x, (h, w))
     return tf.clip_by_value(x, 0.0, 1.0)
 

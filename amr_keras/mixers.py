@@ -3,7 +3,9 @@
 Every mixer pairs each code of a batch with ``k - 1`` partners drawn by random
 permutations of the *same* batch (under ``tf.distribute`` that is the replica's
 own batch) and combines them with weights ``w`` of shape ``(k, batch, 1, 1, C')``
-that are non-negative and sum to one over ``k``:
+that are non-negative and sum to one over ``k``. A flat code ``(batch, C)`` (the
+``burgess`` networks) takes weights ``(k, batch, C')``: its "feature maps" are its values,
+so Bernoulli draws one mask entry per code value.
 
 - ``mixup``: one weight vector per example, ``C' = 1``; for k=2, ``a ~ U(0, 1)``;
   for k > 2, ``w ~ Dirichlet(1, ..., 1)``.
@@ -43,32 +45,34 @@ def check_mixer(mixer, k=2):
     return mixer, int(k)
 
 
-def mixing_weights(mixer, k, batch, channels, seed):
-    """Draw mixing weights of shape ``(k, batch, 1, 1, 1 or channels)``.
+def mixing_weights(mixer, k, batch, channels, seed, rank=4):
+    """Draw mixing weights of shape ``(k, batch, 1, 1, 1 or channels)`` (``rank`` 2: ``(k, batch, 1 or channels)``).
 
     Args:
         mixer: ``"mixup"``, ``"bernoulli"`` or ``"acai"`` (mixup of pairs).
         k: number of codes mixed together (>= 2).
         batch: batch size (a Python int or scalar tensor).
-        channels: feature maps of the code.
+        channels: feature maps of the code (the values of a flat code).
         seed: a ``keras.random.SeedGenerator``.
+        rank: rank of the codes: 4 for ``(batch, H, W, C)`` maps, 2 for flat ``(batch, C)`` codes.
 
     Returns:
         Non-negative float32 weights summing to 1 over the first axis.
     """
+    ones = (1,) * (rank - 2)
     if mixer in ("mixup", "acai"):
         if k == 2:
-            a = keras.random.uniform((batch, 1, 1, 1), seed=seed)
+            a = keras.random.uniform((batch, *ones, 1), seed=seed)
             return ops.stack([a, 1.0 - a])
         # Dirichlet(1, ..., 1) as normalised Exponential(1) draws.
-        e = -ops.log(keras.random.uniform((k, batch, 1, 1, 1), minval=1e-7, maxval=1.0, seed=seed))
+        e = -ops.log(keras.random.uniform((k, batch, *ones, 1), minval=1e-7, maxval=1.0, seed=seed))
         return e / ops.sum(e, axis=0, keepdims=True)
     if mixer == "bernoulli":
         if k == 2:
             p = keras.random.uniform((), seed=seed)
-            m = ops.cast(keras.random.uniform((batch, 1, 1, channels), seed=seed) < p, "float32")
+            m = ops.cast(keras.random.uniform((batch, *ones, channels), seed=seed) < p, "float32")
             return ops.stack([m, 1.0 - m])
-        choice = keras.random.randint((batch, 1, 1, channels), 0, k, seed=seed)
+        choice = keras.random.randint((batch, *ones, channels), 0, k, seed=seed)
         # one_hot puts the k axis last; move it to the front.
         return ops.moveaxis(ops.one_hot(choice, k, dtype="float32"), -1, 0)
     raise ValueError(f"mixing_weights needs 'mixup', 'bernoulli' or 'acai', got {mixer!r}.")
@@ -88,7 +92,7 @@ def mix_codes(codes, mixer, k, seed, return_weights=False):
     """Mix each code of a batch with ``k - 1`` others of the same batch.
 
     Args:
-        codes: ``(batch, H, W, C)`` code maps.
+        codes: ``(batch, H, W, C)`` code maps, or flat ``(batch, C)`` codes.
         mixer: one of ``MIXERS``.
         k: number of codes per mix (>= 2).
         seed: a ``keras.random.SeedGenerator`` (its state advances on each call).
@@ -107,7 +111,8 @@ def mix_codes(codes, mixer, k, seed, return_weights=False):
     if mixer == "none":
         return (None, None, None) if return_weights else None
     sources = partners(codes, k, seed)
-    weights = ops.cast(mixing_weights(mixer, k, ops.shape(codes)[0], codes.shape[-1], seed), codes.dtype)
+    weights = ops.cast(mixing_weights(mixer, k, ops.shape(codes)[0], codes.shape[-1], seed, rank=len(codes.shape)),
+                       codes.dtype)
     mixed = ops.sum(weights * sources, axis=0)
     return (mixed, sources, weights) if return_weights else mixed
 
@@ -116,11 +121,13 @@ def mix_pair(codes_a, codes_b, weight):
     """Mix two batches of codes with given weights: ``weight * a + (1 - weight) * b``.
 
     ``weight`` of shape ``(batch,)`` is mixup (one weight per example); of shape
-    ``(batch, C)`` it is a per-feature-map mask (Bernoulli when 0/1).
+    ``(batch, C)`` it is a per-feature-map mask (Bernoulli when 0/1); for flat codes ``(batch, C)``, one
+    weight per code value.
     """
     weight = ops.cast(weight, codes_a.dtype)
+    ones = (1,) * (len(codes_a.shape) - 2)
     if len(weight.shape) == 1:
-        weight = ops.reshape(weight, (-1, 1, 1, 1))
+        weight = ops.reshape(weight, (-1, *ones, 1))
     else:
-        weight = ops.reshape(weight, (-1, 1, 1, weight.shape[-1]))
+        weight = ops.reshape(weight, (-1, *ones, weight.shape[-1]))
     return weight * codes_a + (1.0 - weight) * codes_b

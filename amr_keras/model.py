@@ -19,7 +19,9 @@ from amr_keras.mixers import check_mixer, mix_codes, mix_pair
 from amr_keras.networks import code_dim
 from amr_keras.probe import RunningWhitening, check_probe, update_average
 
-RECON_LOSSES = ("l1", "l2")
+# bce: the decoder emits logits; binary cross-entropy against the image mapped to [0, 1], summed over pixels
+# (the official dSprites code's bce_sum), mean over the batch; decoded images are tanh(logits / 2), in [-1, 1].
+RECON_LOSSES = ("l1", "l2", "bce")
 # ACAI settings that reproduce the official AMR code's ACAIF3: the critic sees
 # plain reconstructions, and the autoencoder's regulariser has weight 1.
 ACAI_GAMMA = 0.0
@@ -47,10 +49,31 @@ def _multi_worker(strategy):
             and strategy.extended._in_multi_worker_mode())
 
 
+def _replicas():
+    """Replicas of the current strategy (1 without one). Losses are per-replica means; dividing them by this
+    count makes the summed (all-reduced) gradients those of the global-batch mean."""
+    return tf.distribute.get_replica_context().num_replicas_in_sync if tf.distribute.has_strategy() else 1
+
+
 def _bce_with_logits(logits, target):
     """Mean binary cross-entropy of sigmoid(logits) against a target in [0, 1] (a constant or one per logit)."""
     labels = ops.broadcast_to(ops.cast(target, logits.dtype), ops.shape(logits))
     return ops.mean(ops.binary_crossentropy(labels, logits, from_logits=True))
+
+
+def recon_loss(kind, x, decoded):
+    """Reconstruction loss of images ``x`` in [-1, 1] and the decoder's output (float32 scalar).
+
+    ``"l1"`` / ``"l2"``: mean absolute / squared difference over every pixel. ``"bce"``: the decoder's output
+    is logits; binary cross-entropy against ``(x + 1) / 2``, summed over the pixels of each image and averaged
+    over the batch (the official dSprites code's ``bce_sum``).
+    """
+    x, decoded = ops.cast(x, "float32"), ops.cast(decoded, "float32")
+    if kind == "bce":
+        per_pixel = ops.binary_crossentropy((x + 1.0) / 2.0, decoded, from_logits=True)
+        return ops.mean(ops.sum(ops.reshape(per_pixel, (ops.shape(x)[0], -1)), axis=1))
+    diff = x - decoded
+    return ops.mean(ops.abs(diff)) if kind == "l1" else ops.mean(ops.square(diff))
 
 
 def check_acai_settings(mixer, acai_gamma, acai_weight):
@@ -169,7 +192,8 @@ class AMR(keras.Model):
         k: codes per mix (>= 2; exactly 2 for ``"acai"``).
         lamb: weight of the reconstruction loss (> 0).
         beta: weight of the optional consistency loss (>= 0; 0 turns it off).
-        recon: ``"l1"`` or ``"l2"`` reconstruction loss.
+        recon: ``"l1"``, ``"l2"`` (means over pixels) or ``"bce"`` reconstruction loss (the decoder then
+            emits logits; the loss is summed over pixels; see ``recon_loss``).
         update_g_every: update the autoencoder every this many steps (>= 1).
         seed: seed of the mixing randomness.
         acai_gamma: ``"acai"`` only: the critic sees ``acai_gamma * x + (1 - acai_gamma) * x_rec``
@@ -368,10 +392,13 @@ class AMR(keras.Model):
         )
         return config
 
+    # The networks among the constructor's arguments (serialized whole by get_config).
+    NETWORK_KEYS = ("encoder", "decoder", "discriminator")
+
     @classmethod
     def from_config(cls, config):
         config = dict(config)
-        for key in ("encoder", "decoder", "discriminator"):
+        for key in cls.NETWORK_KEYS:
             config[key] = keras.saving.deserialize_keras_object(config[key])
         # Models saved before the probe was a setting have the batch-normalised one.
         config.setdefault("probe", "batchnorm")
@@ -386,10 +413,15 @@ class AMR(keras.Model):
     def metrics(self):
         return [self.recon_tracker, self.d_tracker, self.g_tracker, self.probe_loss_tracker, self.probe_acc_tracker]
 
+    def _image(self, decoded):
+        """Decoder output -> image in [-1, 1]: itself, or ``tanh(logits / 2) = 2 sigmoid(logits) - 1`` for bce."""
+        return ops.tanh(decoded / 2.0) if self.recon == "bce" else decoded
+
     # Outputs are float32 also under mixed precision (the networks then compute in float16 or bfloat16).
     def call(self, inputs, training=False):
         """Reconstruct ``inputs`` (images in [-1, 1])."""
-        return ops.cast(self.decoder(self.encoder(inputs, training=training), training=training), "float32")
+        decoded = self.decoder(self.encoder(inputs, training=training), training=training)
+        return ops.cast(self._image(decoded), "float32")
 
     def encode(self, images):
         """Codes of images in [-1, 1]."""
@@ -397,7 +429,7 @@ class AMR(keras.Model):
 
     def decode(self, codes):
         """Images in [-1, 1] (approximately) from codes."""
-        return ops.cast(self.decoder(codes, training=False), "float32")
+        return ops.cast(self._image(self.decoder(codes, training=False)), "float32")
 
     def classify(self, images):
         """Class probabilities of the linear probe."""
@@ -419,9 +451,8 @@ class AMR(keras.Model):
         return self.decode(mix_pair(self.encode(images_a), self.encode(images_b), weight))
 
     # ----------------------------------------------------------------- losses
-    def _recon_loss(self, x, rec):
-        diff = ops.cast(x, "float32") - ops.cast(rec, "float32")
-        return ops.mean(ops.abs(diff)) if self.recon == "l1" else ops.mean(ops.square(diff))
+    def _recon_loss(self, x, decoded):
+        return recon_loss(self.recon, x, decoded)
 
     def _forward(self, x, training):
         """Shared forward pass: codes, reconstructions, mixes, one discriminator pass, and the losses.
@@ -434,7 +465,8 @@ class AMR(keras.Model):
         """
         batch = ops.shape(x)[0]
         code = self.encoder(x, training=training)
-        rec = self.decoder(code, training=training)
+        decoded = self.decoder(code, training=training)
+        rec = self._image(decoded)
         z_mix, _, weights = mix_codes(code, self.mixer, self.k, self.seed_generator, return_weights=True)
         # Without the adversarial term on reconstructions (recon_gan False) the discriminator sees only
         # images and mixes, and the reconstructions answer to the reconstruction loss alone.
@@ -443,7 +475,7 @@ class AMR(keras.Model):
             fakes = [self.acai_gamma * ops.cast(x, rec.dtype) + (1.0 - self.acai_gamma) * rec]
         x_mix = None
         if z_mix is not None:
-            x_mix = self.decoder(z_mix, training=training)
+            x_mix = self._image(self.decoder(z_mix, training=training))
             fakes.append(x_mix)
         # One discriminator pass serves both players: their losses take its logits at the current weights.
         logits = ops.cast(self.discriminator(ops.concatenate([x] + fakes, axis=0), training=training), "float32")
@@ -458,12 +490,12 @@ class AMR(keras.Model):
             # Each fake group (reconstructions, mixes) is a mean over the batch, summed over groups.
             d_loss = _bce_with_logits(real_logits, 1.0) + groups * _bce_with_logits(fake_logits, 0.0)
             adv = groups * _bce_with_logits(fake_logits, 1.0)
-        recon_loss = self._recon_loss(x, rec)
-        g_loss = self.lamb * recon_loss + adv
+        recon = self._recon_loss(x, decoded)
+        g_loss = self.lamb * recon + adv
         if self.beta > 0 and z_mix is not None:
             consistency = ops.mean(ops.abs(ops.cast(self.encoder(x_mix, training=training) - z_mix, "float32")))
             g_loss = g_loss + self.beta * consistency
-        return dict(code=code, recon_loss=recon_loss, d_loss=d_loss, g_loss=g_loss)
+        return dict(code=code, recon_loss=recon, d_loss=d_loss, g_loss=g_loss)
 
     def _probe_loss(self, code, y, training):
         """Probe logits and loss; a training step of a whitening probe first updates its statistics and
@@ -477,10 +509,13 @@ class AMR(keras.Model):
         loss = ops.mean(ops.sparse_categorical_crossentropy(y, logits, from_logits=True))
         return logits, loss
 
+    def _loss_trackers(self):
+        """``(key of _forward's output, its tracker)`` of every loss logged."""
+        return (("recon_loss", self.recon_tracker), ("d_loss", self.d_tracker), ("g_loss", self.g_tracker))
+
     def _update_metrics(self, out, y, probe_logits, probe_loss):
-        self.recon_tracker.update_state(out["recon_loss"])
-        self.d_tracker.update_state(out["d_loss"])
-        self.g_tracker.update_state(out["g_loss"])
+        for key, tracker in self._loss_trackers():
+            tracker.update_state(out[key])
         self.probe_loss_tracker.update_state(probe_loss)
         self.probe_acc_tracker.update_state(y, probe_logits)
         results = {m.name: m.result() for m in self.metrics}
@@ -542,16 +577,9 @@ class AMR(keras.Model):
 
     def _train_step(self, data, ae_update):
         """One AMR step; ``ae_update`` None decides in-graph, True/False is fixed at trace time."""
-        x, y = self._unpack(data)
-        # Losses are per-replica means; dividing by the replica count makes the
-        # summed (all-reduced) gradients those of the global-batch mean.
-        replicas = tf.distribute.get_replica_context().num_replicas_in_sync if tf.distribute.has_strategy() else 1
-        with tf.GradientTape(persistent=True) as tape:
-            out = self._forward(x, training=True)
-            probe_logits, probe_loss = self._probe_loss(out["code"], y, training=True)
-            d_scaled = self.d_optimizer.scale_loss(out["d_loss"] / replicas)
-            g_scaled = self.ae_optimizer.scale_loss(out["g_loss"] / replicas)
-            p_scaled = self.probe_optimizer.scale_loss(probe_loss / replicas)
+        tape, y, out, probe_logits, scaled = self._record_step(
+            data, (("d_loss", self.d_optimizer), ("g_loss", self.ae_optimizer), ("probe_loss", self.probe_optimizer)))
+        d_scaled, g_scaled, p_scaled = scaled["d_loss"], scaled["g_loss"], scaled["probe_loss"]
 
         # Train the autoencoder (every update_g_every-th step, counted by the
         # discriminator's optimizer before its own update).
@@ -574,13 +602,37 @@ class AMR(keras.Model):
         d_vars = self.discriminator.trainable_variables
         self.d_optimizer.apply_gradients(zip(tape.gradient(d_scaled, d_vars), d_vars))
 
-        # Train the linear probe on the stop-gradient code.
+        self._train_probe(tape, p_scaled)
+        del tape
+        return self._update_metrics(out, y, probe_logits, out["probe_loss"])
+
+    def _record_step(self, data, losses):
+        """The forward pass of a training step under a persistent tape.
+
+        Args:
+            data: the ``(images, labels)`` batch.
+            losses: ``((key, optimizer), ...)``: the losses (keys of ``_forward``'s output, or
+                ``"probe_loss"``) to scale for their optimizers.
+
+        Returns:
+            ``(tape, labels, out, probe_logits, scaled)``: ``out`` is ``_forward``'s output plus
+            ``probe_loss``; ``scaled`` maps each key to its loss divided by the replica count and scaled by
+            its optimizer (loss scaling under float16).
+        """
+        x, y = self._unpack(data)
+        replicas = _replicas()
+        with tf.GradientTape(persistent=True) as tape:
+            out = self._forward(x, training=True)
+            probe_logits, out["probe_loss"] = self._probe_loss(out["code"], y, training=True)
+            scaled = {key: optimizer.scale_loss(out[key] / replicas) for key, optimizer in losses}
+        return tape, y, out, probe_logits, scaled
+
+    def _train_probe(self, tape, scaled_loss):
+        """Train the linear probe on the stop-gradient code (and move its running average)."""
         p_vars = self.probe.trainable_variables
-        self.probe_optimizer.apply_gradients(zip(tape.gradient(p_scaled, p_vars), p_vars))
+        self.probe_optimizer.apply_gradients(zip(tape.gradient(scaled_loss, p_vars), p_vars))
         if self.probe_average is not None:
             update_average(self.probe_average.weights, p_vars, self.probe_optimizer.iterations)
-        del tape
-        return self._update_metrics(out, y, probe_logits, probe_loss)
 
     def test_step(self, data):
         x, y = self._unpack(data)

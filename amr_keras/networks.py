@@ -24,14 +24,20 @@ from keras import layers
 import tensorflow as tf
 
 IMAGE_SIZE = 32
+# Network families: "acai" (the 32x32 networks above, a 4x4xC code) and "burgess" (64x64 dSprites, a flat code).
+ARCHS = ("acai", "burgess")
+BURGESS_SIZE = 64
+BURGESS_CODE = 10  # values of the flat code
+BURGESS_HIDDEN = 256  # width of the dense layers
 
 
 @keras.saving.register_keras_serializable(package="amr_keras")
 class MeanLogit(layers.Layer):
-    """Average a (batch, H, W, C) map over positions and channels to one value per image."""
+    """Average a (batch, H, W, C) map over positions and channels (any rank: every non-batch axis) to one value."""
 
     def call(self, inputs):
-        return keras.ops.mean(inputs, axis=(1, 2, 3))
+        # Every axis but the batch: (B, H, W, C) maps, or the (B, 1) output of a dense head.
+        return keras.ops.mean(inputs, axis=tuple(range(1, len(inputs.shape))))
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0],)
@@ -241,3 +247,115 @@ def build_networks(colors=1, depth=16, scales=3, code_channels=2, slope=0.2):
 def code_dim(encoder):
     """Number of values in the code of ``encoder`` (e.g. 32 for 4x4x2)."""
     return int(math.prod(encoder.output_shape[1:]))
+
+
+# --------------------------------------------------------------------------- burgess (dSprites, 64x64)
+def _check_burgess(colors, filters, code, image_size):
+    if colors not in (1, 3):
+        raise ValueError(f"colors must be 1 (grey) or 3 (RGB), got {colors}.")
+    for name, value in (("filters", filters), ("code", code)):
+        if int(value) != value or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+    if image_size != BURGESS_SIZE:
+        raise ValueError(f"The burgess networks take {BURGESS_SIZE}x{BURGESS_SIZE} images (dSprites), got "
+                         f"{image_size}; use --arch acai for 32x32 datasets.")
+
+
+def _burgess_trunk(x, filters, spectral, slope, prefix=""):
+    """4 x [conv 4x4 stride 2] (64 -> 4), flatten, 2 x dense 256: the encoder's body, and the discriminator's."""
+
+    def wrap(layer):
+        return layers.SpectralNormalization(layer, power_iterations=1, name=f"{layer.name}_sn") if spectral else layer
+
+    def act(name):
+        return LeakyReLU(slope, name=name) if spectral else layers.ReLU(name=name)
+
+    for i in range(4):
+        x = wrap(layers.Conv2D(filters, 4, strides=2, padding="same", name=f"{prefix}conv{i}"))(x)
+        x = act(f"{prefix}conv{i}_act")(x)
+    x = layers.Flatten(name=f"{prefix}flat")(x)
+    for i in range(2):
+        x = wrap(layers.Dense(BURGESS_HIDDEN, name=f"{prefix}dense{i}"))(x)
+        x = act(f"{prefix}dense{i}_act")(x)
+    return x, wrap
+
+
+def build_burgess_encoder(colors=1, filters=32, code=BURGESS_CODE, heads=1, image_size=BURGESS_SIZE):
+    """The encoder of Burgess et al. (2018) for 64x64 images: image in [-1, 1] -> flat code.
+
+    4 x [conv 4x4 stride 2, ``filters`` filters, ReLU] (64 -> 4), flatten (4*4*filters), 2 x [dense 256, ReLU],
+    then a dense layer to ``code`` values per head.
+
+    Args:
+        colors: 1 or 3 input channels.
+        filters: filters of every convolution (32 in the paper).
+        code: values of the code (10 in the paper).
+        heads: 1: the code; 2: the mean and the log-variance of a VAE's posterior (two outputs).
+        image_size: input height and width (must be 64).
+
+    Returns:
+        A functional ``keras.Model`` named ``encoder`` with output ``(None, code)`` (``heads=2``: two of them).
+
+    Example:
+        >>> build_burgess_encoder().output_shape
+        (None, 10)
+    """
+    _check_burgess(colors, filters, code, image_size)
+    inputs = keras.Input((image_size, image_size, colors), name="image")
+    x, _ = _burgess_trunk(inputs, filters, False, 0.0)
+    names = ("code",) if heads == 1 else ("mean", "log_var")
+    outputs = [layers.Dense(code, name=name)(x) for name in names]
+    return keras.Model(inputs, outputs[0] if heads == 1 else outputs, name="encoder")
+
+
+def build_burgess_decoder(colors=1, filters=32, code=BURGESS_CODE, image_size=BURGESS_SIZE):
+    """The decoder of Burgess et al. (2018): flat code -> 64x64 image (linear output: logits with ``recon="bce"``).
+
+    2 x [dense 256, ReLU], dense to 4*4*``filters`` (ReLU), then 4 transposed convolutions 4x4 stride 2
+    (ReLU; the last to ``colors`` channels, linear): 4 -> 64.
+
+    Returns:
+        A functional ``keras.Model`` named ``decoder``.
+    """
+    _check_burgess(colors, filters, code, image_size)
+    inputs = keras.Input((code,), name="code")
+    x = inputs
+    for i in range(2):
+        x = layers.Dense(BURGESS_HIDDEN, activation="relu", name=f"dense{i}")(x)
+    x = layers.Dense(4 * 4 * filters, activation="relu", name="dense_map")(x)
+    x = layers.Reshape((4, 4, filters), name="map")(x)
+    for i in range(3):
+        x = layers.Conv2DTranspose(filters, 4, strides=2, padding="same", activation="relu", name=f"up{i}")(x)
+    outputs = layers.Conv2DTranspose(colors, 4, strides=2, padding="same", name="out")(x)
+    return keras.Model(inputs, outputs, name="decoder")
+
+
+def build_burgess_discriminator(colors=1, filters=32, slope=0.2, image_size=BURGESS_SIZE):
+    """The image discriminator of the official dSprites code: the encoder's trunk with spectral norm -> one logit.
+
+    4 x [conv 4x4 stride 2, LeakyReLU], flatten, 2 x [dense 256, LeakyReLU], dense 1; spectral norm on every
+    layer.
+
+    Returns:
+        A functional ``keras.Model`` named ``discriminator`` with output shape ``(None,)``.
+    """
+    _check_burgess(colors, filters, 1, image_size)
+    inputs = keras.Input((image_size, image_size, colors), name="image")
+    x, wrap = _burgess_trunk(inputs, filters, True, slope)
+    x = wrap(layers.Dense(1, name="out"))(x)
+    logit = MeanLogit(name="logit", dtype="float32")(x)
+    return keras.Model(inputs, logit, name="discriminator")
+
+
+def build_arch(arch="acai", colors=1, depth=16, code_channels=2, slope=0.2):
+    """``(encoder, decoder, discriminator)`` of a network family (``ARCHS``).
+
+    ``acai``: ``build_networks``. ``burgess``: the 64x64 networks above with ``depth`` filters per convolution
+    and a flat code of ``BURGESS_CODE`` values (``code_channels`` does not apply).
+    """
+    if arch == "acai":
+        return build_networks(colors=colors, depth=depth, code_channels=code_channels, slope=slope)
+    if arch == "burgess":
+        return (build_burgess_encoder(colors, depth), build_burgess_decoder(colors, depth),
+                build_burgess_discriminator(colors, depth, slope))
+    raise ValueError(f"Unknown arch {arch!r}. Choose one of: {', '.join(ARCHS)}.")

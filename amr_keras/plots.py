@@ -352,3 +352,72 @@ def accuracy_vs_train_size(records, path, title="Accuracy against training image
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path)
     return path
+
+
+# One heart in the middle of the image, scale 1, orientation 0 (dSprites grid cell), for the traversals.
+TRAVERSAL_CELL = (2, 5, 0, 16, 16)
+
+
+def code_traversals(model, image, codes_std, steps=7, span=2.0):
+    """Decoded sweeps of every code value of ``model`` around the code of ``image``.
+
+    Args:
+        model: an ``amr_keras.model.AMR`` or ``amr_keras.bvae.BVAE`` with a flat code (``encode`` / ``decode``
+            on [-1, 1] images; a beta-VAE's code is its posterior mean).
+        image: one uint8 image ``(H, W, C)`` in [0, 255].
+        codes_std: ``(D,)`` standard deviation of each code value over the dataset.
+        steps: images per sweep.
+        span: each value goes from ``-span`` to ``+span`` standard deviations around its value.
+
+    Returns:
+        float ``(D, steps, H, W, C)`` images in [0, 1]: row ``d`` sweeps code value ``d``.
+    """
+    code = np.asarray(model.encode(data.preprocess(image[None])))[0]
+    offsets = np.linspace(-span, span, steps)
+    codes = np.repeat(code[None, None], len(code), axis=0).repeat(steps, axis=1)
+    for d in range(len(code)):
+        codes[d, :, d] += offsets * codes_std[d]
+    decoded = np.asarray(model.decode(codes.reshape(-1, len(code)).astype("float32")))
+    return ((decoded + 1.0) / 2.0).clip(0.0, 1.0).reshape(len(code), steps, *decoded.shape[1:])
+
+
+def traversal_figure(models, path, steps=7, span=2.0, std_images=1000, seed=0):
+    """The standard disentanglement picture: per model, every code value swept from -span to +span std.
+
+    Each panel is one model (a row of Table 4): one row per code value, ``steps`` columns, around the code of
+    the same image (``TRAVERSAL_CELL`` of ``dsprites_procedural``); a value's standard deviation is taken
+    over ``std_images`` random grid cells.
+
+    Args:
+        models: ``[(label, model), ...]``.
+        path: the PNG to write.
+
+    Returns:
+        ``path``.
+    """
+    from amr_keras.dsprites import ProceduralSource
+
+    source = ProceduralSource()
+    image = source.images([TRAVERSAL_CELL])[0]
+    sample = source.images(source.sample_classes(np.random.default_rng(seed), std_images))
+    fig = Figure(figsize=(max(2.6 * len(models), 5.0), 4.2), dpi=DPI)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(models), squeeze=False)[0]
+    for ax, (label, model) in zip(axes, models):
+        std = np.asarray(model.encode(data.preprocess(sample))).std(axis=0)
+        grid = code_traversals(model, image, std, steps=steps, span=span)
+        rows, cols, h, w = grid.shape[:4]
+        mosaic = np.ones((rows * (h + 2), cols * (w + 2)))
+        for r in range(rows):
+            for c in range(cols):
+                mosaic[r * (h + 2):r * (h + 2) + h, c * (w + 2):c * (w + 2) + w] = grid[r, c, ..., 0]
+        ax.imshow(mosaic, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+        ax.set_title(label, fontsize=8)
+        ax.set_yticks([(h + 2) * r + h / 2 for r in range(rows)], [f"z{r}" for r in range(rows)], fontsize=6)
+        ax.set_xticks([(w + 2) * c + w / 2 for c in (0, cols // 2, cols - 1)], [f"{-span:g}σ", "0", f"+{span:g}σ"],
+                      fontsize=6)
+    fig.suptitle("Code traversals: each code value swept around one image (dSprites heart)", fontsize=9)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path)
+    return path

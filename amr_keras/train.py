@@ -17,11 +17,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+import amr_keras.bvae  # noqa: F401  (registers BVAE, so that --resume can load its checkpoints)
 from amr_keras import callbacks as cbs
 from amr_keras.cli import ConfigError, resolve, settings_diff, upgrade_run_settings
-from amr_keras.data import load_dataset, train_pipeline
+from amr_keras.data import DSPRITES_DATASETS, load_dataset, train_pipeline
 from amr_keras.model import AMR, default_optimizer
-from amr_keras.networks import build_networks
+from amr_keras.networks import build_arch, build_burgess_decoder, build_burgess_encoder
 from amr_keras.precision import compute_dtype, cpu_info, native_bfloat16, precision_scope, resolve_precision
 from amr_keras.runfolder import (LOCK_NAME, FolderLock, RunWriteError, describe_os_error, failed_path, fault_point,
                                  guarded_write, is_write_failure, remove_quietly, write_json_atomically)
@@ -89,8 +90,18 @@ def make_optimizers(cfg, steps_per_epoch):
 
 
 def build_model(cfg, colors, num_classes, steps_per_epoch):
-    """Networks + AMR + optimizers for ``cfg``, compiled (call inside the strategy's scope)."""
-    enc, dec, disc = build_networks(colors=colors, depth=cfg.depth, code_channels=cfg.code_channels, slope=cfg.slope)
+    """Networks + AMR (or the beta-VAE of ``--model bvae``) + optimizers for ``cfg``, compiled (call inside the
+    strategy's scope)."""
+    if cfg.model == "bvae":
+        from amr_keras.bvae import BVAE
+
+        model = BVAE(build_burgess_encoder(colors, cfg.depth, heads=2), build_burgess_decoder(colors, cfg.depth),
+                     num_classes=num_classes, beta_kl=cfg.beta_kl, recon=cfg.recon, seed=cfg.seed, probe=cfg.probe)
+        ae, _, probe = make_optimizers(cfg, steps_per_epoch)
+        model.compile(ae_optimizer=ae, probe_optimizer=probe, jit_compile=cfg.jit_compile)
+        return model
+    enc, dec, disc = build_arch(cfg.arch, colors=colors, depth=cfg.depth, code_channels=cfg.code_channels,
+                                slope=cfg.slope)
     model = AMR(enc, dec, disc, num_classes=num_classes, mixer=cfg.mixer, k=cfg.k, lamb=cfg.lamb, beta=cfg.beta,
                 recon=cfg.recon, update_g_every=cfg.update_g_every, seed=cfg.seed, acai_gamma=cfg.acai_gamma,
                 acai_weight=cfg.acai_weight, probe=cfg.probe, recon_gan=cfg.recon_gan)
@@ -343,6 +354,7 @@ def _train(cfg, strategy, out, argv):
             "acai_weight": cfg.acai_weight, "recon_gan": cfg.recon_gan, "preset": cfg.preset, "lr": cfg.lr,
             "d_lr": cfg.d_lr, "probe_lr": cfg.probe_lr, "probe": cfg.probe, "schedule": cfg.schedule, "batch_size": cfg.batch_size,
             "update_g_every": cfg.update_g_every, "depth": cfg.depth, "seed": cfg.seed,
+            "arch": cfg.arch, "model": cfg.model, "beta_kl": cfg.beta_kl, "recon": cfg.recon,
             "precision": cfg.precision, "compute_dtype": compute_dtype(model), "deterministic": cfg.deterministic,
             "epochs": len(rows),
             "best_epoch": best_epoch,
@@ -365,6 +377,8 @@ def _train(cfg, strategy, out, argv):
             scores, classifier = evaluate_codes(model.encode, splits.arrays, seed=cfg.seed, return_classifier=True)
             results.update(scores)
             results["linear_eval_seconds"] = round(time.perf_counter() - t0, 1)
+        if cfg.dataset in DSPRITES_DATASETS:
+            results.update(_factorvae(cfg, model))
         if cfg.export:
             _export_and_draw(model, splits, results, out, cfg.seed, classifier)
         # Written last: a run folder with results.json is complete (export and figure included).
@@ -381,6 +395,21 @@ def clean_temporaries(out):
             if ".tmp" in name or name in ("export.old",):
                 path = os.path.join(folder, name)
                 shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else remove_quietly(path)
+
+
+def _factorvae(cfg, model):
+    """The FactorVAE score of ``model`` on ``cfg``'s dSprites (the same draws, seed 0, for every run)."""
+    from amr_keras.disentanglement import factorvae_score, image_encoder
+    from amr_keras.dsprites import factor_source
+
+    t0 = time.perf_counter()
+    source, _ = factor_source(cfg.dataset, cfg.data_dir, cfg.tfds_data_dir)
+    from amr_keras.data import preprocess
+
+    scores = factorvae_score(image_encoder(model.encode, preprocess), source, votes=cfg.factorvae_votes,
+                             eval_votes=cfg.factorvae_eval_votes, samples=cfg.factorvae_samples, seed=0)
+    scores["factorvae_seconds"] = round(time.perf_counter() - t0, 1)
+    return scores
 
 
 def _figure_pairs(splits, n, seed):

@@ -17,6 +17,13 @@ Examples:
     python scripts/bench.py --batch-sizes 64 --jit off --update-g-every 5 --torch-ref ../shared/bench/torch_ref.py
     python scripts/bench.py --batch-sizes 64 --jit on --update-g-every 1 --profile runs/profile   # + op profile
     python scripts/bench.py --batch-sizes 16 --jit off --update-g-every 1 --probe whiten batchnorm   # probe cost
+    python scripts/bench.py --arch burgess --batch-sizes 64 --jit off --update-g-every 1   # the 64x64 dSprites step
+    python scripts/bench.py --arch burgess --model bvae --batch-sizes 64 --jit off --update-g-every 1  # beta-VAE
+
+``--arch burgess`` times the Table 4 step: the 64x64 networks of Burgess et al. (``--depth`` filters, 32 by
+default), a flat 10-value code, the reconstruction summed over pixels (bce) and lamb 1 on 64x64x1 images;
+``--model bvae`` the beta-VAE baseline on them (no discriminator: ``--mixer`` and ``--update-g-every`` do not
+apply to it).
 
 TensorFlow's oneDNN CPU kernels are on (``amr_keras`` turns them on); run with
 ``TF_ENABLE_ONEDNN_OPTS=0`` to measure without them (the ``onednn`` field says which).
@@ -103,43 +110,55 @@ def summarize_profile(logdir, top=12):
 
 
 def bench_keras(batch_size, jit, update_g_every, steps, warmup, repeats, depth, mixer, precision="auto",
-                profile=None, probe="whiten", deterministic=False):
+                profile=None, probe="whiten", arch="acai", model="amr", deterministic=False):
     import amr_keras  # before tensorflow: it turns on the oneDNN CPU kernels unless TF_ENABLE_ONEDNN_OPTS is set
     import keras
     import tensorflow as tf
 
+    from amr_keras.bvae import BVAE
     from amr_keras.model import AMR
-    from amr_keras.networks import build_networks
+    from amr_keras.networks import BURGESS_SIZE, IMAGE_SIZE, build_arch, build_burgess_decoder, build_burgess_encoder
     from amr_keras.precision import compute_dtype, cpu_info, isa_caps, precision_scope, resolve_precision
 
     if deterministic:  # what fit.py --deterministic turns on
         tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(0)
     precision = resolve_precision(precision)
+    burgess = arch == "burgess"
     with precision_scope(precision):
-        model = AMR(*build_networks(depth=depth), mixer=mixer, update_g_every=update_g_every, probe=probe)
+        if model == "bvae":
+            model = BVAE(build_burgess_encoder(1, depth, heads=2), build_burgess_decoder(1, depth), beta_kl=100.0,
+                         probe=probe)
+        else:
+            # The dSprites recipe on the burgess networks: lamb 1, bce summed over pixels (the dsprites preset).
+            recipe = dict(lamb=1.0, recon="bce") if burgess else {}
+            model = AMR(*build_arch(arch, depth=depth), mixer=mixer, update_g_every=update_g_every, probe=probe,
+                        **recipe)
         model.compile(jit_compile=jit)
+    size = BURGESS_SIZE if burgess else IMAGE_SIZE
     # A few fixed batches, cycled, so that data creation is not timed.
     rng = tf.random.Generator.from_seed(0)
-    pool = [(rng.uniform((batch_size, 32, 32, 1), -1, 1), rng.uniform((batch_size,), 0, 10, dtype=tf.int32))
+    pool = [(rng.uniform((batch_size, size, size, 1), -1, 1), rng.uniform((batch_size,), 0, 10, dtype=tf.int32))
             for _ in range(8)]
     data = tf.data.Dataset.from_tensors(pool[0]).concatenate(
         tf.data.Dataset.from_tensor_slices(tuple(tf.stack(t) for t in zip(*pool[1:])))).repeat()
     iterator = iter(data.prefetch(2))
     traces = [0]
-    train_step = model._train_step
+    # AMR's step functions call _train_step; the beta-VAE's, train_step.
+    step_name = "train_step" if isinstance(model, BVAE) else "_train_step"
+    train_step = getattr(model, step_name)
 
     def counting_step(*args, **kwargs):  # runs once per trace of a step function
         traces[0] += 1
         return train_step(*args, **kwargs)
 
-    model._train_step = counting_step
+    setattr(model, step_name, counting_step)
     model.make_train_function()
     step = model.train_function
     t0 = time.perf_counter()
     for _ in range(warmup):
         logs = step(iterator)
-    float(logs["d_loss"])
+    float(logs["recon_loss"])
     warmup_s = time.perf_counter() - t0
     traced_in_warmup = traces[0]
     rates, other = [], []
@@ -149,7 +168,7 @@ def bench_keras(batch_size, jit, update_g_every, steps, warmup, repeats, depth, 
         t0 = time.perf_counter()
         for _ in range(steps):
             logs = step(iterator)
-        float(logs["d_loss"])  # wait for the last step
+        float(logs["recon_loss"])  # wait for the last step
         elapsed = time.perf_counter() - t0
         b1 = _busy()
         rates.append(steps * batch_size / elapsed)
@@ -163,7 +182,7 @@ def bench_keras(batch_size, jit, update_g_every, steps, warmup, repeats, depth, 
         tf.profiler.experimental.start(os.path.join(profile, name))
         for _ in range(steps):
             logs = step(iterator)
-        float(logs["d_loss"])
+        float(logs["recon_loss"])
         tf.profiler.experimental.stop()
         profile_summary = summarize_profile(os.path.join(profile, name))
     return {
@@ -171,7 +190,8 @@ def bench_keras(batch_size, jit, update_g_every, steps, warmup, repeats, depth, 
         "images_per_second_repeats": [round(r, 1) for r in rates], "batch_size": batch_size,
         "jit_compile": jit, "update_g_every": update_g_every, "precision": precision, "deterministic": deterministic,
         "compute_dtype": compute_dtype(model),
-        "mixer": mixer, "probe": model.probe_kind, "depth": depth, "steps": steps, "warmup": warmup,
+        "mixer": model.mixer, "probe": model.probe_kind, "depth": depth, "arch": arch,
+        "model": "bvae" if isinstance(model, BVAE) else "amr", "image_size": size, "steps": steps, "warmup": warmup,
         "warmup_seconds": round(warmup_s, 1),
         "repeats": repeats, "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "other_processes_cores": other, "device": tf.config.list_logical_devices()[-1].device_type,
@@ -214,7 +234,12 @@ def main(argv=None):
     p.add_argument("--jit", choices=["off", "on", "both"], default="both")
     p.add_argument("--update-g-every", type=int, nargs="+", default=[1, 5])
     p.add_argument("--mixer", default="mixup", choices=["mixup", "bernoulli"])
-    p.add_argument("--depth", type=int, default=16)
+    p.add_argument("--depth", type=int, help="channels of the first scale (default 16); --arch burgess: filters of "
+                                             "every convolution (default 32)")
+    p.add_argument("--arch", choices=("acai", "burgess"), default="acai",
+                   help="acai: the 32x32 step (default); burgess: the 64x64 dSprites step of Table 4")
+    p.add_argument("--model", choices=("amr", "bvae"), default="amr",
+                   help="amr (default) or bvae, the beta-VAE baseline (--arch burgess only)")
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--repeats", type=int, default=3)
@@ -234,6 +259,10 @@ def main(argv=None):
                         "and its oneDNN caches are its own)")
     p.add_argument("--setting-json", help=argparse.SUPPRESS)  # internal: time one setting, print its JSON line
     args = p.parse_args(argv)
+    if args.model == "bvae" and args.arch != "burgess":
+        p.error("--model bvae runs on the 64x64 networks: add --arch burgess")
+    if args.depth is None:
+        args.depth = 32 if args.arch == "burgess" else 16
     if args.setting_json:
         print(json.dumps({**bench_keras(**json.loads(args.setting_json)), "peak_rss_scope": "setting"}), flush=True)
         return
@@ -257,7 +286,8 @@ def main(argv=None):
                                                for pr in args.probe for prec in args.precision for j in jits]:
                 setting = dict(batch_size=bs, jit=jit, update_g_every=every, steps=args.steps, warmup=args.warmup,
                                repeats=args.repeats, depth=args.depth, mixer=args.mixer, precision=precision,
-                               profile=args.profile, probe=probe, deterministic=det)
+                               profile=args.profile, probe=probe, arch=args.arch, model=args.model,
+                               deterministic=det)
                 if args.one_setting_per_process:
                     res = bench_keras_in_subprocess(setting)
                 else:

@@ -16,6 +16,12 @@ runs/ (where fit.py puts the same runs), the tables to results/:
                 CIFAR-10 and SVHN (those without data here are listed as not available), preset mnist_full.
                 Writes results/table3.md and .json. Tables 2 and 3 keep lamb 10, the preset's value when they
                 were made (--lamb 5 gives each a variant).
+  --table 4     the paper's Table 4, disentanglement on dSprites: none (AE + GAN), mixup, bernoulli, mixup k=3,
+                bernoulli k=3 and beta-VAE at beta 100 and 110 (--only bvae:100), on dsprites_procedural (the
+                factor grid rendered in code; --datasets dsprites for the official pixels, with --data-dir
+                dsprites=DIR or tfds), preset dsprites (6 epochs of 60,000 images = 360,000 images seen per run),
+                seeds 0 and 1 unless --seeds; scored by the FactorVAE metric. Writes results/table4.md, .json and
+                results/table4_traversals.png. Recipe flags: --epochs, --batch-size, --depth, --lr, --precision.
   --datasets    with --table: replace the table's datasets (the files then carry their names).
 Recipe flags (--lamb, --lr, --d-lr, --beta, --epochs, --batch-size, --depth, --precision, --preset) change every
 run of the table; the run folders and table files then carry them in their names (e.g. --lamb 30 writes
@@ -70,8 +76,8 @@ QUICK_BUDGET_STEPS = 40  # --quick on a table whose runs train a fixed number of
 
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--table", help=f"named table: {', '.join(reproduce.TABLES)} (default: the grid of --datasets "
-                                   "and --mixers)")
+    p.add_argument("--table", help=f"named table: {', '.join(reproduce.TABLES)}, 4 (default: the grid of "
+                                   "--datasets and --mixers)")
     p.add_argument("--datasets", nargs="+", choices=DATASETS,
                    help=f"the grid's datasets (default: {' '.join(GRID_DATASETS)}); with --table: replace the "
                         "table's own")
@@ -196,6 +202,8 @@ def main(argv=None):
 
 
 def _run(args, argv):
+    if args.table == "4":
+        return _table4(args, argv)
     data_dirs = parse_data_dirs(args.data_dir)
     seeds = parse_seeds(args.seeds)
     recipe = {"lr": args.lr, "d_lr": args.d_lr, "beta": args.beta, "epochs": args.epochs,
@@ -243,6 +251,54 @@ def _run(args, argv):
                                                       on_finished=write, train_sizes=sizes, lambs=lambs)
     md, js = write(unavailable)
     print(f"wrote {md} and {js}")
+    return 1 if failed else 0
+
+
+def _table4(args, argv):
+    """``--table 4`` (amr_keras.table4): its own rows and recipe, the same run machinery."""
+    from amr_keras import table4
+
+    ignored = [flag for flag, value in (("--lamb", args.lamb), ("--d-lr", args.d_lr), ("--beta", args.beta),
+                                        ("--probe", args.probe), ("--preset", args.preset),
+                                        ("--no-recon-gan", args.recon_gan is False), ("--only-sizes", args.only_sizes),
+                                        ("--only-lambs", args.only_lambs)) if value]
+    if ignored:
+        raise ConfigError(f"--table 4 has one recipe, the dsprites preset: {', '.join(ignored)} does not apply "
+                          "(it takes --epochs, --batch-size, --depth, --lr and --precision).")
+    data_dirs = parse_data_dirs(args.data_dir)
+    seeds = parse_seeds(args.seeds) if "--seeds" in argv else list(range(table4.DEFAULT_SEEDS))
+    recipe = {"epochs": args.epochs, "batch_size": args.batch_size, "depth": args.depth, "lr": args.lr,
+              "precision": args.precision}
+    steps, factorvae = None, None
+    if args.quick:
+        seeds, steps, factorvae = [0], table4.QUICK_STEPS, table4.QUICK_FACTORVAE
+        recipe = {**recipe, "epochs": args.epochs or 1, "depth": args.depth or 4}
+    datasets = tuple(args.datasets or table4.DATASETS)
+    rows = reproduce.parse_rows(args.mixers, table4.ROW_KEYS, flag="--only") if args.mixers else None
+    runs_dir = args.runs or "runs"
+    runs = table4.plan(seeds, data_dirs, runs_dir, datasets=datasets, recipe=recipe, steps_per_epoch=steps,
+                       factorvae=factorvae, ledger=reproduce.load_ledger(args.out))
+    reproduce.check_runs(runs)
+    stem = table4.table_stem(datasets, recipe, steps)
+    plan = reproduce.describe_plan(runs, rows)
+    print(f"table 4 -> {os.path.join(args.out, stem)}.md; {plan[0]}; run folders in {runs_dir}")
+    if args.dry_run:
+        print("\n".join(plan[1:]))
+        return 0
+    if "--seeds" not in argv:
+        args.seeds = [table4.DEFAULT_SEEDS]  # the command written beside the table names them
+    command = command_line(args)
+
+    def write(unavailable=None):
+        return table4.write_table(runs, args.out, command, unavailable, stem=stem)
+
+    unavailable, failed = {}, []
+    if not args.table_only:
+        unavailable, failed = reproduce.train_missing(runs, rows, argv=["scripts/reproduce.py", *argv],
+                                                      on_finished=write)
+    figure = table4.draw_traversals(runs, args.out, stem=stem)
+    md, js = write(unavailable)
+    print(f"wrote {md} and {js}" + (f" and {figure}" if figure else " (no model on disk for the traversal figure)"))
     return 1 if failed else 0
 
 

@@ -1,0 +1,145 @@
+"""beta-VAE (Higgins et al., 2017), the baseline of the paper's Table 4, with the same online linear probe as AMR.
+
+The encoder has two heads, the mean and the log-variance of a diagonal Gaussian posterior; a code is drawn with
+the reparameterisation ``z = mean + exp(log_var / 2) * eps``; the loss is
+``recon(x, g(z)) + beta_kl * KL(q(z|x) || N(0, I))`` (KL summed over the code, both averaged over the batch).
+There is no discriminator and no mixing. Everything that reads a code (the linear probe, ``encode``, the export,
+the post-hoc evaluation, the disentanglement metric) reads the mean.
+
+``BVAE`` is an ``amr_keras.model.AMR`` in every interface the rest of the package uses (``encoder`` is the
+mean's view of the posterior network, ``decoder``, ``encode``/``decode``/``classify``, ``probe_accuracy``,
+``get_config``, checkpoints), so it trains through ``amr_keras.train.run`` (``--model bvae --beta-kl B``).
+
+Reference:
+    I. Higgins et al. beta-VAE: Learning Basic Visual Concepts with a Constrained Variational Framework. ICLR 2017.
+    C. P. Burgess et al. Understanding disentangling in beta-VAE. 2018.
+"""
+
+import keras
+from keras import ops
+
+from amr_keras.model import AMR, default_optimizer, recon_loss
+
+
+def kl_divergence(mean, log_var):
+    """``KL(N(mean, exp(log_var)) || N(0, I))`` summed over the code, averaged over the batch."""
+    mean, log_var = ops.cast(mean, "float32"), ops.cast(log_var, "float32")
+    return ops.mean(0.5 * ops.sum(ops.exp(log_var) + ops.square(mean) - 1.0 - log_var, axis=1))
+
+
+@keras.saving.register_keras_serializable(package="amr_keras")
+class BVAE(AMR):
+    """beta-VAE with an online linear probe on the posterior mean.
+
+    Args:
+        posterior: image (in [-1, 1]) -> ``[mean, log_var]``, each ``(batch, code)`` (e.g.
+            ``networks.build_burgess_encoder(heads=2)``).
+        decoder: code -> image (logits with ``recon="bce"``).
+        num_classes: classes of the linear probe.
+        beta_kl: weight of the KL term (> 0; 1 is the plain VAE).
+        recon: reconstruction loss, as for AMR (``"bce"``: summed over pixels).
+        seed: seed of the reparameterisation noise.
+        probe: ``"whiten"`` or ``"batchnorm"``, as for AMR.
+
+    Example:
+        >>> enc = build_burgess_encoder(heads=2)
+        >>> model = BVAE(enc, build_burgess_decoder(), num_classes=3, beta_kl=4.0)
+        >>> model.compile()
+        >>> model.fit(train_ds, epochs=1)
+    """
+
+    def __init__(self, posterior, decoder, num_classes=10, beta_kl=1.0, recon="bce", seed=0, probe="whiten", **kwargs):
+        if len(posterior.outputs) != 2:
+            raise ValueError("The posterior network of a BVAE must have two outputs, the mean and the log-variance "
+                             f"(build_burgess_encoder(heads=2)); got {len(posterior.outputs)}.")
+        if not beta_kl > 0:
+            raise ValueError(f"beta_kl (weight of the KL term) must be > 0, got {beta_kl!r}.")
+        mean_view = keras.Model(posterior.input, posterior.outputs[0], name="encoder_mean")
+        super().__init__(mean_view, decoder, None, num_classes=num_classes, mixer="none", k=2, lamb=1.0,
+                         recon=recon, update_g_every=1, seed=seed, probe=probe, **kwargs)
+        self.posterior = posterior
+        self.beta_kl = float(beta_kl)
+        self.kl_tracker = keras.metrics.Mean(name="kl_loss")
+        self.loss_tracker = keras.metrics.Mean(name="vae_loss")
+
+    # ----------------------------------------------------------------- compile
+    def compile(self, ae_optimizer=None, probe_optimizer=None, d_optimizer=None, **kwargs):
+        """Set the two optimizers (encoder + decoder, probe; reference defaults when omitted) and compile.
+
+        ``d_optimizer`` must be left out: a beta-VAE has no discriminator.
+        """
+        if d_optimizer is not None:
+            raise ValueError("A BVAE has no discriminator: pass ae_optimizer and probe_optimizer only.")
+        for bad in ("optimizer", "loss"):
+            if kwargs.pop(bad, None) is not None:
+                raise ValueError(f"BVAE.compile takes ae_optimizer and probe_optimizer, not {bad}=.")
+        keras.Model.compile(self, optimizer=None, **kwargs)
+        self.ae_optimizer = (default_optimizer(name="ae_adam") if ae_optimizer is None
+                             else keras.optimizers.get(ae_optimizer))
+        self.probe_optimizer = (default_optimizer(name="probe_adam") if probe_optimizer is None
+                                else keras.optimizers.get(probe_optimizer))
+        self.ae_optimizer.build(self.ae_variables)
+        self.probe_optimizer.build(self.probe.trainable_variables)
+        self._amr_compile_args = {k: v for k, v in kwargs.items() if k in ("jit_compile", "steps_per_execution")}
+
+    def get_compile_config(self):
+        if self.ae_optimizer is None:
+            return {}
+        return {"ae_optimizer": keras.saving.serialize_keras_object(self.ae_optimizer),
+                "probe_optimizer": keras.saving.serialize_keras_object(self.probe_optimizer),
+                **getattr(self, "_amr_compile_args", {})}
+
+    def compile_from_config(self, config):
+        config = dict(config)
+        for key in ("ae_optimizer", "probe_optimizer"):
+            config[key] = keras.saving.deserialize_keras_object(config[key])
+        self.compile(**config)
+
+    # ----------------------------------------------------------------- config
+    NETWORK_KEYS = ("posterior", "decoder")  # for AMR.from_config
+
+    def get_config(self):
+        config = keras.Model.get_config(self)
+        config.update(posterior=keras.saving.serialize_keras_object(self.posterior),
+                      decoder=keras.saving.serialize_keras_object(self.decoder),
+                      num_classes=self.num_classes, beta_kl=self.beta_kl, recon=self.recon, seed=self.seed,
+                      probe=self.probe_kind)
+        return config
+
+    # ----------------------------------------------------------------- parts
+    @property
+    def ae_variables(self):
+        return self.posterior.trainable_variables + self.decoder.trainable_variables
+
+    @property
+    def metrics(self):
+        return [self.recon_tracker, self.kl_tracker, self.loss_tracker, self.probe_loss_tracker,
+                self.probe_acc_tracker]
+
+    def _forward(self, x, training):
+        """Posterior, a reparameterised draw (the mean when not training), its decoding, and the losses."""
+        mean, log_var = self.posterior(x, training=training)
+        z = mean
+        if training:
+            noise = keras.random.normal(ops.shape(mean), seed=self.seed_generator, dtype=mean.dtype)
+            z = mean + ops.exp(0.5 * log_var) * noise
+        decoded = self.decoder(z, training=training)
+        recon = recon_loss(self.recon, x, decoded)
+        kl = kl_divergence(mean, log_var)
+        return dict(code=mean, recon_loss=recon, kl_loss=kl, loss=recon + self.beta_kl * kl)
+
+    def _loss_trackers(self):
+        return (("recon_loss", self.recon_tracker), ("kl_loss", self.kl_tracker), ("loss", self.loss_tracker))
+
+    def make_train_function(self, force=False):
+        return keras.Model.make_train_function(self, force)
+
+    def train_step(self, data):
+        tape, y, out, probe_logits, scaled = self._record_step(
+            data, (("loss", self.ae_optimizer), ("probe_loss", self.probe_optimizer)))
+        # Train the encoder and the decoder.
+        ae_vars = self.ae_variables
+        self.ae_optimizer.apply_gradients(zip(tape.gradient(scaled["loss"], ae_vars), ae_vars))
+        self._train_probe(tape, scaled["probe_loss"])
+        del tape
+        return self._update_metrics(out, y, probe_logits, out["probe_loss"])

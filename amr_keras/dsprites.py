@@ -1,0 +1,309 @@
+"""dSprites (Matthey et al., 2017): its factor grid, a procedural renderer, and the official files.
+
+dSprites is every combination of five factors, 737,280 binary 64x64 images:
+
+| factor | values |
+|---|---|
+| shape | square, ellipse, heart (classes 0, 1, 2) |
+| scale | 6 values, 0.5 to 1 |
+| orientation | 40 values, 0 to 2 pi (both ends included, as in the official file) |
+| x, y | 32 values each, 0 to 1 |
+
+Image ``i`` of the official file is the grid cell ``np.unravel_index(i, FACTOR_SIZES)`` (row-major, shape
+slowest, y fastest); ``index_of`` and ``classes_of`` convert.
+
+Two datasets of ``amr_keras.data`` read it:
+
+- ``dsprites``: the official pixels, from ``--data-dir`` holding ``dsprites_ndarray_co1sh3sc6or40x32y32_64x64.npz``
+  (keys ``imgs``, ``latents_classes``, ``latents_values``), else tensorflow-datasets ``dsprites``. Either holds
+  the whole grid in memory (about 3 GB of uint8).
+- ``dsprites_procedural``: the same factor grid rendered by ``render`` (numpy only, deterministic), any cell on
+  demand. It is a re-rendering, not the official pixels: shapes, sizes and margins are close to the official
+  sprites, not identical, so numbers on it are not numbers on dSprites.
+
+Both give the same fixed draw of grid cells for training (``SPLIT_SIZES``: 60,000 / 5,000 / 5,000, a permutation
+of the grid seeded by ``amr_keras.data.SPLIT_SEED``), as uint8 images of 0 and 255 (scaled to [-1, 1] by
+``amr_keras.data.preprocess``, which keeps their 64x64 size). The class label (for the linear probe and the
+post-hoc evaluation) is the shape factor: 0 square, 1 ellipse, 2 heart. The disentanglement metric
+(``amr_keras.disentanglement``) renders or looks up images of any factor combination through a ``FactorSource``.
+
+Reference:
+    L. Matthey, I. Higgins, D. Hassabis, A. Lerchner. dSprites: Disentanglement testing Sprites dataset, 2017.
+    https://github.com/deepmind/dsprites-dataset
+"""
+
+import os
+import zlib
+
+import numpy as np
+
+FACTOR_NAMES = ("shape", "scale", "orientation", "x", "y")
+FACTOR_SIZES = (3, 6, 40, 32, 32)
+SHAPES = ("square", "ellipse", "heart")
+NUM_IMAGES = int(np.prod(FACTOR_SIZES))  # 737,280
+IMAGE_SHAPE = (64, 64, 1)
+NPZ_NAME = "dsprites_ndarray_co1sh3sc6or40x32y32_64x64.npz"
+# Cells of the grid drawn for training, validation and test (disjoint; the rest of the grid is not loaded).
+SPLIT_SIZES = {"train": 60000, "val": 5000, "test": 5000}
+# The official file's latents also hold colour (one value) before shape: its column 0.
+_OFFICIAL_COLUMNS = slice(1, 6)
+
+# Geometry of the procedural renderer, in pixels of the 64x64 image: a shape's centre runs from MARGIN to
+# 64 - MARGIN with x (columns) and y (rows); at scale 1 the square's half side is 8, the ellipse's semi-axes
+# 10 and 5, the heart's half width about 9.7 (its implicit curve, scaled by HEART_UNIT).
+SIZE = IMAGE_SHAPE[0]
+MARGIN = 12.0
+SQUARE_HALF = 8.0
+ELLIPSE_AXES = (10.0, 5.0)
+HEART_UNIT = 8.5
+WINDOW = 28
+
+
+def factor_values(classes):
+    """Factor values of grid cells: ``(N, 5)`` classes -> ``(N, 5)`` float values.
+
+    Shape keeps its class (0, 1, 2); scale ``0.5 + 0.1 * c``; orientation ``2 pi c / 39``; x and y ``c / 31``.
+    """
+    c = np.asarray(classes, np.float64).reshape(-1, 5)
+    sizes = np.asarray(FACTOR_SIZES, np.float64)
+    values = c.copy()
+    values[:, 1] = 0.5 + 0.5 * c[:, 1] / (sizes[1] - 1)
+    values[:, 2] = 2 * np.pi * c[:, 2] / (sizes[2] - 1)
+    values[:, 3:] = c[:, 3:] / (sizes[3:] - 1)
+    return values
+
+
+def index_of(classes):
+    """Row of the official file of grid cells ``(N, 5)`` (row-major over ``FACTOR_SIZES``)."""
+    c = np.asarray(classes, np.int64).reshape(-1, 5)
+    return np.ravel_multi_index(tuple(c.T), FACTOR_SIZES)
+
+
+def classes_of(index):
+    """Factor classes ``(N, 5)`` of rows of the official file."""
+    return np.stack(np.unravel_index(np.asarray(index, np.int64).reshape(-1), FACTOR_SIZES), axis=1)
+
+
+def render_values(shape, scale, orientation, x, y):
+    """Render sprites from factor *values* (arrays of one length N, or scalars): uint8 ``(N, 64, 64)`` of 0 and 1.
+
+    A pixel is on when its centre lies inside the shape: the square ``max(|u|, |v|) <= 8 s``, the ellipse
+    ``(u / 10 s)^2 + (v / 5 s)^2 <= 1``, the heart ``(X^2 + Y^2 - 1)^3 <= X^2 Y^3`` with ``(X, Y) = (u, -v) /
+    (8.5 s)``, where ``(u, v)`` is the pixel's offset from the centre rotated by ``-orientation``, ``s`` the scale.
+    The centre is ``(12 + 40 x, 12 + 40 y)`` (column, row), so every shape stays inside the image.
+
+    Args:
+        shape: 0 square, 1 ellipse, 2 heart.
+        scale: size factor (0.5 to 1 on the grid).
+        orientation: angle in radians (counter-clockwise on screen).
+        x, y: position in [0, 1].
+    """
+    shape, scale, orientation, x, y = np.broadcast_arrays(*(np.atleast_1d(np.asarray(v, np.float64))
+                                                           for v in (shape, scale, orientation, x, y)))
+    n = len(shape)
+    out = np.zeros((n, SIZE, SIZE), np.uint8)
+    # Every shape fits in a circle of radius 12 around its centre: only a WINDOW x WINDOW patch is computed.
+    cx, cy = MARGIN + (SIZE - 2 * MARGIN) * x, MARGIN + (SIZE - 2 * MARGIN) * y
+    left = np.clip(np.floor(cx).astype(np.int64) - WINDOW // 2, 0, SIZE - WINDOW)
+    top = np.clip(np.floor(cy).astype(np.int64) - WINDOW // 2, 0, SIZE - WINDOW)
+    local = np.arange(WINDOW)
+    for start in range(0, n, 4096):
+        part = np.arange(start, min(start + 4096, n))
+        dx = (left[part, None, None] + local[None, None, :] + 0.5 - cx[part, None, None]).astype(np.float32)
+        dy = (top[part, None, None] + local[None, :, None] + 0.5 - cy[part, None, None]).astype(np.float32)
+        # Screen rows grow downwards: a counter-clockwise rotation on screen is clockwise in (column, row).
+        cos = np.cos(orientation[part]).astype(np.float32)[:, None, None]
+        sin = np.sin(orientation[part]).astype(np.float32)[:, None, None]
+        u, v = cos * dx - sin * dy, sin * dx + cos * dy
+        s = scale[part].astype(np.float32)[:, None, None]
+        mask = np.zeros(u.shape, bool)
+        for kind, inside in enumerate((_square, _ellipse, _heart)):
+            sel = shape[part] == kind
+            if sel.any():
+                mask[sel] = inside(u[sel], v[sel], s[sel])
+        rows = top[part, None, None] + local[None, :, None]
+        cols = left[part, None, None] + local[None, None, :]
+        out[part[:, None, None], rows, cols] = mask
+    return out
+
+
+def _square(u, v, s):
+    return np.maximum(np.abs(u), np.abs(v)) <= SQUARE_HALF * s
+
+
+def _ellipse(u, v, s):
+    return (u / (ELLIPSE_AXES[0] * s)) ** 2 + (v / (ELLIPSE_AXES[1] * s)) ** 2 <= 1.0
+
+
+def _heart(u, v, s):
+    hx, hy = u / (HEART_UNIT * s), -v / (HEART_UNIT * s)
+    return (hx**2 + hy**2 - 1.0) ** 3 <= hx**2 * hy**3
+
+
+def render(classes):
+    """Render grid cells ``(N, 5)`` of factor classes: uint8 ``(N, 64, 64)`` of 0 and 1 (``render_values``)."""
+    return render_values(*factor_values(classes).T)
+
+
+class FactorSource:
+    """Images of any grid cells, with the grid's factor sizes: what the disentanglement metric draws from.
+
+    Subclasses implement ``images(classes) -> uint8 (N, 64, 64, 1)`` of 0 and 255.
+    """
+
+    factor_sizes = FACTOR_SIZES
+    factor_names = FACTOR_NAMES
+
+    def images(self, classes):
+        raise NotImplementedError
+
+    def sample_classes(self, rng, n, fixed=None, value=None):
+        """``n`` random grid cells (each factor uniform), with factor ``fixed`` set to class ``value`` if given."""
+        classes = np.stack([rng.integers(0, size, n) for size in self.factor_sizes], axis=1)
+        if fixed is not None:
+            classes[:, fixed] = value
+        return classes
+
+
+class ProceduralSource(FactorSource):
+    """``render`` on demand: nothing is held in memory."""
+
+    def images(self, classes):
+        return (render(classes) * np.uint8(255))[..., None]
+
+
+class ArraySource(FactorSource):
+    """Images of the official grid (the ``.npz`` or tensorflow-datasets) looked up by their factor classes.
+
+    Args:
+        imgs: ``(N, 64, 64)`` uint8 of 0 and 1.
+        classes: ``(N, 5)`` factor classes of each image (any order; the official file has the whole grid,
+            737,280 images in grid order).
+    """
+
+    def __init__(self, imgs, classes):
+        self.imgs = imgs
+        self.cells = index_of(classes)
+        self.row = np.full(NUM_IMAGES, -1, np.int64)
+        self.row[self.cells] = np.arange(len(self.cells))
+        self.complete = len(np.unique(self.cells)) == NUM_IMAGES
+
+    def images(self, classes):
+        rows = self.row[index_of(classes)]
+        if (rows < 0).any():
+            from amr_keras.data import DataError
+
+            raise DataError(f"the dSprites file holds {len(self.cells):,} of the {NUM_IMAGES:,} images of the grid, "
+                            "and a cell asked for is missing: use the official file (the whole grid), or "
+                            "--dataset dsprites_procedural.")
+        return (self.imgs[rows] * np.uint8(255)).reshape(-1, *IMAGE_SHAPE)
+
+
+def split_cells(seed, available=None):
+    """The grid cells of each split: ``{"train": index, "val": index, "test": index}``, disjoint, fixed by ``seed``.
+
+    Args:
+        seed: seed of the permutation.
+        available: grid indices to draw from (default: the whole grid). With fewer than ``SPLIT_SIZES`` need,
+            they are shared in the same proportions (12 : 1 : 1).
+    """
+    cells = np.arange(NUM_IMAGES) if available is None else np.unique(available)
+    order = cells[np.random.default_rng(seed).permutation(len(cells))]
+    total = sum(SPLIT_SIZES.values())
+    shrink = min(1.0, len(cells) / total)
+    out, start = {}, 0
+    for split, n in SPLIT_SIZES.items():
+        n = max(1, int(n * shrink))
+        out[split] = np.sort(order[start:start + n])
+        start += n
+    return out
+
+
+def read_official_npz(path):
+    """Read the official ``.npz``: ``(imgs uint8 (N, 64, 64) of 0/1, classes int (N, 5))`` without colour.
+
+    Raises:
+        amr_keras.data.DataError: a file that is not the official one (missing keys, wrong shapes).
+    """
+    from amr_keras.data import DataError
+
+    try:
+        with np.load(path, allow_pickle=False, encoding="latin1") as f:
+            missing = [key for key in ("imgs", "latents_classes") if key not in f.files]
+            if missing:
+                raise DataError(f"{path} has no {', '.join(missing)}: expected the official dSprites file "
+                                f"{NPZ_NAME} (keys imgs, latents_classes, latents_values).")
+            imgs, latents = f["imgs"], f["latents_classes"]
+    except (OSError, ValueError, zlib.error) as e:
+        raise DataError(f"{path} is not a readable .npz file ({e}); download {NPZ_NAME} again.") from e
+    if imgs.ndim != 3 or imgs.shape[1:] != IMAGE_SHAPE[:2] or latents.shape != (len(imgs), 6):
+        raise DataError(f"{path}: expected imgs of shape (N, 64, 64) and latents_classes of shape (N, 6), "
+                        f"got {imgs.shape} and {latents.shape}.")
+    return imgs.astype(np.uint8, copy=False), np.asarray(latents[:, _OFFICIAL_COLUMNS], np.int64)
+
+
+def _load_tfds(tfds_data_dir):
+    """The whole grid from tensorflow-datasets ``dsprites`` (its only split, ``train``)."""
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
+    from amr_keras.data import OFFLINE_HELP, DataError, _network_available
+
+    builder = tfds.builder("dsprites", data_dir=tfds_data_dir)
+    if not tf.io.gfile.exists(os.path.join(builder.data_dir, "dataset_info.json")) and not _network_available():
+        raise DataError(f"tensorflow-datasets cannot download 'dsprites': no network, and it is not prepared in "
+                        f"{builder.data_dir}. Pass --data-dir DIR with {NPZ_NAME}, or use --dataset "
+                        "dsprites_procedural (rendered in code). " + OFFLINE_HELP)
+    keys = ("label_shape", "label_scale", "label_orientation", "label_x_position", "label_y_position")
+    imgs, classes = [], []
+    try:
+        ds = tfds.load("dsprites", split="train", data_dir=tfds_data_dir)
+        for batch in tfds.as_numpy(ds.batch(16384)):
+            imgs.append(batch["image"][..., 0].astype(np.uint8))
+            classes.append(np.stack([batch[k] for k in keys], axis=1))
+    except Exception as e:  # download and preparation errors come in many types
+        raise DataError(f"tensorflow-datasets failed to load 'dsprites' ({type(e).__name__}: {e}). "
+                        f"Pass --data-dir DIR with {NPZ_NAME}, or use --dataset dsprites_procedural.") from e
+    return ArraySource(np.concatenate(imgs), np.concatenate(classes))
+
+
+def load_grid(data_dir=None, tfds_data_dir=None):
+    """The official grid as an ``ArraySource``: the ``.npz`` in ``data_dir``, else tensorflow-datasets."""
+    from amr_keras.data import DataError
+
+    if data_dir is None:
+        return _load_tfds(tfds_data_dir), "tensorflow-datasets"
+    path = os.path.join(data_dir, NPZ_NAME)
+    if not os.path.isfile(path):
+        raise DataError(f"No {NPZ_NAME} in {data_dir}: download it from https://github.com/deepmind/dsprites-dataset, "
+                        "or use --dataset dsprites_procedural (rendered in code, no file needed).")
+    return ArraySource(*read_official_npz(path)), f"official {NPZ_NAME} in {data_dir}"
+
+
+def factor_source(name, data_dir=None, tfds_data_dir=None):
+    """The ``FactorSource`` of dataset ``name`` (``dsprites`` or ``dsprites_procedural``) and its description."""
+    if name == "dsprites_procedural":
+        return ProceduralSource(), "dSprites factor grid rendered in code (a re-rendering, not the official pixels)"
+    return load_grid(data_dir, tfds_data_dir)
+
+
+def load_arrays(name, data_dir=None, tfds_data_dir=None, seed=None):
+    """``amr_keras.data``'s arrays of a dSprites dataset: the fixed draw of ``split_cells``.
+
+    Returns:
+        ``({"train": (images, labels), "test": (images, labels)}, source)``: "train" holds the training and
+        validation cells (``amr_keras.data`` carves validation out of it, ``VAL_FRACTION``), images uint8
+        ``(N, 64, 64, 1)`` of 0 and 255, labels the shape factor.
+    """
+    from amr_keras.data import SPLIT_SEED
+
+    src, source = factor_source(name, data_dir, tfds_data_dir)
+    partial = isinstance(src, ArraySource) and not src.complete
+    cells = split_cells(SPLIT_SEED if seed is None else seed, src.cells if partial else None)
+    if partial:
+        source += f" (only {len(src.cells):,} of the {NUM_IMAGES:,} images)"
+    out = {}
+    for split, index in (("train", np.sort(np.concatenate([cells["train"], cells["val"]]))), ("test", cells["test"])):
+        classes = classes_of(index)
+        out[split] = (src.images(classes), classes[:, 0].astype(np.int64))
+    return out, source
