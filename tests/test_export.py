@@ -201,6 +201,9 @@ def test_export_without_linear_head_loads_without_the_endpoint(loaded_export):
     assert loaded_export.classify(np.zeros((2, 28, 28, 1), np.float32)).shape == (2, 10)
 
 
+# Builds a second export, with a fitted head (seconds): run with -m slow. The default suite checks a linear
+# head's export and metadata in test_fit.py::test_fit_writes_results_export_and_figure.
+@pytest.mark.slow
 def test_linear_export_metadata_names_both_heads(tiny_linear_export):
     meta = load_metadata(tiny_linear_export.path)
     assert meta["endpoints"] == [*ENDPOINTS, LINEAR_ENDPOINT]
@@ -209,6 +212,12 @@ def test_linear_export_metadata_names_both_heads(tiny_linear_export):
     assert head["head"] == "post-hoc logistic regression on frozen codes"
     assert (head["val_accuracy"], head["test_accuracy"]) == (scores["linear_eval_val_accuracy"],
                                                              scores["linear_eval_test_accuracy"])
+    # The accuracies it reports are those of the head it serves, counted here on the splits' images.
+    served = load_export(tiny_linear_export.path)
+    for split in ("val", "test"):
+        x, y = tiny_linear_export.arrays[split]
+        predicted = np.argmax(served.classify_linear((x / 255.0).astype(np.float32)).numpy(), axis=1)
+        assert head[f"{split}_accuracy"] == np.mean(predicted == y), split
     assert (head["l2"], head["C"]) == (scores["linear_eval_l2"], scores["linear_eval_C"])
     assert meta["heads"]["classify"]["test_accuracy"] == 0.1  # from the run's results.json
     assert meta["linear_eval_dataset"] == "mnist_sample"
