@@ -168,10 +168,19 @@ def test_interpolate_script_draws_embedded_mnist(tiny_export, tmp_path, capsys):
     main([str(tiny_export.path), "--pairs", "2", "--out", str(tmp_path)])
     printed = capsys.readouterr().out.splitlines()
     assert printed == [f"Wrote {tmp_path / 'interpolations.png'}", f"Wrote {tmp_path / 'reconstructions.png'}"]
+    # The pairs are test images of the dataset, picked with the default seed.
+    from amr_keras.data import load_arrays
+
+    a, b = pick_pairs(load_arrays("mnist_sample")[0]["test"][0], 2, seed=0)
     img = _png(tmp_path / "interpolations.png")
     assert (img.shape[1], img.shape[0]) == grid_pixel_size(4, len(DEFAULT_ALPHAS) + 2)
+    for p in range(2):
+        _assert_cell_shows(img, 2 * p, 0, a[p])
+        _assert_cell_shows(img, 2 * p + 1, len(DEFAULT_ALPHAS) + 1, b[p])
     img = _png(tmp_path / "reconstructions.png")
     assert (img.shape[1], img.shape[0]) == grid_pixel_size(2, 4)
+    for i, original in enumerate(np.concatenate([a, b])):
+        _assert_cell_shows(img, 0, i, original)
 
 
 def test_make_figures_refuses_a_dataset_of_another_shape(tiny_export, tmp_path, monkeypatch):
