@@ -3,6 +3,7 @@
 import json
 import os
 import types
+import warnings
 
 # TensorFlow's start-up INFO notices would otherwise be printed by every test worker (tests/test_startup_log.py
 # checks them in a process of its own).
@@ -26,6 +27,33 @@ def class_images(n, seed=0, num_classes=10):
     x = rng.integers(0, 100, (n, 28, 28, 1), dtype=np.uint8)
     x[np.arange(n), 2 * y + 4] = 255
     return x, y
+
+
+def model_input(images_uint8):
+    """The model's input made by hand, independently of ``amr_keras.data.preprocess``: 28x28 images padded
+    with 2 pixels of black on each side, scaled from [0, 255] to [-1, 1]."""
+    x = np.pad(np.asarray(images_uint8, np.float32), ((0, 0), (2, 2), (2, 2), (0, 0)))
+    return x / 127.5 - 1.0
+
+
+def sklearn_fits(train_codes, train_labels, l2_grid=(0.0, 1e-5, 1e-4, 1e-3, 1e-2)):
+    """``{l2: fitted classifier}`` of scikit-learn fitted here, independently of ``amr_keras.evaluate``.
+
+    The post-hoc classifier's recipe: ``StandardScaler`` + ``LogisticRegression`` (lbfgs, tol 1e-5, at most
+    3000 iterations) minimising ``mean cross-entropy + l2 * ||W||^2``, i.e. ``C = 1 / (2 * l2 * n)``.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    fits = {}
+    for l2 in l2_grid:
+        c = np.inf if l2 == 0 else 1.0 / (2.0 * l2 * len(train_codes))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the unpenalised fit may stop at the iteration limit
+            fits[l2] = make_pipeline(StandardScaler(), LogisticRegression(C=c, tol=1e-5, max_iter=3000)).fit(
+                train_codes, train_labels)
+    return fits
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from threadpoolctl import threadpool_info
-from conftest import class_images
+from conftest import class_images, model_input, sklearn_fits
 
 from amr_keras import evaluate
 from amr_keras.evaluate import (
@@ -196,15 +196,20 @@ def test_evaluate_codes_separable_stand_in_encoder():
         assert res[key] >= 0.98, key
     again, classifier = evaluate_codes(row_means, arrays, seed=0, return_classifier=True)
     assert again == res
-    codes = encode_arrays(row_means, x[550:])
-    assert np.mean(classifier.predict(codes) == y[550:]) == res["linear_eval_test_accuracy"]
-    assert res["linear_eval_C"] in (None, l2_to_C(res["linear_eval_l2"], 400))
+    # Computed here: the stand-in's codes of a hand-made model input, scikit-learn fitted directly.
+    codes = {name: model_input(x[part]).mean(axis=(2, 3)) for name, part in
+             (("train", slice(0, 400)), ("val", slice(400, 550)), ("test", slice(550, None)))}
+    fits = sklearn_fits(codes["train"], y[:400])
+    val = {l2: clf.score(codes["val"], y[400:550]) for l2, clf in fits.items()}
+    chosen = fits[res["linear_eval_l2"]]
+    assert res["linear_eval_val_accuracy"] == val[res["linear_eval_l2"]] == max(val.values())
+    assert res["linear_eval_test_accuracy"] == chosen.score(codes["test"], y[550:])
+    assert np.mean(classifier.predict(codes["test"]) == y[550:]) == res["linear_eval_test_accuracy"]
+    assert res["linear_eval_C"] == (None if res["linear_eval_l2"] == 0 else 1 / (2 * res["linear_eval_l2"] * 400))
     # The chosen strength's fit: its lbfgs iterations and whether it stopped before the limit (3000).
-    linear = linear_evaluation(encode_arrays(row_means, x[:400]), y[:400], encode_arrays(row_means, x[400:550]),
-                               y[400:550])
-    fit = linear["per_l2"][res["linear_eval_l2"]]
-    assert res["linear_eval_iterations"] == fit["iterations"] >= 1
-    assert res["linear_eval_converged"] is fit["converged"] is (fit["iterations"] < 3000)
+    iterations = int(chosen[-1].n_iter_[0])
+    assert res["linear_eval_iterations"] == iterations >= 1
+    assert res["linear_eval_converged"] is (iterations < 3000)
 
 
 def test_evaluate_codes_leaves_encoder_weights_unchanged():

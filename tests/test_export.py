@@ -68,6 +68,30 @@ def _inputs(n, seed, shape=(28, 28, 1), channels=2):
     }
 
 
+def _by_hand(model, inputs, n):
+    """What each endpoint should return for ``_inputs(n, ...)``, from the model's networks and NumPy alone
+    (independent of ``Endpoints``, ``to_model_input`` and ``from_model_output``): pad 2 px of black, scale to
+    [-1, 1], run the networks, map back to [0, 1] and crop; mixes weigh ``f(a)`` by the weight, ``f(b)`` by its
+    complement."""
+    def model_input(images):
+        return np.pad(images, ((0, 0), (2, 2), (2, 2), (0, 0))) * 2.0 - 1.0
+
+    def decode(codes):
+        raw = np.asarray(model.decoder(codes.astype(np.float32), training=False))
+        return np.clip((raw + 1.0) / 2.0, 0.0, 1.0)[:, 2:30, 2:30]
+
+    za, zb = (np.asarray(model.encoder(model_input(inputs[f"{v}{n}"]), training=False)) for v in "ab")
+    weight, alpha = inputs[f"weight{n}"][:, None, None, :], inputs[f"alpha{n}"][:, None, None, None]
+    return {
+        "encode": za,
+        "decode": decode(inputs[f"codes{n}"]),
+        "reconstruct": decode(za),
+        "mix": decode(weight * za + (1 - weight) * zb),
+        "mix_alpha": decode(alpha * za + (1 - alpha) * zb),
+        "classify": np.asarray(model.classify(model_input(inputs[f"a{n}"]))),
+    }
+
+
 @pytest.mark.slow
 def test_fresh_process_matches_eager_model(tiny_linear_export, tmp_path):
     inputs = {}
@@ -83,19 +107,10 @@ def test_fresh_process_matches_eager_model(tiny_linear_export, tmp_path):
     out = np.load(tmp_path / "out.npz")
     assert out["standalone"], "loading the export imported amr_keras"
 
-    eager = Endpoints(tiny_linear_export.model, tiny_linear_export.source_shape)
     for n in BATCHES:
-        a, b = inputs[f"a{n}"], inputs[f"b{n}"]
-        expected = {
-            "encode": eager.encode(a),
-            "decode": eager.decode(inputs[f"codes{n}"]),
-            "reconstruct": eager.reconstruct(a),
-            "mix": eager.mix(a, b, inputs[f"weight{n}"]),
-            "mix_alpha": eager.mix_alpha(a, b, inputs[f"alpha{n}"]),
-            "classify": eager.classify(a),
-            # scikit-learn's own predict_proba on the same codes: the stored head is that classifier.
-            LINEAR_ENDPOINT: tiny_linear_export.classifier.predict_proba(np.reshape(eager.encode(a), (n, -1))),
-        }
+        expected = _by_hand(tiny_linear_export.model, inputs, n)
+        # scikit-learn's own predict_proba on the same codes: the stored head is that classifier.
+        expected[LINEAR_ENDPOINT] = tiny_linear_export.classifier.predict_proba(expected["encode"].reshape(n, -1))
         for name in (*ENDPOINTS, LINEAR_ENDPOINT):
             got = out[f"{name}{n}"]
             assert got.dtype == np.float32, name
@@ -108,15 +123,16 @@ def test_fresh_process_matches_eager_model(tiny_linear_export, tmp_path):
             assert out[f"{name}{n}"].min() >= 0.0 and out[f"{name}{n}"].max() <= 1.0, name
 
 
-def test_reconstruct_is_decoder_of_padded_input_cropped(tiny_export):
-    # Independent of to_model_input / from_model_output: pad 2 px, scale to [-1, 1], crop back.
-    model = tiny_export.model
-    x = np.random.default_rng(3).random((2, 28, 28, 1), np.float32)
-    padded = np.pad(x, ((0, 0), (2, 2), (2, 2), (0, 0))) * 2.0 - 1.0
-    raw = np.asarray(model.decoder(model.encoder(padded)))
-    expected = np.clip((raw + 1.0) / 2.0, 0.0, 1.0)[:, 2:30, 2:30]
-    got = np.asarray(Endpoints(model, (28, 28, 1)).reconstruct(x))
-    np.testing.assert_allclose(got, expected, atol=1e-5)
+def test_eager_endpoints_match_a_computation_by_hand(tiny_export):
+    inputs = _inputs(2, seed=3)
+    expected = _by_hand(tiny_export.model, inputs, 2)
+    eager = Endpoints(tiny_export.model, (28, 28, 1))
+    a, b = inputs["a2"], inputs["b2"]
+    got = {"encode": eager.encode(a), "decode": eager.decode(inputs["codes2"]), "reconstruct": eager.reconstruct(a),
+           "mix": eager.mix(a, b, inputs["weight2"]), "mix_alpha": eager.mix_alpha(a, b, inputs["alpha2"]),
+           "classify": eager.classify(a)}
+    for name in ENDPOINTS:
+        np.testing.assert_allclose(np.asarray(got[name]), expected[name], atol=1e-5, err_msg=name)
 
 
 def test_mix_with_weight_one_and_zero_reproduces_reconstructions(loaded_export):
@@ -201,6 +217,9 @@ def test_export_without_linear_head_loads_without_the_endpoint(loaded_export):
     assert loaded_export.classify(np.zeros((2, 28, 28, 1), np.float32)).shape == (2, 10)
 
 
+# Builds a second export, with a fitted head (seconds): run with -m slow. The default suite checks a linear
+# head's export and metadata in test_fit.py::test_fit_writes_results_export_and_figure.
+@pytest.mark.slow
 def test_linear_export_metadata_names_both_heads(tiny_linear_export):
     meta = load_metadata(tiny_linear_export.path)
     assert meta["endpoints"] == [*ENDPOINTS, LINEAR_ENDPOINT]
@@ -209,6 +228,12 @@ def test_linear_export_metadata_names_both_heads(tiny_linear_export):
     assert head["head"] == "post-hoc logistic regression on frozen codes"
     assert (head["val_accuracy"], head["test_accuracy"]) == (scores["linear_eval_val_accuracy"],
                                                              scores["linear_eval_test_accuracy"])
+    # The accuracies it reports are those of the head it serves, counted here on the splits' images.
+    served = load_export(tiny_linear_export.path)
+    for split in ("val", "test"):
+        x, y = tiny_linear_export.arrays[split]
+        predicted = np.argmax(served.classify_linear((x / 255.0).astype(np.float32)).numpy(), axis=1)
+        assert head[f"{split}_accuracy"] == np.mean(predicted == y), split
     assert (head["l2"], head["C"]) == (scores["linear_eval_l2"], scores["linear_eval_C"])
     assert meta["heads"]["classify"]["test_accuracy"] == 0.1  # from the run's results.json
     assert meta["linear_eval_dataset"] == "mnist_sample"

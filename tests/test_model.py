@@ -66,7 +66,8 @@ def test_each_optimizer_changes_only_its_own_network(moving, expected, mixer):
 
 def test_autoencoder_updates_only_every_update_g_every_steps():
     # Eager steps (a traced step takes seconds to build): the same ops.cond runs its branch directly. The traced
-    # conditional is covered by test_fit_updates_the_autoencoder_every_update_g_every_steps (steps_per_execution).
+    # conditional is covered by test_fit_updates_the_autoencoder_every_update_g_every_steps (steps_per_execution,
+    # with -m slow).
     model = tiny_model(update_g_every=3)
     model.compile()
     step = model.train_step
@@ -117,8 +118,9 @@ def test_fit_and_evaluate_with_standard_callbacks(tmp_path):
     assert int(model.d_optimizer.iterations) == 8 and int(model.ae_optimizer.iterations) == 4
 
 
-@pytest.mark.parametrize("compile_args", [pytest.param({"jit_compile": True}, marks=pytest.mark.slow),
-                                          {"steps_per_execution": 2}])
+# Traces (or compiles) a step function: seconds each, so with -m slow.
+@pytest.mark.slow
+@pytest.mark.parametrize("compile_args", [{"jit_compile": True}, {"steps_per_execution": 2}])
 def test_fit_updates_the_autoencoder_every_update_g_every_steps(compile_args):
     # jit_compile: two traced step functions picked per step; steps_per_execution > 1: an in-graph cond.
     model = tiny_model(update_g_every=3)
