@@ -318,6 +318,11 @@ def test_the_headline_numbers_equal_the_results_json_they_cite():
     problems, checked = [], 0
     for number, cells in rows:
         sources = SOURCE.findall(" ".join(cells))
+        if not sources and "results to come" in " ".join(cells):
+            # An experiment whose runs are not in yet: it may give no number at all.
+            if any(re.search(r"\d\.\d", cell) for cell in cells[2:]):
+                problems.append(f"README.md:{number}: a row with results to come gives numbers without a JSON file")
+            continue
         if len(sources) != 1:
             problems.append(f"README.md:{number}: a headline row must link exactly one results JSON file")
             continue
