@@ -98,8 +98,8 @@ if not _TF_IMPORTED_FIRST:
     _import_tensorflow_quietly()
 
 from amr_keras import mixers, networks  # noqa: E402,F401
-from amr_keras.model import AMR  # noqa: E402,F401
 from amr_keras.bvae import BVAE  # noqa: E402,F401  (registered, so that load_model finds it)
+from amr_keras.model import AMR  # noqa: E402,F401
 
 __version__ = "0.1.0"
 

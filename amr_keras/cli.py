@@ -73,8 +73,9 @@ class Config:
 
 
 # Settings that define a run: a --resume folder must have been made with the same ones.
-RUN_KEYS = ("dataset", "data_dir", "train_size", "preset", "mixer", "k", "lamb", "beta", "recon", "acai_gamma", "acai_weight", "recon_gan", "lr",
-            "d_lr", "probe_lr", "probe", "schedule", "batch_size", "epochs", "steps_per_epoch", "update_g_every", "depth",
+RUN_KEYS = ("dataset", "data_dir", "train_size", "preset", "mixer", "k", "lamb", "beta", "recon", "acai_gamma",
+            "acai_weight", "recon_gan", "lr", "d_lr", "probe_lr", "probe", "schedule", "batch_size", "epochs",
+            "steps_per_epoch", "update_g_every", "depth",
             "code_channels", "slope", "seed", "precision")
 
 # Settings added with dSprites (Table 4): a run made before them had the acai networks and was an AMR.
@@ -445,7 +446,8 @@ def build_parser(description="Train AMR."):
     o.add_argument("--seed", type=int, help="seed of weights, data order and mixing (default 0)")
     r = p.add_argument_group("run")
     r.add_argument("--out", help="output folder (default runs/<dataset>-<mixer>-k<k>-lamb<lamb>-<preset>-s<seed>)")
-    r.add_argument("--resume", action="store_true", default=None, help="continue the run in --out from its last checkpoint")
+    r.add_argument("--resume", action="store_true", default=None,
+                   help="continue the run in --out from its last checkpoint")
     r.add_argument("--config", help="JSON file of settings (e.g. best_hyperparameters.json of scripts/tune.py)")
     r.add_argument("--strategy", choices=STRATEGIES, help="tf.distribute strategy (multiworker reads TF_CONFIG)")
     r.add_argument("--precision", choices=PRECISIONS,
@@ -461,7 +463,8 @@ def build_parser(description="Train AMR."):
                    help="skip the post-hoc linear evaluation at the end (the export then has no classify_linear)")
     r.add_argument("--no-export", dest="export", action="store_false", default=None,
                    help="skip the SavedModel export and figures at the end")
-    r.add_argument("--epoch-figures", action="store_true", default=None, help="write an interpolation figure every epoch")
+    r.add_argument("--epoch-figures", action="store_true", default=None,
+                   help="write an interpolation figure every epoch")
     r.add_argument("--deterministic", action="store_true", default=None,
                    help="TensorFlow's deterministic ops: the same seed gives the same weights bit for bit, and a run "
                         "stopped and resumed ends as the uninterrupted one (slower; see docs/troubleshooting.md)")

@@ -416,7 +416,8 @@ def load_raw_folder(name, folder):
             "svhn": "train_32x32.mat",
             "cifar10": f"{CIFAR10_ARCHIVE}, or its extracted {CIFAR10_FOLDER}/ (data_batch_1 ... data_batch_5, "
                        "test_batch) as a subfolder or as the folder itself",
-            "kmnist": "train-images-idx3-ubyte.gz + train-labels-idx1-ubyte.gz or kmnist-train-imgs.npz + kmnist-train-labels.npz",
+            "kmnist": ("train-images-idx3-ubyte.gz + train-labels-idx1-ubyte.gz or kmnist-train-imgs.npz + "
+                       "kmnist-train-labels.npz"),
         }.get(name, "train-images-idx3-ubyte.gz + train-labels-idx1-ubyte.gz")
         raise DataError(f"No training files for {name} in {folder}: expected {expected}.")
     return out
@@ -638,7 +639,8 @@ def load_dataset(name, data_dir=None, batch_size=64, seed=0, tfds_data_dir=None,
         train_size = len(x_tr)
         if train_size < batch_size:
             raise DataError(f"train_size {train_size} is smaller than one batch ({batch_size} images, and training "
-                            f"drops incomplete batches): use a train_size of at least {batch_size} or lower --batch-size.")
+                            f"drops incomplete batches): use a train_size of at least {batch_size} or lower "
+                            "--batch-size.")
     if len(x_tr) < batch_size:
         raise DataError(f"batch_size {batch_size} is larger than the {len(x_tr)} training images: lower --batch-size.")
     test = arrays.get("test")

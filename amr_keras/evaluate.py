@@ -54,7 +54,8 @@ def _to_numpy(out):
     # A SavedModel endpoint may return a one-entry dict of outputs.
     if isinstance(out, dict):
         if len(out) != 1:
-            raise ValueError(f"encode_fn returned a dict with {len(out)} outputs {sorted(out)}; expected one code tensor.")
+            raise ValueError(f"encode_fn returned a dict with {len(out)} outputs {sorted(out)}; expected one code "
+                             "tensor.")
         out = next(iter(out.values()))
     return np.asarray(out)
 

@@ -184,7 +184,8 @@ class LinearHead(tf.Module):
         scaler, logistic = classifier[0], classifier[-1]
         seen = np.asarray(logistic.classes_)
         if seen.min() < 0 or seen.max() >= num_classes:
-            raise ValueError(f"The post-hoc classifier knows classes {seen.tolist()}, the model 0 to {num_classes - 1}.")
+            raise ValueError(f"The post-hoc classifier knows classes {seen.tolist()}, the model 0 to "
+                             f"{num_classes - 1}.")
         coef, intercept = logistic.coef_, logistic.intercept_
         if len(seen) == 2:
             coef, intercept = np.vstack([np.zeros_like(coef), coef]), np.concatenate([[0.0], intercept])

@@ -603,7 +603,6 @@ class AMR(keras.Model):
         self.d_optimizer.apply_gradients(zip(tape.gradient(d_scaled, d_vars), d_vars))
 
         self._train_probe(tape, p_scaled)
-        del tape
         return self._update_metrics(out, y, probe_logits, out["probe_loss"])
 
     def _record_step(self, data, losses):

@@ -20,8 +20,8 @@ Reference:
 import math
 
 import keras
-from keras import layers
 import tensorflow as tf
+from keras import layers
 
 IMAGE_SIZE = 32
 # Network families: "acai" (the 32x32 networks above, a 4x4xC code) and "burgess" (64x64 dSprites, a flat code).

@@ -66,7 +66,10 @@ def cpu_info(path="/proc/cpuinfo"):
 
 
 def isa_caps(environ=None):
-    """The instruction-set caps set in the environment (``ISA_CAP_VARIABLES``), e.g. ``{"ONEDNN_MAX_CPU_ISA": "AVX2"}``."""
+    """The instruction-set caps set in the environment (``ISA_CAP_VARIABLES``).
+
+    E.g. ``{"ONEDNN_MAX_CPU_ISA": "AVX2"}``.
+    """
     import os
 
     environ = os.environ if environ is None else environ

@@ -144,7 +144,8 @@ class RunningWhitening(layers.Layer):
 
 
 def update_average(average_variables, variables, step, decay=PROBE_AVERAGE_DECAY):
-    """Move each average towards its variable: ``avg = d * avg + (1 - d) * var``, ``d = min(decay, (1 + step) / (10 + step))``.
+    """Move each average towards its variable: ``avg = d * avg + (1 - d) * var``,
+    ``d = min(decay, (1 + step) / (10 + step))``.
 
     The step-dependent decay (as in TensorFlow's ``ExponentialMovingAverage`` with ``num_updates``)
     lets the average follow closely during the first hundred steps, when the weights move fast.

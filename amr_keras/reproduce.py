@@ -36,8 +36,16 @@ import statistics
 import sys
 
 from amr_keras.callbacks import checkpoint_epochs
-from amr_keras.cli import (PRESETS, RUN_KEYS, Config, ConfigError, default_run_name, resolve, settings_diff,
-                           upgrade_run_settings)
+from amr_keras.cli import (
+    PRESETS,
+    RUN_KEYS,
+    Config,
+    ConfigError,
+    default_run_name,
+    resolve,
+    settings_diff,
+    upgrade_run_settings,
+)
 from amr_keras.model import RECON_GAN_OPTIONAL_MIXERS
 from amr_keras.runfolder import FolderLock, FolderLockError, append_line
 
@@ -82,7 +90,8 @@ LEDGER_RESULT_KEYS = RUN_RECORD_KEYS + ("dataset", "mixer", "k", "lamb", "train_
 LEDGER_SETTING_KEYS = tuple(key for key in RUN_KEYS if key != "data_dir")
 
 # Recipe fields written beside a table (the run-defining settings that are not the table's axes).
-RECIPE_KEYS = ("preset", "lamb", "lr", "d_lr", "probe_lr", "probe", "schedule", "batch_size", "epochs", "steps_per_epoch",
+RECIPE_KEYS = ("preset", "lamb", "lr", "d_lr", "probe_lr", "probe", "schedule", "batch_size", "epochs",
+               "steps_per_epoch",
                "update_g_every", "depth", "code_channels", "slope", "recon", "beta", "acai_gamma", "acai_weight",
                "recon_gan", "precision")
 
@@ -143,21 +152,24 @@ TABLES = {
               (("acai", 2), ("none", 2)), (("mixup", 2), ("acai", 2)), (("bernoulli", 2), ("acai", 2)))),
     "lamb": TableSpec(
         "lamb", "Reconstruction weight lamb on the official MNIST split: mixup against the AE + GAN baseline (%)",
-        ("mnist",), (("none", 2), ("mixup", 2)), "mnist_full", lambs=(2.0, 5.0, 10.0, 30.0, 100.0), probe=PINNED_PROBE, stem="lamb_sweep_mnist",
+        ("mnist",), (("none", 2), ("mixup", 2)), "mnist_full", lambs=(2.0, 5.0, 10.0, 30.0, 100.0),
+        probe=PINNED_PROBE, stem="lamb_sweep_mnist",
         gaps=((("mixup", 2), ("none", 2)),)),
     # The paper's Table 2 trains on SVHN subsets; here on MNIST and Fashion-MNIST (offline), and on SVHN with
     # --datasets svhn. Every run trains for the same number of steps, so a small subset is seen many times.
     "2": TableSpec(
         "2", "Table 2 of the paper, fewer training images: linear-probe accuracy (%), 32-value code",
         ("mnist", "fashion_mnist"), (("none", 2), ("acai", 2), ("mixup", 2), ("bernoulli", 2)), "mnist_full",
-        probe=PINNED_PROBE, lambs=PINNED_LAMBS, stem="table2", train_sizes=(1000, 5000, 10000, 20000), budget_steps=TABLE2_STEPS,
+        probe=PINNED_PROBE, lambs=PINNED_LAMBS, stem="table2", train_sizes=(1000, 5000, 10000, 20000),
+        budget_steps=TABLE2_STEPS,
         gaps=((("mixup", 2), ("none", 2)), (("bernoulli", 2), ("none", 2)), (("acai", 2), ("none", 2))),
         figure=True),
     # The paper's Table 3: 256-value codes (4x4x16); CIFAR-10 and SVHN need their data (tfds or --data-dir).
     "3": TableSpec(
         "3", "Table 3 of the paper, 256-value codes (4x4x16): linear-probe accuracy (%)",
         ("mnist", "fashion_mnist", "cifar10", "svhn"), (("none", 2), ("mixup", 2), ("bernoulli", 2)), "mnist_full",
-        probe=PINNED_PROBE, lambs=PINNED_LAMBS, stem="table3", code_channels=16, gaps=((("mixup", 2), ("none", 2)), (("bernoulli", 2), ("none", 2)))),
+        probe=PINNED_PROBE, lambs=PINNED_LAMBS, stem="table3", code_channels=16,
+        gaps=((("mixup", 2), ("none", 2)), (("bernoulli", 2), ("none", 2)))),
 }
 
 
@@ -517,7 +529,8 @@ def train_missing(runs, rows=None, argv=None, on_finished=None, train_sizes=None
                   flush=True)
             train.run(dataclasses.replace(run.cfg, resume=resume), argv=argv)
         except DataError as e:
-            unavailable[run.cfg.dataset] = "not available offline" if "cannot download" in str(e) else f"data error: {e}"
+            unavailable[run.cfg.dataset] = ("not available offline" if "cannot download" in str(e)
+                                            else f"data error: {e}")
             print(f"{run.cfg.dataset}: {unavailable[run.cfg.dataset]}", file=sys.stderr)
             continue
         except NonFiniteLossError as e:

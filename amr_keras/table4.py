@@ -20,8 +20,16 @@ import os
 import statistics
 
 from amr_keras.cli import Config, ConfigError, default_run_name, resolve
-from amr_keras.reproduce import (PlannedRun, _write_text, collect, find_recorded, mean_std, paired_ci95, recipe_tag,
-                                 record_finished)
+from amr_keras.reproduce import (
+    PlannedRun,
+    _write_text,
+    collect,
+    find_recorded,
+    mean_std,
+    paired_ci95,
+    recipe_tag,
+    record_finished,
+)
 
 PRESET = "dsprites"
 DATASETS = ("dsprites_procedural",)
@@ -115,7 +123,7 @@ def gaps(rows):
     post-hoc linear accuracy of the shape (points, %), with the 95% interval of the mean per-seed difference."""
     out = []
     for a_key, b_key in GAPS:
-        for (dataset, name, value, lamb, _), (a_results, _) in rows.items():
+        for (dataset, name, value, _, _), (a_results, _) in rows.items():
             if (name, value) != a_key:
                 continue
             b_results = next((res for (d, n, v, _, _), (res, _) in rows.items() if d == dataset and (n, v) == b_key),

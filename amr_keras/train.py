@@ -24,8 +24,18 @@ from amr_keras.data import DSPRITES_DATASETS, load_dataset, train_pipeline
 from amr_keras.model import AMR, default_optimizer
 from amr_keras.networks import build_arch, build_burgess_decoder, build_burgess_encoder
 from amr_keras.precision import compute_dtype, cpu_info, native_bfloat16, precision_scope, resolve_precision
-from amr_keras.runfolder import (LOCK_NAME, FolderLock, RunWriteError, describe_os_error, failed_path, fault_point,
-                                 guarded_write, is_write_failure, remove_quietly, write_json_atomically)
+from amr_keras.runfolder import (
+    LOCK_NAME,
+    FolderLock,
+    RunWriteError,
+    describe_os_error,
+    failed_path,
+    fault_point,
+    guarded_write,
+    is_write_failure,
+    remove_quietly,
+    write_json_atomically,
+)
 
 
 def make_strategy(name):
@@ -64,7 +74,8 @@ def check_tf_config(text):
             isinstance(v, list) and v and all(isinstance(a, str) and ":" in a for a in v) for v in cluster.values()):
         raise ConfigError(f"TF_CONFIG 'cluster' must map job names to lists of 'host:port' addresses, {example}.")
     if not isinstance(task, dict) or task.get("type") not in cluster:
-        raise ConfigError(f"TF_CONFIG 'task' must name a job of the cluster ({', '.join(cluster)}) as 'type', {example}.")
+        raise ConfigError(f"TF_CONFIG 'task' must name a job of the cluster ({', '.join(cluster)}) as 'type', "
+                          f"{example}.")
     index = task.get("index")
     if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(cluster[task["type"]]):
         raise ConfigError(
@@ -352,7 +363,8 @@ def _train(cfg, strategy, out, argv):
             "train_size": cfg.train_size, "code_channels": cfg.code_channels, "steps_per_epoch": steps,
             "mixer": cfg.mixer, "k": cfg.k, "lamb": cfg.lamb, "acai_gamma": cfg.acai_gamma,
             "acai_weight": cfg.acai_weight, "recon_gan": cfg.recon_gan, "preset": cfg.preset, "lr": cfg.lr,
-            "d_lr": cfg.d_lr, "probe_lr": cfg.probe_lr, "probe": cfg.probe, "schedule": cfg.schedule, "batch_size": cfg.batch_size,
+            "d_lr": cfg.d_lr, "probe_lr": cfg.probe_lr, "probe": cfg.probe, "schedule": cfg.schedule,
+            "batch_size": cfg.batch_size,
             "update_g_every": cfg.update_g_every, "depth": cfg.depth, "seed": cfg.seed,
             "arch": cfg.arch, "model": cfg.model, "beta_kl": cfg.beta_kl, "recon": cfg.recon,
             "precision": cfg.precision, "compute_dtype": compute_dtype(model), "deterministic": cfg.deterministic,

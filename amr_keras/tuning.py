@@ -154,8 +154,8 @@ class AMRHyperModel(keras_tuner.HyperModel):
     discriminator uses the same rate). Optionally (``search_space``): ``mixer`` (mixup, bernoulli,
     acai, none), ``k`` (2 to 3, only for the k-way mixers mixup and bernoulli; acai always mixes
     pairs), ``update_g_every`` (1 to 5), ``code_channels`` (2, 4, 8 or 16: codes of 32 to 256
-    values) and ``beta`` (linear, 0 to 1). ``ranges`` narrows lamb, lr and beta. Every other setting comes from the base config (ACAI's
-    ``acai_gamma`` and ``acai_weight`` too, in the trials that draw acai: the others keep their
+    values) and ``beta`` (linear, 0 to 1). ``ranges`` narrows lamb, lr and beta. Every other setting comes from
+    the base config (ACAI's ``acai_gamma`` and ``acai_weight`` too, in the trials that draw acai: the others keep their
     defaults); the cosine schedule spans ``cfg.epochs`` epochs.
 
     Every model starts from the same weights (``cfg.seed``), so that trials differ only by their

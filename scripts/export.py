@@ -26,7 +26,8 @@ from amr_keras.export import add_linear_head, export_run
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("path", metavar="RUN_DIR|EXPORT_DIR",
-                        help="training run folder (best.keras, results.json) or, with --linear-head, a SavedModel export")
+                        help="training run folder (best.keras, results.json) or, with --linear-head, a SavedModel "
+                             "export")
     parser.add_argument("--out", metavar="DIR", default=None,
                         help="output folder (default: RUN_DIR/export, or EXPORT_DIR itself)")
     parser.add_argument("--linear-head", action="store_true",

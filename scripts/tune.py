@@ -32,8 +32,20 @@ from amr_keras.mixers import MIXERS  # noqa: E402
 from amr_keras.precision import PRECISIONS  # noqa: E402
 from amr_keras.probe import PROBES  # noqa: E402
 from amr_keras.runfolder import FolderLockError  # noqa: E402
-from amr_keras.tuning import (OBJECTIVES, RANGES, SEARCHABLE, TUNERS, WORKERS_FOLDER, Cluster,  # noqa: E402
-                              LocalWorkers, SearchError, cluster_from_env, limit_cpu_threads, local_gpus, search)
+from amr_keras.tuning import (  # noqa: E402
+    OBJECTIVES,
+    RANGES,
+    SEARCHABLE,
+    TUNERS,
+    WORKERS_FOLDER,
+    Cluster,
+    LocalWorkers,
+    SearchError,
+    cluster_from_env,
+    limit_cpu_threads,
+    local_gpus,
+    search,
+)
 
 # Options of this process alone, not passed on to the workers that --workers starts.
 LAUNCHER_OPTIONS = ("--workers", "--threads-per-worker", "--threads")
@@ -139,7 +151,8 @@ def main(argv=None):
     base = {k: v for k, v in dict(mixer=args.mixer, k=args.k, beta=args.beta, probe=args.probe).items()
             if v is not None}
     ranges = {name: getattr(args, f"{name}_range") for name in RANGES if getattr(args, f"{name}_range") is not None}
-    cfg = Config(**base, dataset=args.dataset, data_dir=args.data_dir, tfds_data_dir=args.tfds_data_dir, preset=args.preset,
+    cfg = Config(**base, dataset=args.dataset, data_dir=args.data_dir, tfds_data_dir=args.tfds_data_dir,
+                 preset=args.preset,
                  depth=args.depth, batch_size=args.batch_size, epochs=args.epochs, seed=args.seed,
                  train_size=args.train_size, code_channels=args.code_channels, steps_per_epoch=args.steps_per_epoch,
                  jit_compile=args.jit_compile, precision=args.precision, out=args.out)
