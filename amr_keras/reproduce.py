@@ -36,16 +36,8 @@ import statistics
 import sys
 
 from amr_keras.callbacks import checkpoint_epochs
-from amr_keras.cli import (
-    PRESETS,
-    RUN_KEYS,
-    Config,
-    ConfigError,
-    default_run_name,
-    resolve,
-    settings_diff,
-    upgrade_run_settings,
-)
+from amr_keras.cli import (PRESETS, RUN_KEYS, Config, ConfigError, default_run_name, resolve, settings_diff,
+                           upgrade_run_settings)
 from amr_keras.model import RECON_GAN_OPTIONAL_MIXERS
 from amr_keras.runfolder import FolderLock, FolderLockError, append_line
 

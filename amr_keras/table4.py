@@ -20,16 +20,8 @@ import os
 import statistics
 
 from amr_keras.cli import Config, ConfigError, default_run_name, resolve
-from amr_keras.reproduce import (
-    PlannedRun,
-    _write_text,
-    collect,
-    find_recorded,
-    mean_std,
-    paired_ci95,
-    recipe_tag,
-    record_finished,
-)
+from amr_keras.reproduce import (PlannedRun, _write_text, collect, find_recorded, mean_std, paired_ci95, recipe_tag,
+                                 record_finished)
 
 PRESET = "dsprites"
 DATASETS = ("dsprites_procedural",)

@@ -24,18 +24,8 @@ from amr_keras.data import DSPRITES_DATASETS, load_dataset, train_pipeline
 from amr_keras.model import AMR, default_optimizer
 from amr_keras.networks import build_arch, build_burgess_decoder, build_burgess_encoder
 from amr_keras.precision import compute_dtype, cpu_info, native_bfloat16, precision_scope, resolve_precision
-from amr_keras.runfolder import (
-    LOCK_NAME,
-    FolderLock,
-    RunWriteError,
-    describe_os_error,
-    failed_path,
-    fault_point,
-    guarded_write,
-    is_write_failure,
-    remove_quietly,
-    write_json_atomically,
-)
+from amr_keras.runfolder import (LOCK_NAME, FolderLock, RunWriteError, describe_os_error, failed_path, fault_point,
+                                 guarded_write, is_write_failure, remove_quietly, write_json_atomically)
 
 
 def make_strategy(name):

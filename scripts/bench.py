@@ -111,10 +111,10 @@ def summarize_profile(logdir, top=12):
 
 def bench_keras(batch_size, jit, update_g_every, steps, warmup, repeats, depth, mixer, precision="auto",
                 profile=None, probe="whiten", arch="acai", model="amr", deterministic=False):
+    import amr_keras  # before tensorflow: it turns on the oneDNN CPU kernels unless TF_ENABLE_ONEDNN_OPTS is set
     import keras
     import tensorflow as tf
 
-    import amr_keras  # before tensorflow: it turns on the oneDNN CPU kernels unless TF_ENABLE_ONEDNN_OPTS is set
     from amr_keras.bvae import BVAE
     from amr_keras.model import AMR
     from amr_keras.networks import BURGESS_SIZE, IMAGE_SIZE, build_arch, build_burgess_decoder, build_burgess_encoder

@@ -32,20 +32,8 @@ from amr_keras.mixers import MIXERS  # noqa: E402
 from amr_keras.precision import PRECISIONS  # noqa: E402
 from amr_keras.probe import PROBES  # noqa: E402
 from amr_keras.runfolder import FolderLockError  # noqa: E402
-from amr_keras.tuning import (  # noqa: E402
-    OBJECTIVES,
-    RANGES,
-    SEARCHABLE,
-    TUNERS,
-    WORKERS_FOLDER,
-    Cluster,
-    LocalWorkers,
-    SearchError,
-    cluster_from_env,
-    limit_cpu_threads,
-    local_gpus,
-    search,
-)
+from amr_keras.tuning import (OBJECTIVES, RANGES, SEARCHABLE, TUNERS, WORKERS_FOLDER, Cluster,  # noqa: E402
+                              LocalWorkers, SearchError, cluster_from_env, limit_cpu_threads, local_gpus, search)
 
 # Options of this process alone, not passed on to the workers that --workers starts.
 LAUNCHER_OPTIONS = ("--workers", "--threads-per-worker", "--threads")

@@ -14,7 +14,7 @@ half-way, and the ledger must still read.
 
 Usage:
     python tests/crash_campaign.py --work DIR [--kills 20] [--seed 0] [--epochs 24]
-    python tests/crash_campaign.py --work DIR --kills 3 --drift --epochs 3    # any fit.py arguments after --drift
+    python tests/crash_campaign.py --work DIR --kills 2 --drift --epochs 3    # any fit.py arguments after --drift
 
 Prints one line per attempt and ``campaign passed: N kills`` (exit 0), or the
 first check that failed (exit 1).
@@ -181,25 +181,32 @@ def check_ledger_kill(work, run):
 
 
 def drift(work, kills, seed, fit_args):
-    """Train ``fit.py FIT_ARGS`` uninterrupted, and again killed ``kills`` times at random instants during
-    training and resumed; print both runs' scores and how far the final weights moved."""
+    """Train ``fit.py FIT_ARGS`` uninterrupted, and again killed ``kills`` times, each in the middle of the epoch
+    after a new checkpoint, and resumed; print both runs' scores and how far the final weights moved."""
     import keras
     import numpy as np
+
+    from amr_keras.train import read_log
 
     rng = random.Random(seed)
     outs = {name: os.path.join(work, name) for name in ("uninterrupted", "resumed")}
     base = [sys.executable, os.path.join(ROOT, "scripts", "fit.py"), *fit_args, "--verbose", "0"]
-    t0 = time.perf_counter()
     code, text = run_fit([*base, "--out", outs["uninterrupted"]])
     assert code == 0, text
-    lifetime = time.perf_counter() - t0
+    epoch_s = read_log(os.path.join(outs["uninterrupted"], "log.csv"))[-1]["epoch_seconds"]
+    env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
     for i in range(kills):
-        # Each attempt (start-up, then training from the last checkpoint) dies a third to a half of the way in.
-        at = lifetime * rng.uniform(0.33, 0.5)
         started = os.path.exists(os.path.join(outs["resumed"], "config.json"))
-        code, _ = run_fit([*base, "--out", outs["resumed"], *(["--resume"] if started else [])], kill_after=at)
-        print(f"kill {i + 1} at {at:.0f} s: {'killed' if code == -signal.SIGKILL else f'exit {code}'}, "
-              f"epochs done {epochs_done(outs['resumed'])}", flush=True)
+        proc = subprocess.Popen([*base, "--out", outs["resumed"], *(["--resume"] if started else [])], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        while epochs_done(outs["resumed"]) <= i and proc.poll() is None:
+            time.sleep(0.2)
+        at = rng.uniform(0.2, 0.8) * epoch_s
+        time.sleep(at)
+        proc.send_signal(signal.SIGKILL)
+        code = proc.wait()
+        print(f"kill {i + 1}: {at:.0f} s into epoch {i + 2}: {'killed' if code == -signal.SIGKILL else f'exit {code}'}"
+              f", resumes after epoch {epochs_done(outs['resumed'])}", flush=True)
     code, text = run_fit([*base, "--out", outs["resumed"], "--resume"])
     assert code == 0, text
     results = {}
@@ -223,7 +230,8 @@ def main(argv=None):
     p.add_argument("--epochs", type=int, default=24, help="epochs of the tiny run (one step each)")
     p.add_argument("--drift", nargs=argparse.REMAINDER,
                    help="instead of the campaign: fit.py arguments of a run to train uninterrupted and killed "
-                        "--kills times at random instants and resumed; prints how far the two land apart")
+                        "--kills times (each in the middle of the epoch after a checkpoint) and resumed; prints "
+                        "how far the two land apart")
     args = p.parse_args(argv)
     if args.drift:
         drift(args.work, args.kills, args.seed, args.drift)

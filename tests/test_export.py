@@ -41,7 +41,7 @@ CLIENT = textwrap.dedent(
     model = tf.saved_model.load(sys.argv[1])
     inp = np.load(sys.argv[2])
     out = {}
-    for n in %r:
+    for n in BATCHES:
         a, b = inp[f"a{n}"], inp[f"b{n}"]
         out[f"encode{n}"] = model.encode(a).numpy()
         out[f"decode{n}"] = model.decode(inp[f"codes{n}"]).numpy()
@@ -53,8 +53,7 @@ CLIENT = textwrap.dedent(
     out["standalone"] = np.array(not any(m.split(".")[0] == "amr_keras" for m in sys.modules))
     np.savez(sys.argv[3], **out)
     """
-    % (BATCHES,)
-)
+).replace("BATCHES", repr(BATCHES))
 
 
 def _inputs(n, seed, shape=(28, 28, 1), channels=2):

@@ -46,17 +46,21 @@ class FakeWorker:
 
 
 def test_worker_folder_is_private_and_starts_from_the_chiefs_checkpoint_on_resume(tmp_path):
-    from amr_keras.train import worker_folder
+    from amr_keras.runfolder import FolderLock
+    from amr_keras.train import prepare_worker_folder, worker_folder
 
     out = tmp_path / "run"
     (out / "checkpoint").mkdir(parents=True)
     for name in ("config.json", "log.csv", "best.keras", "checkpoint/last.keras", "results.json"):
         (out / name).write_text(name)
-    assert worker_folder(FakeWorker(True, 0), str(out), resume=True) == str(out)
+    assert worker_folder(FakeWorker(True, 0), str(out)) == str(out)
     (out / ".worker-2").mkdir()
     (out / ".worker-2" / "stale").write_text("from an earlier run")
-    fresh = worker_folder(FakeWorker(False, 2), str(out), resume=False)
-    assert fresh == str(out / ".worker-2") and os.listdir(fresh) == []
-    resumed = worker_folder(FakeWorker(False, 2), str(out), resume=True)
-    assert sorted(os.listdir(resumed)) == ["best.keras", "checkpoint", "config.json", "log.csv"]
-    assert open(os.path.join(resumed, "checkpoint", "last.keras")).read() == "checkpoint/last.keras"
+    folder = worker_folder(FakeWorker(False, 2), str(out))
+    assert folder == str(out / ".worker-2")
+    with FolderLock(folder):  # each worker owns its folder; emptying it keeps the lock file
+        prepare_worker_folder(folder, str(out), resume=False)
+        assert os.listdir(folder) == [".lock"]
+        prepare_worker_folder(folder, str(out), resume=True)
+    assert sorted(os.listdir(folder)) == [".lock", "best.keras", "checkpoint", "config.json", "log.csv"]
+    assert open(os.path.join(folder, "checkpoint", "last.keras")).read() == "checkpoint/last.keras"
