@@ -265,6 +265,7 @@ def drop_torn_tail(fd):
 # --- test-only fault injection --------------------------------------------------------------------------------
 
 FAULTS_ENV = "AMR_KERAS_TEST_FAULTS"
+FAULTS_LOG_ENV = "AMR_KERAS_TEST_FAULTS_LOG"
 _hits = {}
 
 
@@ -287,6 +288,8 @@ def fault_point(name, tmp=None, torn=None):
     cutting its temporary file ``tmp`` to half its size (a torn write);
     ``=enospc`` raises the ``OSError`` of a full disk instead. ``torn=(fd,
     data)`` writes half of ``data`` to ``fd`` before a kill (a torn append).
+    With ``AMR_KERAS_TEST_FAULTS_LOG`` set, the point's name is appended to that
+    file before the kill.
     """
     if FAULTS_ENV not in os.environ:
         return
@@ -298,6 +301,9 @@ def fault_point(name, tmp=None, torn=None):
         return
     if armed[1] == "enospc":
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), tmp or name)
+    if os.environ.get(FAULTS_LOG_ENV):
+        with open(os.environ[FAULTS_LOG_ENV], "a") as f:
+            f.write(name + "\n")  # which write the process dies in
     if tmp is not None and os.path.isfile(tmp):
         os.truncate(tmp, os.path.getsize(tmp) // 2)
     if torn is not None:

@@ -44,13 +44,15 @@ def fit_command(data_dir, out, epochs, resume):
             *(["--resume"] if resume else [])]
 
 
-def run_fit(cmd, faults=None, kill_after=None):
-    """Run fit.py; returns (return code, output). ``kill_after`` seconds: SIGKILL from outside."""
+def run_fit(cmd, faults=None, kill_after=None, hits_log=None):
+    """Run fit.py; returns (return code, output). ``kill_after`` seconds: SIGKILL from outside; ``hits_log``: where
+    the fault hook names the write it killed the process in."""
     env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
            "TF_CPP_MIN_LOG_LEVEL": "2"}
     env.pop("AMR_KERAS_TEST_FAULTS", None)
     if faults:
         env["AMR_KERAS_TEST_FAULTS"] = faults
+        env["AMR_KERAS_TEST_FAULTS_LOG"] = hits_log or os.devnull
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         out, _ = proc.communicate(timeout=kill_after)
@@ -80,43 +82,52 @@ def campaign(work, kills_wanted, seed, epochs):
     lifetime = time.perf_counter() - t0
     print(f"uninterrupted run: {lifetime:.1f} s", flush=True)
 
-    kills, attempt, final_killed = 0, 0, set()
+    hits_log = os.path.join(work, "fault_hits.log")
+    kills, attempt, hit, cycle = 0, 0, [], []
     while True:
         attempt += 1
         if attempt > 4 * kills_wanted + 20:
             raise AssertionError(f"the run did not finish after {attempt - 1} attempts")
         done = epochs_done(out)
         started = os.path.exists(os.path.join(out, "config.json"))
-        faults, kill_after, point = None, None, None
-        if kills >= kills_wanted and final_killed == set(FINAL_POINTS):
+        faults, kill_after = None, None
+        final_left = sorted(set(FINAL_POINTS) - set(hit))
+        if kills >= kills_wanted and not final_left:
             what = "no fault"
         elif done == epochs:
-            point = sorted(set(FINAL_POINTS) - final_killed)[0] if final_killed != set(FINAL_POINTS) else \
-                rng.choice(FINAL_POINTS)
-            faults, what = f"{point}=kill", f"kill inside the {point} write"
-        elif rng.random() < 0.2:
+            point = final_left[0] if final_left else rng.choice(FINAL_POINTS)
+            faults, what = f"{point}=kill", f"armed: the {point} write"
+        elif len(hit) >= len(EPOCH_POINTS) and rng.random() < 0.2:
             kill_after = rng.uniform(1.0, lifetime)
             what = f"kill at {kill_after:.1f} s"
         else:
-            point = rng.choice(EPOCH_POINTS)
+            # Every write point in turn (a shuffled cycle), at its 1st, 2nd or 3rd occurrence in the process.
+            cycle = cycle or rng.sample(EPOCH_POINTS, len(EPOCH_POINTS))
+            point = cycle.pop()
             nth = 1 if point == "config.json" else rng.choice((1, 2, 3))
             # last.keras@4 stops a process whose chosen write is not reached (no better epoch: no best.keras).
-            faults, what = f"{point}@{nth}=kill,last.keras@4=kill", f"kill inside the {point} write (#{nth})"
-        code, text = run_fit(fit_command(data_dir, out, epochs, resume=started), faults, kill_after)
+            faults, what = f"{point}@{nth}=kill,last.keras@4=kill", f"armed: the {point} write (#{nth})"
+        if os.path.exists(hits_log):
+            os.remove(hits_log)
+        code, text = run_fit(fit_command(data_dir, out, epochs, resume=started), faults, kill_after, hits_log)
         killed = code == -signal.SIGKILL
         kills += killed
-        if killed and point in FINAL_POINTS:
-            final_killed.add(point)
+        where = ""
+        if killed and os.path.exists(hits_log):
+            with open(hits_log) as f:
+                hit.append(f.read().strip())
+            where = f" inside the {hit[-1]} write"
         print(f"attempt {attempt}: {what}; epochs done before {done}, after {epochs_done(out)}; "
-              f"{'killed' if killed else f'exit {code}'}", flush=True)
+              f"{f'killed{where}' if killed else f'exit {code}'}", flush=True)
         if not killed and code != 0:
             raise AssertionError(f"attempt {attempt} ({what}) failed with exit {code}:\n{text}")
-        if code == 0 and kills >= kills_wanted and final_killed == set(FINAL_POINTS):
+        if code == 0 and kills >= kills_wanted and not final_left:
             break
         if code == 0:
             # Finished before enough kills: without results.json the next attempts score, export and write it
             # again from the last checkpoint, so their kills land in those final writes.
             os.remove(os.path.join(out, "results.json"))
+    print(f"writes killed inside: {', '.join(sorted(set(hit)))}")
     check_run(out, baseline, epochs)
     check_ledger_kill(work, out)
     return kills

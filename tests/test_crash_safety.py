@@ -30,9 +30,8 @@ def test_crash_campaign_20_kills_leave_a_valid_run_equal_to_the_uninterrupted_on
     lines = proc.stdout.splitlines()
     assert proc.returncode == 0, "\n".join(lines[-30:]) + proc.stderr[-3000:]
     assert lines[-1].startswith("campaign passed: ") and int(lines[-1].split()[-2]) >= 20
-    inside = {line.split("inside the ")[1].split(" write")[0] for line in lines
-              if "inside the " in line and line.endswith("killed")}
-    assert {"last.keras", "export", "interpolations.png", "results.json"} <= inside, inside
+    inside = set(next(line for line in lines if line.startswith("writes killed inside: ")).split(": ")[1].split(", "))
+    assert {"config.json", "last.keras", "state.json", "export", "interpolations.png", "results.json"} <= inside, inside
 
 
 def weights(path):
