@@ -497,6 +497,10 @@ def search(cfg, tuner="random", max_trials=10, search_space=(), verbose=None, ob
         cfg = dataclasses.replace(cfg, data_dir=os.path.abspath(cfg.data_dir))
     cfg = resolve(cfg)
     cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision))
+    if cfg.deterministic:  # every trial then repeats bit for bit (fit.py --deterministic)
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
     out = cfg.out
     settings = dict(tuner=tuner, search_space=list(search_space), max_trials=max_trials, objective=objective,
                     ranges={k: list(v) for k, v in ranges.items()},

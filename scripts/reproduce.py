@@ -122,7 +122,14 @@ def parse_args(argv):
     p.add_argument("--table-only", action="store_true", help="tabulate the finished runs without training")
     p.add_argument("--dry-run", action="store_true",
                    help="print the planned runs and which are done, started or pending; train and write nothing")
+    p.add_argument("--deterministic", action="store_true",
+                   help="train with TensorFlow's deterministic ops (fit.py --deterministic); run names do not change")
     return p.parse_args(argv)
+
+
+def deterministic(runs, on):
+    """``runs`` with ``Config.deterministic`` set when ``on`` (it changes no result's name: runs share folders)."""
+    return [dataclasses.replace(r, cfg=dataclasses.replace(r.cfg, deterministic=True)) for r in runs] if on else runs
 
 
 def parse_seeds(values):
@@ -174,6 +181,7 @@ def command_line(args):
     if args.table:
         words += ["--table", args.table]
     words += ["--quick"] if args.quick else []
+    words += ["--deterministic"] if args.deterministic else []
     words += ["--datasets", *args.datasets] if args.datasets else []
     if not args.table:
         words += ["--mixers", *args.mixers] if args.mixers else []
@@ -230,6 +238,7 @@ def _run(args, argv):
         runs_dir = args.runs or os.path.join(args.out, "runs")
     runs = reproduce.plan_runs(spec, seeds, data_dirs, runs_dir, preset=args.preset, lambs=args.lamb, recipe=recipe,
                                ledger=reproduce.load_ledger(args.out))
+    runs = deterministic(runs, args.deterministic)
     reproduce.check_runs(runs)
     lambs = None
     if args.only_lambs:
@@ -278,6 +287,7 @@ def _table4(args, argv):
     runs_dir = args.runs or "runs"
     runs = table4.plan(seeds, data_dirs, runs_dir, datasets=datasets, recipe=recipe, steps_per_epoch=steps,
                        factorvae=factorvae, ledger=reproduce.load_ledger(args.out))
+    runs = deterministic(runs, args.deterministic)
     reproduce.check_runs(runs)
     stem = table4.table_stem(datasets, recipe, steps)
     plan = reproduce.describe_plan(runs, rows)

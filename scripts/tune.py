@@ -80,6 +80,8 @@ def build_parser():
                    help="compute precision of every trial (default auto: mixed_bfloat16 where the hardware has "
                         "bfloat16 units, else float32)")
     p.add_argument("--seed", type=int, default=0, help="seed of the weights, the data order and the draws (default 0)")
+    p.add_argument("--deterministic", action="store_true",
+                   help="TensorFlow's deterministic ops in every trial (fit.py --deterministic)")
     p.add_argument("--verbose", type=int, choices=(0, 1, 2), help="progress output (default: bar on a terminal)")
     p.add_argument("--workers", type=int, default=0,
                    help="run the search distributed on this machine: a chief (serves the oracle, writes the reports) "
@@ -143,7 +145,8 @@ def main(argv=None):
                  preset=args.preset,
                  depth=args.depth, batch_size=args.batch_size, epochs=args.epochs, seed=args.seed,
                  train_size=args.train_size, code_channels=args.code_channels, steps_per_epoch=args.steps_per_epoch,
-                 jit_compile=args.jit_compile, precision=args.precision, out=args.out)
+                 jit_compile=args.jit_compile, precision=args.precision, deterministic=args.deterministic,
+                 out=args.out)
     try:
         cluster = local_cluster(args, argv) if args.workers else None
         result = search(cfg, tuner=args.tuner, max_trials=args.max_trials, search_space=args.search,

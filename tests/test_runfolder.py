@@ -214,3 +214,32 @@ def tiny_data(tmp_path_factory):
     from test_data import write_mnist_folder
 
     return write_mnist_folder(str(tmp_path_factory.mktemp("mnist")), n_train=96, n_test=32)
+
+
+def test_deterministic_reaches_every_run_of_reproduce_and_every_trial_of_tune(tiny_data, tmp_path, monkeypatch):
+    from amr_keras import reproduce, train
+    from amr_keras.tuning import SearchError
+
+    script = load_script("reproduce")
+    trained = []
+    monkeypatch.setattr(train, "run", lambda cfg, argv=None: trained.append(cfg))
+    monkeypatch.setattr(reproduce, "write_tables", lambda *a, **k: ("t.md", "t.json"))
+    args = ["--table", "1", "--data-dir", f"mnist={tiny_data}", "--seeds", "1", "--only", "mixup:2",
+            "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "results")]
+    assert script.main([*args, "--deterministic"]) == 0
+    assert [cfg.deterministic for cfg in trained] == [True]
+    assert "--deterministic" in script.command_line(script.parse_args([*args, "--deterministic"]))
+    assert all(not r.cfg.deterministic for r in script.deterministic(
+        [reproduce.PlannedRun(("mnist", "mixup", 2, 5.0, None), trained[0].__class__())], False))
+
+    tune = load_script("tune")
+    seen = []
+
+    def fake_search(cfg, **kwargs):
+        seen.append(cfg)
+        raise SearchError("stop here")
+
+    monkeypatch.setattr(tune, "search", fake_search)
+    assert tune.main(["--dataset", "mnist", "--data-dir", tiny_data, "--out", str(tmp_path / "s"),
+                      "--deterministic"]) == 2
+    assert seen[0].deterministic is True
