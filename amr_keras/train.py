@@ -217,14 +217,15 @@ def run(cfg, argv=None):
         print(f"note: {replicas} CPU replicas of --strategy {cfg.strategy}: training without XLA (--jit-compile).")
         cfg = dataclasses.replace(cfg, jit_compile=False)
     out = worker_folder(strategy, cfg.out)
-    created = not os.path.isdir(out)
+    created, owned = not os.path.isdir(out), False
     try:
         with FolderLock(out):
+            owned = True
             if out != cfg.out:
                 prepare_worker_folder(out, cfg.out, cfg.resume)
             results = _train(cfg, strategy, out, argv)
     except BaseException as e:
-        if created and not os.path.exists(os.path.join(out, "config.json")):
+        if created and owned and not os.path.exists(os.path.join(out, "config.json")):
             shutil.rmtree(out, ignore_errors=True)  # a start that failed leaves no folder behind
         if is_write_failure(e):
             raise RunWriteError(_write_failure_message(e, cfg, out)) from e
