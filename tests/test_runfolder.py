@@ -93,6 +93,19 @@ def test_fit_refuses_a_run_folder_in_use_and_touches_nothing(tiny_data, tmp_path
     assert snapshot(out) == before
 
 
+def test_a_refused_start_never_removes_the_folder_another_process_just_created(tiny_data, tmp_path, holder,
+                                                                               monkeypatch):
+    from amr_keras import train
+
+    out = tmp_path / "run"
+    holder(out)  # the other process created the folder (and holds it) after this one looked for it
+    (out / "log.csv").write_text("epoch\n")
+    real_isdir = os.path.isdir
+    monkeypatch.setattr(train.os.path, "isdir", lambda p: False if str(p) == str(out) else real_isdir(p))
+    assert load_script("fit").main(tiny_args(tiny_data, str(out))) == 2
+    assert sorted(os.listdir(out)) == [".lock", "log.csv"]
+
+
 def test_tune_refuses_a_search_folder_in_use_and_touches_nothing(tiny_data, tmp_path, holder, capsys):
     out = tmp_path / "search"
     out.mkdir()
