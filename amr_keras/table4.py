@@ -251,7 +251,8 @@ def draw_traversals(runs, out_dir, stem=STEM, steps=7, span=2.0):
     for run in runs:
         key = run.row[1:3]
         path = os.path.join(run.folder, "best.keras")
-        if key in seen or not os.path.isfile(path):
+        # A run still training (or stopped) has a best.keras too, of an epoch that may not be its last: skip it.
+        if key in seen or run.state() != "done" or not os.path.isfile(path):
             continue
         seen.add(key)
         models.append((f"{NAMES[key]} (s{run.cfg.seed})", keras.saving.load_model(path, compile=False)))

@@ -120,6 +120,9 @@ def test_traversal_figure_sweeps_every_code_value(dirs, tmp_path):
     runs = table4.plan([0], {}, dirs["runs"], rows=(("bvae", 100),))
     os.makedirs(runs[0].folder)
     model.save(os.path.join(runs[0].folder, "best.keras"))
+    assert table4.draw_traversals(runs, dirs["out"]) is None  # still training: no results.json yet
+    with open(os.path.join(runs[0].folder, "results.json"), "w") as f:
+        f.write("{}")
     path = table4.draw_traversals(runs, dirs["out"])
     assert path.endswith("table4_traversals.png") and os.path.getsize(path) > 1000
     assert table4.draw_traversals(table4.plan([1], {}, dirs["runs"]), dirs["out"]) is None
