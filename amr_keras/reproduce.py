@@ -39,7 +39,7 @@ from amr_keras.callbacks import checkpoint_epochs
 from amr_keras.cli import (PRESETS, RUN_KEYS, Config, ConfigError, default_run_name, resolve, settings_diff,
                            upgrade_run_settings)
 from amr_keras.model import RECON_GAN_OPTIONAL_MIXERS
-from amr_keras.runfolder import FolderLock, FolderLockError, append_line
+from amr_keras.runfolder import FolderLock, FolderLockError, append_line, write_text_atomically
 
 # Table 1 of the reproduction report (online probe, test accuracy %, 32-value code, k=2): mixup and Bernoulli
 # only; it has no numbers for the AE + GAN baseline, ACAI or k=3.
@@ -847,7 +847,4 @@ def describe_plan(runs, rows=None, train_sizes=None, lambs=None):
 
 
 def _write_text(path, text):
-    tmp = f"{path}.{os.getpid()}.tmp"  # replaced whole: a reader never sees half a table (nor another writer's)
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    write_text_atomically(path, text)  # replaced whole: a reader never sees half a table

@@ -209,23 +209,28 @@ def guarded_write(path, *temporaries):
         raise
 
 
-def write_json_atomically(path, data, indent=None, point=None):
-    """Write ``data`` as JSON next to ``path`` and move it into place, so a kill leaves the old or the new file.
+def write_text_atomically(path, text, point=None):
+    """Write ``text`` next to ``path`` (a temporary file of this process) and move it into place, so a kill leaves
+    the old or the new file, and two writers never share a temporary file.
 
     Args:
         path: the file to write.
-        data: what to write.
-        indent: ``json.dump``'s indent.
+        text: its whole content.
         point: the name of this write for :func:`fault_point` (default: the file's name).
     """
-    tmp = path + ".tmp"
+    tmp = f"{path}.{os.getpid()}.tmp"
     with guarded_write(path, tmp):
         with open(tmp, "w") as f:
-            json.dump(data, f, indent=indent)
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
         fault_point(point or os.path.basename(path), tmp)
         os.replace(tmp, path)
+
+
+def write_json_atomically(path, data, indent=None, point=None):
+    """:func:`write_text_atomically` of ``data`` as JSON (``json.dump``'s ``indent``)."""
+    write_text_atomically(path, json.dumps(data, indent=indent) + "\n", point=point)
 
 
 def append_line(path, text, point=None):

@@ -41,7 +41,7 @@ from amr_keras.evaluate import encode_arrays, linear_evaluation
 from amr_keras.mixers import K_WAY_MIXERS, MIXERS
 from amr_keras.model import ACAI_GAMMA, ACAI_WEIGHT
 from amr_keras.precision import precision_scope, resolve_precision
-from amr_keras.runfolder import FolderLock
+from amr_keras.runfolder import FolderLock, write_json_atomically
 from amr_keras.train import build_model
 
 # --objective name -> the metric a trial is scored by (higher is better).
@@ -409,11 +409,7 @@ def _setting_diffs(saved, settings, saved_as, now_as):
 
 
 def _write_json(path, data):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
+    write_json_atomically(path, data, indent=2)
 
 
 def write_reports(tuner, hypermodel, out, workers=None):
