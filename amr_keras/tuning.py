@@ -282,6 +282,16 @@ class AMRHyperModel(keras_tuner.HyperModel):
         return float(res["val_accuracy"])
 
 
+# KerasTuner's oracles read seed 0 as "no seed" and draw a random one (``seed or random.randint(...)``),
+# so a search at ``--seed 0``, the default, would draw other trials each time it is started.
+ZERO_SEED_FOR_TUNER = 2**31 - 1
+
+
+def tuner_seed(seed):
+    """The seed handed to KerasTuner for ``seed``: ``seed`` itself, except 0, which goes as ``ZERO_SEED_FOR_TUNER``."""
+    return ZERO_SEED_FOR_TUNER if seed == 0 else seed
+
+
 def make_tuner(name, hypermodel, directory, max_trials, seed=0):
     """A KerasTuner tuner over ``hypermodel`` that continues the search found in ``directory``.
 
@@ -291,10 +301,11 @@ def make_tuner(name, hypermodel, directory, max_trials, seed=0):
         directory: the search folder (the project is ``directory/amr_search``).
         max_trials: most trials in all. Hyperband runs brackets up to ``hypermodel.cfg.epochs``
             epochs and stops at ``max_trials`` trials (continued trials count).
-        seed: seed of the tuner's draws.
+        seed: seed of the tuner's draws; the same seed draws the same trials (``tuner_seed``).
     """
-    common = dict(objective=objective(hypermodel.objective), seed=seed, directory=directory, project_name=PROJECT_NAME,
-                  overwrite=False, max_consecutive_failed_trials=MAX_CONSECUTIVE_FAILED_TRIALS,
+    common = dict(objective=objective(hypermodel.objective), seed=tuner_seed(seed), directory=directory,
+                  project_name=PROJECT_NAME, overwrite=False,
+                  max_consecutive_failed_trials=MAX_CONSECUTIVE_FAILED_TRIALS,
                   max_retries_per_trial=MAX_RETRIES_PER_TRIAL)
     if name == "random":
         return keras_tuner.RandomSearch(hypermodel, max_trials=max_trials, **common)

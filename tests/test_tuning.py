@@ -232,6 +232,21 @@ def test_hypermodel_gives_acai_pairs_and_its_settings_only_to_acai_trials():
         tuning.AMRHyperModel(base, 1, 10, 5, search_space="k")
 
 
+@pytest.mark.parametrize("name", ["random", "bayesian", "hyperband"])
+def test_the_same_seed_draws_the_same_trials_seed_0_included(name, tmp_path):
+    base = Config(dataset="mnist_sample", depth=4, batch_size=16, epochs=2, jit_compile=False)
+    hypermodel = tuning.AMRHyperModel(base, 1, 10, 5, search_space="mixer,k")
+
+    def draws(folder, seed):
+        tuner = tuning.make_tuner(name, hypermodel, str(tmp_path / folder), max_trials=4, seed=seed)
+        return [tuner.oracle.create_trial(f"tuner{i}").hyperparameters.values for i in range(3)]
+
+    first = draws("a", 0)
+    assert draws("b", 0) == first
+    assert draws("c", 1) != first
+    assert tuning.tuner_seed(0) != 0 and tuning.tuner_seed(7) == 7
+
+
 def test_k_search_needs_batches_of_three():
     with pytest.raises(ConfigError, match="at least k"):
         tuning.AMRHyperModel(Config(dataset="mnist_sample", depth=4, batch_size=2), 1, 10, 5, search_space="k")
