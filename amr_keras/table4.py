@@ -20,8 +20,8 @@ import os
 import statistics
 
 from amr_keras.cli import Config, ConfigError, default_run_name, resolve
-from amr_keras.reproduce import (PlannedRun, _write_text, collect, find_recorded, mean_std, paired_ci95, recipe_tag,
-                                 record_finished)
+from amr_keras.reproduce import (PlannedRun, _write_text, collect, find_recorded, gap_verdict, mean_std, paired_ci95,
+                                 recipe_tag, record_finished)
 
 PRESET = "dsprites"
 DATASETS = ("dsprites_procedural",)
@@ -128,7 +128,9 @@ def gaps(rows):
                 diffs = [scale * (a_by_seed[s][key] - b_by_seed[s][key]) for s in seeds
                          if a_by_seed[s].get(key) is not None and b_by_seed[s].get(key) is not None]
                 mean, std, _ = mean_std(diffs)
-                entry[metric] = {"mean": mean, "std": std, "per_seed": diffs, "ci95": paired_ci95(diffs)}
+                ci95 = paired_ci95(diffs)
+                entry[metric] = {"mean": mean, "std": std, "per_seed": diffs, "ci95": ci95,
+                                 "verdict": gap_verdict(ci95)}
             out.append(entry)
     return out
 
@@ -139,8 +141,7 @@ def _gap_text(gap, digits):
     text = f"{gap['mean']:+.{digits}f}"
     if gap["std"] is not None:
         low, high = gap["ci95"]
-        verdict = "holds 0" if low <= 0 <= high else ("above 0" if low > 0 else "below 0")
-        text += f" ± {gap['std']:.{digits}f} (CI {low:+.{digits}f} to {high:+.{digits}f}: {verdict})"
+        text += f" ± {gap['std']:.{digits}f} (CI {low:+.{digits}f} to {high:+.{digits}f}: {gap['verdict']})"
     return text
 
 
@@ -220,7 +221,8 @@ def write_table(runs, out_dir, command, unavailable=None, stem=STEM):
         lines += [f"| {g['rows']} | {g['dataset']} | {len(g['seeds'])} | {_gap_text(g['factorvae'], 3)} "
                   f"| {_gap_text(g['linear_eval'], 2)} |" for g in gap_entries]
         lines += ["", "Mean ± sample standard deviation of the per-seed difference; CI: 95% confidence interval of "
-                      "its mean (Student's t). An interval that holds 0 leaves the sign of the difference open."]
+                      "its mean (Student's t): ahead when it lies above 0, behind when it lies below 0, open when it "
+                      "holds 0 (the sign is not settled)."]
     if os.path.isfile(os.path.join(out_dir, figure_name(stem))):
         lines += ["", f"Figure: `{figure_name(stem)}`: for each row (its first finished seed), every code value "
                       "swept from -2 to +2 standard deviations around the code of one image."]

@@ -92,12 +92,14 @@ def test_table_md_and_json_hold_scores_gaps_and_the_papers_names(dirs, monkeypat
     assert "--table 4" in md and "--seeds 2" in md and "360,000 images seen per run" in md
     # Every seed of a row is the baseline plus the same amount: a gap with zero spread, clear of 0.
     gap = next(row for row in md.splitlines() if row.startswith("| mixup minus none"))
-    assert "+0.100 ± 0.000 (CI +0.100 to +0.100: above 0)" in gap
+    assert "+0.100 ± 0.000 (CI +0.100 to +0.100: ahead)" in gap
     data = json.loads(read(os.path.join(dirs["out"], "table4.json")))
     assert data["recipe"]["factorvae_samples"] == 800 and data["images_per_run"] == 360000
     row = next(r for r in data["rows"] if r["official"] == "gan3fm_lamb1")
     assert row["factorvae_score"]["mean"] == pytest.approx(0.415) and row["seeds_done"] == 2
     assert len(data["gaps"]) == 6
+    mixup_gap = next(g for g in data["gaps"] if g["rows"].startswith("mixup minus"))
+    assert mixup_gap["factorvae"]["verdict"] == "ahead"
     ledger = read(os.path.join(dirs["out"], "finished_runs.jsonl")).splitlines()
     assert len(ledger) == 14
     # Finished runs are read, not trained again.
