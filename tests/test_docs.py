@@ -227,19 +227,37 @@ def test_every_relative_link_and_image_resolves():
     assert checked >= 20
 
 
-# The headline table: row labels as the README writes them, and the (mixer, k) of the table rows they name.
+# The headline table: row labels as the README writes them, and the key of the table rows they name:
+# (mixer, k) for AMR, ("bvae", beta) for Table 4's beta-VAE.
 LABELS = {"none": ("none", 2), "ACAI": ("acai", 2), "mixup": ("mixup", 2), "Bernoulli": ("bernoulli", 2),
-          "triplet": ("mixup", 3)}
-LABEL = "(" + "|".join(LABELS) + ")"
-NUMBER = r"[+-]?\d+\.\d\d"
+          "triplet": ("mixup", 3), "mixup k=3": ("mixup", 3), "Bernoulli k=3": ("bernoulli", 3),
+          "beta-VAE 100": ("bvae", 100.0), "beta-VAE 110": ("bvae", 110.0)}
+LABEL = "(" + "|".join(map(re.escape, LABELS)) + ")"
+NUMBER = r"[+-]?\d+\.\d\d\d?"
 MEAN_STD = re.compile(rf"^{LABEL} ({NUMBER})(?: ± ({NUMBER}))?(?: \((\d+)\))?$")
 REPORT = re.compile(rf"^(?:report: )?{LABEL} (\S.*)$")
 GAP = re.compile(rf"^{LABEL} minus {LABEL} ({NUMBER}) \(({NUMBER}) to ({NUMBER})\): (ahead|behind|open)$")
 SOURCE = re.compile(r"\]\((results/[^)#]+\.json)(?:#([^)]*))?\)")
+# Column name (or a cell's "NAME: " prefix) -> (key of the gap entries, run key by split, scale, digits).
 METRICS = {"online": ("online_probe", lambda split: "test_probe_accuracy" if split == "test" else
-                      "best_val_probe_accuracy"),
-           "post-hoc": ("linear_eval", lambda split: f"linear_eval_{split}_accuracy"),
-           "k-NN": ("knn", lambda split: f"knn_{split}_accuracy")}
+                      "best_val_probe_accuracy", 100, 2),
+           "post-hoc": ("linear_eval", lambda split: f"linear_eval_{split}_accuracy", 100, 2),
+           "k-NN": ("knn", lambda split: f"knn_{split}_accuracy", 100, 2),
+           "FactorVAE": ("factorvae", lambda split: "factorvae_score", 1, 3)}
+CELL_PREFIX = re.compile(r"^(shape|FactorVAE): ")
+
+
+def row_key(row):
+    """The ``LABELS`` key of a row of a table's JSON (Table 4's rows keep their settings under ``setting``)."""
+    setting = row.get("setting", row)
+    return ("bvae", setting["beta_kl"]) if setting.get("model") == "bvae" else (setting["mixer"], setting["k"])
+
+
+def gap_name(rows, a, b):
+    """How a table's JSON names the gap of row ``a`` minus row ``b`` (``LABELS`` keys)."""
+    if a in rows and b in rows and "row" in rows[a]:
+        return f"{rows[a]['row']} minus {rows[b]['row']}"
+    return f"{a[0]}-k{a[1]} minus {b[0]}-k{b[1]}"
 
 
 def headline_table(lines):
@@ -264,13 +282,18 @@ def check_headline_row(header, cells, data, filters):
     def matches(entry):
         return all(str(entry.get(key)) == value for key, value in filters.items())
 
-    rows = {(r["mixer"], r["k"]): r for r in data["rows"] if matches(r) and r.get("runs")}
+    rows = {row_key(r): r for r in data["rows"] if matches(r) and r.get("runs")}
     problems, checked = [], 0
     for column, cell in zip(header, cells):
         metric = metric_of(column)
         kind = "gap" if "gap" in column else "report" if "report" in column else "metric" if metric else None
         if kind is None or cell.startswith("–"):
             continue
+        # "shape: ..." names the label of a row's accuracies; "FactorVAE: ..." gives that metric instead.
+        prefix = CELL_PREFIX.match(cell)
+        if prefix:
+            metric = METRICS.get(prefix.group(1), metric)
+            cell = cell[prefix.end():]
         for item in (part.strip() for part in cell.split(";")):
             pattern = {"gap": GAP, "report": REPORT, "metric": MEAN_STD}[kind]
             found = pattern.match(item)
@@ -286,20 +309,20 @@ def check_headline_row(header, cells, data, filters):
                 expected = f"{found.group(1)} {row['report']}"
             elif kind == "metric":
                 split = "test" if row["runs"][0].get("test_probe_accuracy") is not None else "val"
-                values = [100 * run[metric[1](split)] for run in row["runs"]]
-                expected = f"{found.group(1)} {statistics.mean(values):.2f}"
-                expected += f" ± {statistics.stdev(values):.2f}" if len(values) > 1 else ""
+                _, key_of, scale, digits = metric
+                values = [scale * run[key_of(split)] for run in row["runs"]]
+                expected = f"{found.group(1)} {statistics.mean(values):.{digits}f}"
+                expected += f" ± {statistics.stdev(values):.{digits}f}" if len(values) > 1 else ""
                 expected += f" ({len(values)})" if found.group(4) else ""
             else:
-                (a, ka), (b, kb) = LABELS[found.group(1)], LABELS[found.group(2)]
-                gap = next((g for g in data.get("gaps", []) if g["rows"] == f"{a}-k{ka} minus {b}-k{kb}"
-                            and matches(g)), None)
+                name = gap_name(rows, LABELS[found.group(1)], LABELS[found.group(2)])
+                gap = next((g for g in data.get("gaps", []) if g["rows"] == name and matches(g)), None)
                 if gap is None or gap[metric[0]]["ci95"] is None:
                     problems.append(f"{column}: {item!r}: the JSON has no such gap with an interval")
                     continue
-                g = gap[metric[0]]
-                expected = (f"{found.group(1)} minus {found.group(2)} {g['mean']:+.2f} ({g['ci95'][0]:+.2f} to "
-                            f"{g['ci95'][1]:+.2f}): {g['verdict']}")
+                g, digits = gap[metric[0]], metric[3]
+                expected = (f"{found.group(1)} minus {found.group(2)} {g['mean']:+.{digits}f} "
+                            f"({g['ci95'][0]:+.{digits}f} to {g['ci95'][1]:+.{digits}f}): {g['verdict']}")
             if kind == "report":
                 item = item.removeprefix("report: ")
             if item != expected:
@@ -350,6 +373,27 @@ def test_an_edited_headline_number_is_caught(cell, problem):
     gap_problems, _ = check_headline_row(
         ["post-hoc gap to none, 95% interval"], ["mixup minus none +0.49 (+0.02 to +0.96): open"], data, {})
     assert gap_problems and "the JSON gives 'mixup minus none +0.49 (+0.02 to +0.96): ahead'" in gap_problems[0]
+
+
+def test_table4_cells_are_read_with_their_metric():
+    def run(score, accuracy):
+        return {"factorvae_score": score, "linear_eval_test_accuracy": accuracy, "test_probe_accuracy": accuracy}
+
+    data = {"rows": [
+        {"row": "none (AE + GAN)", "setting": {"mixer": "none", "k": 2}, "runs": [run(0.70, 0.44), run(0.72, 0.45)]},
+        {"row": "beta-VAE, beta 100", "setting": {"model": "bvae", "beta_kl": 100.0},
+         "runs": [run(0.40, 0.39), run(0.40, 0.40)]}],
+        "gaps": [{"rows": "beta-VAE, beta 100 minus none (AE + GAN)",
+                  "factorvae": {"mean": -0.31, "ci95": [-0.437, -0.183], "verdict": "behind"}}]}
+    header = ["FactorVAE score (seeds)", "post-hoc linear", "gap to none, 95% interval (post-hoc; Table 4: FactorVAE)"]
+    cells = ["none 0.710 ± 0.014 (2); beta-VAE 100 0.400 ± 0.000 (2)", "shape: none 44.50 ± 0.71; beta-VAE 100 39.50 ± 0.71",
+             "FactorVAE: beta-VAE 100 minus none -0.310 (-0.437 to -0.183): behind"]
+    assert check_headline_row(header, cells, data, {}) == ([], 5)
+    cells[0] = "none 0.710 ± 0.014 (2); beta-VAE 110 0.400 ± 0.000 (2)"
+    cells[2] = "FactorVAE: beta-VAE 100 minus none -0.310 (-0.437 to -0.183): open"
+    problems, _ = check_headline_row(header, cells, data, {})
+    assert len(problems) == 2 and "no finished row ('bvae', 110.0)" in problems[0]
+    assert "the JSON gives 'beta-VAE 100 minus none -0.310 (-0.437 to -0.183): behind'" in problems[1]
 
 
 def test_the_readme_stays_short():
