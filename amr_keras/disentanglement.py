@@ -69,8 +69,9 @@ def factorvae_score(encode, source, votes=VOTES, eval_votes=EVAL_VOTES, samples=
 
     Returns:
         dict: ``factorvae_score`` (held-out accuracy), ``factorvae_train_score`` (accuracy on the training
-        votes), ``factorvae_active_dims`` (code values kept), ``factorvae_assignment`` (factor name per kept
-        code value, ``None`` for one that never won a vote), and the settings (``factorvae_votes``, ...).
+        votes), ``factorvae_per_factor`` (held-out accuracy on the votes of each factor, by name),
+        ``factorvae_active_dims`` (code values kept), ``factorvae_assignment`` (factor name per kept code value,
+        ``None`` for one that never won a vote), and the settings (``factorvae_votes``, ...).
 
     Example:
         >>> factorvae_score(lambda x: factors_of(x), ProceduralSource())["factorvae_score"]
@@ -96,8 +97,10 @@ def factorvae_score(encode, source, votes=VOTES, eval_votes=EVAL_VOTES, samples=
     # Majority vote per code value; ties go to the first factor, a value that never won predicts -1 (wrong).
     assignment = np.where(counts.sum(axis=1) > 0, counts.argmax(axis=1), -1)
     names = getattr(source, "factor_names", tuple(str(i) for i in range(n_factors)))
+    correct = assignment[eval_winners] == eval_factors
     return {
-        "factorvae_score": float(np.mean(assignment[eval_winners] == eval_factors)),
+        "factorvae_score": float(np.mean(correct)),
+        "factorvae_per_factor": {names[f]: float(np.mean(correct[eval_factors == f])) for f in range(n_factors)},
         "factorvae_train_score": float(np.mean(assignment[train_winners] == train_factors)),
         "factorvae_active_dims": n_dims,
         "factorvae_code_dims": int(len(keep)),

@@ -199,7 +199,7 @@ def write_table(runs, out_dir, command, unavailable=None, stem=STEM):
                      f"| {_cell(_values(results, online), 100, 2)} | {minutes:.1f} |")
         record["factorvae_score"] = dict(zip(("mean", "std", "n"), mean_std(_values(results, "factorvae_score"))))
         record["runs"] = [{key_: r.get(key_) for key_ in (
-            "run", "seed", "factorvae_score", "factorvae_train_score", "factorvae_assignment",
+            "run", "seed", "factorvae_score", "factorvae_train_score", "factorvae_per_factor", "factorvae_assignment",
             f"linear_eval_{split}_accuracy", online, "train_seconds", "images_per_second", "factorvae_seconds",
             "precision", "cpu_model")} for r in results]
         records.append({**record, "status": "done" if len(results) == asked else f"{len(results)} of {asked} seeds"})

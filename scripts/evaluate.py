@@ -92,6 +92,8 @@ def _factorvae(parser, args):
     print(f"FactorVAE score: {results['factorvae_score']:.4f} on {args.eval_votes} held-out votes "
           f"({results['factorvae_train_score']:.4f} on the {args.votes} votes of the classifier; L = {args.samples}; "
           f"{results['factorvae_active_dims']} of {results['factorvae_code_dims']} code values active)")
+    per_factor = ", ".join(f"{name} {acc:.3f}" for name, acc in results["factorvae_per_factor"].items())
+    print(f"held-out accuracy per factor held fixed: {per_factor}")
     print(f"code value -> factor: {results['factorvae_assignment']}")
     print(f"evaluated in {time.perf_counter() - start:.1f} s")
     return _write_json(args.json, results)

@@ -187,9 +187,14 @@ def test_fit_on_procedural_dsprites_trains_scores_and_exports(tmp_path, monkeypa
     out_json = str(tmp_path / "fv.json")
     assert evaluate.main([str(tmp_path / "run"), "--dataset", "dsprites_procedural", "--metric", "factorvae",
                           "--votes", "10", "--eval-votes", "10", "--samples", "20", "--json", out_json]) == 0
-    assert "FactorVAE score:" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "FactorVAE score:" in printed and "held-out accuracy per factor held fixed: shape " in printed
     with open(out_json) as f:
-        assert json.load(f)["factorvae_code_dims"] == 10
+        saved = json.load(f)
+    assert saved["factorvae_code_dims"] == 10
+    assert list(saved["factorvae_per_factor"]) == ["shape", "scale", "orientation", "x", "y"]
+    # 10 held-out votes, 2 per factor: the score is the mean of the five per-factor accuracies.
+    assert saved["factorvae_score"] == pytest.approx(np.mean(list(saved["factorvae_per_factor"].values())))
 
 
 @pytest.mark.parametrize("model, trained", [("amr", "bernoulli"), ("bvae", "none")])

@@ -27,6 +27,7 @@ def test_factors_themselves_plus_noise_dimensions_score_one():
     assert result["factorvae_score"] == 1.0 and result["factorvae_train_score"] == 1.0
     assert result["factorvae_assignment"][:5] == ["shape", "scale", "orientation", "x", "y"]
     assert result["factorvae_active_dims"] == 8
+    assert result["factorvae_per_factor"] == dict.fromkeys(("shape", "scale", "orientation", "x", "y"), 1.0)
 
 
 def test_a_code_that_ignores_the_factors_scores_near_chance():
@@ -58,6 +59,10 @@ def test_two_factors_mixed_into_one_value_score_in_between():
     result = factorvae_score(encode, FactorsAsImages(), **SMALL)
     assert result["factorvae_score"] == pytest.approx(0.8, abs=0.03)
     assert result["factorvae_assignment"][3] in ("x", "y")
+    # The factor the shared value went to is always right, the other never (its votes land on that value).
+    per_factor = result["factorvae_per_factor"]
+    assert [per_factor[name] for name in ("shape", "scale", "orientation")] == [1.0, 1.0, 1.0]
+    assert sorted((per_factor["x"], per_factor["y"])) == [0.0, 1.0]
 
 
 def test_collapsed_values_are_dropped_and_a_dead_code_refused():
