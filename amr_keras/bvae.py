@@ -2,7 +2,14 @@
 
 The encoder has two heads, the mean and the log-variance of a diagonal Gaussian posterior; a code is drawn with
 the reparameterisation ``z = mean + exp(log_var / 2) * eps``; the loss is
-``recon(x, g(z)) + beta_kl * KL(q(z|x) || N(0, I))`` (KL summed over the code, both averaged over the batch).
+``recon(x, g(z)) + beta_kl * KL(q(z|x) || N(0, I))``, the reconstruction summed over pixels and averaged over the
+batch, the KL reduced over the code values by ``kl_reduction``:
+
+- ``"mean"`` (the default): averaged over the code values, as the official AMR code (``models/vae.py``:
+  ``kl_divergence(q, prior).mean()`` over batch and code values). ``beta_kl=100`` is the paper's beta 100.
+- ``"sum"``: summed over the code values, as Higgins et al. and Burgess et al. write the beta-VAE objective (and
+  disentanglement_lib computes it). With a code of D values, ``beta_kl=B`` summed is ``beta_kl=B*D`` averaged:
+  the paper's beta 100 on its 10-value code is beta 10 summed.
 There is no discriminator and no mixing. Everything that reads a code (the linear probe, ``encode``, the export,
 the post-hoc evaluation, the disentanglement metric) reads the mean.
 
@@ -21,10 +28,22 @@ from keras import ops
 from amr_keras.model import AMR, default_optimizer, recon_loss
 
 
-def kl_divergence(mean, log_var):
-    """``KL(N(mean, exp(log_var)) || N(0, I))`` summed over the code, averaged over the batch."""
+KL_REDUCTIONS = ("mean", "sum")
+
+
+def kl_divergence(mean, log_var, reduction="mean"):
+    """``KL(N(mean, exp(log_var)) || N(0, I))`` of each code value, averaged over the batch.
+
+    Args:
+        mean, log_var: ``(batch, code)``.
+        reduction: ``"mean"`` (over the code values, the official AMR code's) or ``"sum"`` (Higgins et al.).
+    """
+    if reduction not in KL_REDUCTIONS:
+        raise ValueError(f"kl_reduction must be one of {', '.join(KL_REDUCTIONS)}, got {reduction!r}.")
     mean, log_var = ops.cast(mean, "float32"), ops.cast(log_var, "float32")
-    return ops.mean(0.5 * ops.sum(ops.exp(log_var) + ops.square(mean) - 1.0 - log_var, axis=1))
+    per_value = 0.5 * (ops.exp(log_var) + ops.square(mean) - 1.0 - log_var)
+    reduce = ops.mean if reduction == "mean" else ops.sum
+    return ops.mean(reduce(per_value, axis=1))
 
 
 @keras.saving.register_keras_serializable(package="amr_keras")
@@ -37,6 +56,8 @@ class BVAE(AMR):
         decoder: code -> image (logits with ``recon="bce"``).
         num_classes: classes of the linear probe.
         beta_kl: weight of the KL term (> 0; 1 is the plain VAE).
+        kl_reduction: ``"mean"`` (default; the official AMR code: the KL averaged over the code values) or
+            ``"sum"`` (summed over them, Higgins et al.).
         recon: reconstruction loss, as for AMR (``"bce"``: summed over pixels).
         seed: seed of the reparameterisation noise.
         probe: ``"whiten"`` or ``"batchnorm"``, as for AMR.
@@ -48,23 +69,28 @@ class BVAE(AMR):
         >>> model.fit(train_ds, epochs=1)
     """
 
-    def __init__(self, posterior, decoder, num_classes=10, beta_kl=1.0, recon="bce", seed=0, probe="whiten", **kwargs):
+    def __init__(self, posterior, decoder, num_classes=10, beta_kl=1.0, recon="bce", seed=0, probe="whiten",
+                 kl_reduction="mean", **kwargs):
         if len(posterior.outputs) != 2:
             raise ValueError("The posterior network of a BVAE must have two outputs, the mean and the log-variance "
                              f"(build_burgess_encoder(heads=2)); got {len(posterior.outputs)}.")
         if not beta_kl > 0:
             raise ValueError(f"beta_kl (weight of the KL term) must be > 0, got {beta_kl!r}.")
+        if kl_reduction not in KL_REDUCTIONS:
+            raise ValueError(f"kl_reduction must be one of {', '.join(KL_REDUCTIONS)}, got {kl_reduction!r}.")
         mean_view = keras.Model(posterior.input, posterior.outputs[0], name="encoder_mean")
         super().__init__(mean_view, decoder, None, num_classes=num_classes, mixer="none", k=2, lamb=1.0,
                          recon=recon, update_g_every=1, seed=seed, probe=probe, **kwargs)
         self.posterior = posterior
         self.beta_kl = float(beta_kl)
+        self.kl_reduction = kl_reduction
         self.kl_tracker = keras.metrics.Mean(name="kl_loss")
         self.loss_tracker = keras.metrics.Mean(name="vae_loss")
 
     # ----------------------------------------------------------------- compile
     def compile(self, ae_optimizer=None, probe_optimizer=None, d_optimizer=None, **kwargs):
-        """Set the two optimizers (encoder + decoder, probe; reference defaults when omitted) and compile.
+        """Set the two optimizers (encoder + decoder, probe; when omitted, Adam lr 1e-4 with betas (0.9, 0.99) as the
+        official beta-VAE scripts for the first, the AMR reference's for the probe) and compile.
 
         ``d_optimizer`` must be left out: a beta-VAE has no discriminator.
         """
@@ -74,7 +100,8 @@ class BVAE(AMR):
             if kwargs.pop(bad, None) is not None:
                 raise ValueError(f"BVAE.compile takes ae_optimizer and probe_optimizer, not {bad}=.")
         keras.Model.compile(self, optimizer=None, **kwargs)
-        self.ae_optimizer = (default_optimizer(name="ae_adam") if ae_optimizer is None
+        # The official beta-VAE scripts: Adam lr 1e-4, betas (0.9, 0.99).
+        self.ae_optimizer = (default_optimizer(name="ae_adam", beta_1=0.9) if ae_optimizer is None
                              else keras.optimizers.get(ae_optimizer))
         self.probe_optimizer = (default_optimizer(name="probe_adam") if probe_optimizer is None
                                 else keras.optimizers.get(probe_optimizer))
@@ -103,8 +130,13 @@ class BVAE(AMR):
         config.update(posterior=keras.saving.serialize_keras_object(self.posterior),
                       decoder=keras.saving.serialize_keras_object(self.decoder),
                       num_classes=self.num_classes, beta_kl=self.beta_kl, recon=self.recon, seed=self.seed,
-                      probe=self.probe_kind)
+                      probe=self.probe_kind, kl_reduction=self.kl_reduction)
         return config
+
+    @classmethod
+    def from_config(cls, config):
+        # Models saved before kl_reduction was a setting summed the KL over the code values.
+        return super().from_config({"kl_reduction": "sum", **config})
 
     # ----------------------------------------------------------------- parts
     @property
@@ -125,7 +157,7 @@ class BVAE(AMR):
             z = mean + ops.exp(0.5 * log_var) * noise
         decoded = self.decoder(z, training=training)
         recon = recon_loss(self.recon, x, decoded)
-        kl = kl_divergence(mean, log_var)
+        kl = kl_divergence(mean, log_var, self.kl_reduction)
         return dict(code=mean, recon_loss=recon, kl_loss=kl, loss=recon + self.beta_kl * kl)
 
     def _loss_trackers(self):

@@ -105,6 +105,36 @@ class EpochTimer(keras.callbacks.Callback):
         logs["images_per_second"] = self._batches * self.batch_size / max(seconds, 1e-9)
 
 
+class FactorVAECurve(keras.callbacks.Callback):
+    """Add ``factorvae_estimate`` (a FactorVAE score on few votes) and ``factorvae_estimate_seconds`` to each
+    epoch's logs, so that the score's course over training shows in ``log.csv`` and TensorBoard.
+
+    Its draws (seed 1) are not those of the final score (seed 0). Placed before ``CSVLogger``.
+
+    Args:
+        encode: uint8 images -> codes (``amr_keras.disentanglement.image_encoder``).
+        source: a ``amr_keras.dsprites.FactorSource``.
+        votes: votes of the classifier, and as many held-out votes.
+        samples: images per vote.
+        prune_threshold, prune_relative: as for ``factorvae_score``.
+    """
+
+    def __init__(self, encode, source, votes=100, samples=200, prune_threshold=0.05, prune_relative=False):
+        super().__init__()
+        self.encode, self.source = encode, source
+        self.settings = dict(votes=votes, eval_votes=votes, samples=samples, variance_samples=5000,
+                             prune_threshold=prune_threshold, prune_relative=prune_relative, seed=1)
+
+    def on_epoch_end(self, epoch, logs=None):
+        from amr_keras.disentanglement import factorvae_score
+
+        if logs is None:
+            return
+        t0 = time.perf_counter()
+        logs["factorvae_estimate"] = factorvae_score(self.encode, self.source, **self.settings)["factorvae_score"]
+        logs["factorvae_estimate_seconds"] = time.perf_counter() - t0
+
+
 class ResumableCheckpoint(keras.callbacks.Callback):
     """Save the whole model (weights, optimizer states, step counters) at the end of every epoch, and the one before.
 

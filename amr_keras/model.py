@@ -31,15 +31,15 @@ ACAI_WEIGHT = 1.0
 RECON_GAN_OPTIONAL_MIXERS = ("mixup", "bernoulli")
 
 
-def default_optimizer(learning_rate=1e-4, name=None):
-    """Adam as in the reference code: betas (0.5, 0.99), weight decay 1e-5.
+def default_optimizer(learning_rate=1e-4, name=None, beta_1=0.5):
+    """Adam as in the reference code: betas (0.5, 0.99), weight decay 1e-5 (the official beta-VAE: beta_1 0.9).
 
     Keras applies weight decay decoupled from the gradient (AdamW style); the
     reference adds it to the gradient (PyTorch ``Adam(weight_decay=...)``).
     At 1e-5 both are negligible next to the losses.
     """
     return keras.optimizers.Adam(
-        learning_rate=learning_rate, beta_1=0.5, beta_2=0.99, weight_decay=1e-5, name=name
+        learning_rate=learning_rate, beta_1=beta_1, beta_2=0.99, weight_decay=1e-5, name=name
     )
 
 

@@ -34,6 +34,7 @@ import math
 import os
 import statistics
 import sys
+import time
 
 from amr_keras.callbacks import checkpoint_epochs
 from amr_keras.cli import (PRESETS, RUN_KEYS, Config, ConfigError, default_run_name, resolve, settings_diff,
@@ -477,7 +478,23 @@ def training_order(runs):
     return sorted(runs, key=lambda run: (first[(run.row[0], run.row[4])], run.cfg.seed, run.cfg.lamb))
 
 
-def train_missing(runs, rows=None, argv=None, on_finished=None, train_sizes=None, lambs=None):
+def estimated_seconds(run, runs):
+    """Wall time ``run`` should still take, from the finished runs of ``runs``: the median duration (training,
+    post-hoc evaluation, FactorVAE) of those of its row and dataset, else of all of them, scaled by the share of
+    epochs left; ``None`` when no run has finished."""
+    def duration(r):
+        res = r.results()
+        return sum(res.get(key) or 0.0 for key in ("train_seconds", "linear_eval_seconds", "factorvae_seconds"))
+
+    done = [r for r in runs if r.state() == "done"]
+    same = [r for r in done if r.row[:3] == run.row[:3]] or done
+    if not same:
+        return None
+    left = 1.0 - min(run.epochs_done(), run.cfg.epochs) / run.cfg.epochs if run.state() == "started" else 1.0
+    return statistics.median(duration(r) for r in same) * left
+
+
+def train_missing(runs, rows=None, argv=None, on_finished=None, train_sizes=None, lambs=None, stop_by=None):
     """Train the runs that are not done (seed by seed, see ``training_order``), resuming started ones; datasets
     that cannot be loaded are skipped.
 
@@ -488,6 +505,8 @@ def train_missing(runs, rows=None, argv=None, on_finished=None, train_sizes=None
         lambs: lamb values to train (default: all); the other runs are left as they are.
         argv: the command line, recorded in each run's ``results.json``.
         on_finished: called after every finished run (e.g. to rewrite the tables).
+        stop_by: a ``time.time()`` by which training must end: a run whose ``estimated_seconds`` would not fit
+            before it does not start (a shorter one may).
 
     Returns:
         ``(unavailable, failed)``: ``{dataset: reason}`` of datasets that could not be loaded, and the
@@ -517,6 +536,13 @@ def train_missing(runs, rows=None, argv=None, on_finished=None, train_sizes=None
             if state == "done":
                 continue
             resume = state == "started"
+            if stop_by is not None:
+                estimate = estimated_seconds(run, runs)
+                if estimate is not None and time.time() + estimate > stop_by:
+                    print(f"[{i}/{len(todo)}] {run.name}: not started, it would take about {estimate / 60:.0f} "
+                          f"minutes and {max(0.0, stop_by - time.time()) / 60:.0f} are left (--stop-after)",
+                          flush=True)
+                    continue
             print(f"[{i}/{len(todo)}] {run.name}" + (f" (resuming after epoch {run.epochs_done()})" if resume else ""),
                   flush=True)
             train.run(dataclasses.replace(run.cfg, resume=resume), argv=argv)

@@ -83,8 +83,9 @@ def make_optimizers(cfg, steps_per_epoch):
             return keras.optimizers.schedules.CosineDecay(lr, decay_steps=max(1, steps))
         return lr
 
-    ae = default_optimizer(rate(cfg.lr, math.ceil(total / cfg.update_g_every)), name="ae_adam")
-    d = default_optimizer(rate(cfg.d_lr, total), name="d_adam")
+    beta_1 = 0.5 if cfg.adam_beta1 is None else cfg.adam_beta1
+    ae = default_optimizer(rate(cfg.lr, math.ceil(total / cfg.update_g_every)), name="ae_adam", beta_1=beta_1)
+    d = default_optimizer(rate(cfg.d_lr, total), name="d_adam", beta_1=beta_1)
     # The probe keeps a constant rate so that it can follow the code to the end.
     probe = default_optimizer(cfg.probe_lr, name="probe_adam")
     return ae, d, probe
@@ -97,7 +98,8 @@ def build_model(cfg, colors, num_classes, steps_per_epoch):
         from amr_keras.bvae import BVAE
 
         model = BVAE(build_burgess_encoder(colors, cfg.depth, heads=2), build_burgess_decoder(colors, cfg.depth),
-                     num_classes=num_classes, beta_kl=cfg.beta_kl, recon=cfg.recon, seed=cfg.seed, probe=cfg.probe)
+                     num_classes=num_classes, beta_kl=cfg.beta_kl, recon=cfg.recon, seed=cfg.seed, probe=cfg.probe,
+                     kl_reduction=cfg.kl_reduction)
         ae, _, probe = make_optimizers(cfg, steps_per_epoch)
         model.compile(ae_optimizer=ae, probe_optimizer=probe, jit_compile=cfg.jit_compile)
         return model
@@ -311,6 +313,7 @@ def _train(cfg, strategy, out, argv):
         callbacks = [
             cbs.NonFiniteLossGuard(ckpt.last_good_hint),
             cbs.EpochTimer(cfg.batch_size),
+            *_factorvae_curve(cfg, model),
             best_ckpt,
             keras.callbacks.CSVLogger(log_path, append=bool(rows)),
             keras.callbacks.TensorBoard(os.path.join(out, "logs")),
@@ -330,19 +333,13 @@ def _train(cfg, strategy, out, argv):
             model.fit(train_ds, steps_per_epoch=steps, epochs=cfg.epochs, initial_epoch=initial_epoch,
                       validation_data=splits.val, callbacks=callbacks, verbose=verbose, shuffle=False)
 
-        # Score the best-validation epoch; the test split is used once, here.
+        # Score the best-validation epoch (or, with score_epoch "last", the final model); the test split is used
+        # once, here.
         rows = read_log(log_path)
-        if best_ckpt.best is None:
-            # Resumed after the last epoch with no best.keras of a kept epoch left: the last epoch stands in.
-            print(f"note: no best-epoch model of a kept epoch is left; scoring the last epoch ({len(rows)}).")
-            best_ckpt.set_model(model)
-            best_ckpt.save(len(rows), rows[-1]["val_probe_accuracy"])
-        best_epoch = best_ckpt.best[0]  # the epoch whose weights best.keras holds
-        top_epoch = int(np.argmax([r["val_probe_accuracy"] for r in rows])) + 1
-        if rows[top_epoch - 1]["val_probe_accuracy"] > rows[best_epoch - 1]["val_probe_accuracy"]:
-            print(f"note: epoch {top_epoch} had the best validation accuracy, but its weights were lost with a "
-                  f"discarded checkpoint; scoring epoch {best_epoch}, the best epoch whose weights are kept.")
-        model.load_weights(best_path)
+        if cfg.score_epoch == "last":
+            scored_epoch = len(rows)  # the model fit left, or the last checkpoint's when resumed after the end
+        else:
+            scored_epoch = _load_best(model, best_ckpt, best_path, rows)
         test_acc = None
         if splits.test is not None:
             test_acc = float(model.evaluate(splits.test, verbose=0, return_dict=True)["probe_accuracy"])
@@ -357,11 +354,13 @@ def _train(cfg, strategy, out, argv):
             "d_lr": cfg.d_lr, "probe_lr": cfg.probe_lr, "probe": cfg.probe, "schedule": cfg.schedule,
             "batch_size": cfg.batch_size,
             "update_g_every": cfg.update_g_every, "depth": cfg.depth, "seed": cfg.seed,
-            "arch": cfg.arch, "model": cfg.model, "beta_kl": cfg.beta_kl, "recon": cfg.recon,
+            "arch": cfg.arch, "model": cfg.model, "beta_kl": cfg.beta_kl, "kl_reduction": cfg.kl_reduction,
+            "adam_beta1": cfg.adam_beta1, "data_version": cfg.data_version, "recon": cfg.recon,
             "precision": cfg.precision, "compute_dtype": compute_dtype(model), "deterministic": cfg.deterministic,
             "epochs": len(rows),
-            "best_epoch": best_epoch,
-            "best_val_probe_accuracy": rows[best_epoch - 1]["val_probe_accuracy"],
+            "score_epoch": cfg.score_epoch,
+            "best_epoch": scored_epoch,  # the epoch whose model every score below is taken on
+            "best_val_probe_accuracy": rows[scored_epoch - 1]["val_probe_accuracy"],
             "test_probe_accuracy": test_acc,
             "train_seconds": round(sum(r.get("epoch_seconds", 0.0) for r in rows), 2),
             "images_per_second": round(steps * cfg.batch_size * len(rows)
@@ -389,6 +388,22 @@ def _train(cfg, strategy, out, argv):
     return results
 
 
+def _load_best(model, best_ckpt, best_path, rows):
+    """Load the best-validation epoch's weights into ``model``; returns that epoch."""
+    if best_ckpt.best is None:
+        # Resumed after the last epoch with no best.keras of a kept epoch left: the last epoch stands in.
+        print(f"note: no best-epoch model of a kept epoch is left; scoring the last epoch ({len(rows)}).")
+        best_ckpt.set_model(model)
+        best_ckpt.save(len(rows), rows[-1]["val_probe_accuracy"])
+    best_epoch = best_ckpt.best[0]  # the epoch whose weights best.keras holds
+    top_epoch = int(np.argmax([r["val_probe_accuracy"] for r in rows])) + 1
+    if rows[top_epoch - 1]["val_probe_accuracy"] > rows[best_epoch - 1]["val_probe_accuracy"]:
+        print(f"note: epoch {top_epoch} had the best validation accuracy, but its weights were lost with a "
+              f"discarded checkpoint; scoring epoch {best_epoch}, the best epoch whose weights are kept.")
+    model.load_weights(best_path)
+    return best_epoch
+
+
 def clean_temporaries(out):
     """Remove what a process killed while writing left behind (temporary files and folders of whole-file writes)."""
     for folder in (out, os.path.join(out, "checkpoint")):
@@ -401,7 +416,8 @@ def clean_temporaries(out):
 
 
 def _factorvae(cfg, model):
-    """The FactorVAE score of ``model`` on ``cfg``'s dSprites (the same draws, seed 0, for every run)."""
+    """The FactorVAE score and the official AMR code's score of ``model`` on ``cfg``'s dSprites (the same draws,
+    seed 0, for every run)."""
     from amr_keras.disentanglement import factorvae_score, image_encoder
     from amr_keras.dsprites import factor_source
 
@@ -410,9 +426,24 @@ def _factorvae(cfg, model):
     from amr_keras.data import preprocess
 
     scores = factorvae_score(image_encoder(model.encode, preprocess), source, votes=cfg.factorvae_votes,
-                             eval_votes=cfg.factorvae_eval_votes, samples=cfg.factorvae_samples, seed=0)
+                             eval_votes=cfg.factorvae_eval_votes, samples=cfg.factorvae_samples,
+                             prune_threshold=cfg.factorvae_prune, prune_relative=cfg.factorvae_prune_relative,
+                             seed=0, official=True)
     scores["factorvae_seconds"] = round(time.perf_counter() - t0, 1)
     return scores
+
+
+def _factorvae_curve(cfg, model):
+    """``[FactorVAECurve]`` for a dSprites run with ``factorvae_curve_votes``, else ``[]``."""
+    if cfg.dataset not in DSPRITES_DATASETS or not cfg.factorvae_curve_votes:
+        return []
+    from amr_keras.data import preprocess
+    from amr_keras.disentanglement import image_encoder
+    from amr_keras.dsprites import factor_source
+
+    source, _ = factor_source(cfg.dataset, cfg.data_dir, cfg.tfds_data_dir)
+    return [cbs.FactorVAECurve(image_encoder(model.encode, preprocess), source, votes=cfg.factorvae_curve_votes,
+                               prune_threshold=cfg.factorvae_prune, prune_relative=cfg.factorvae_prune_relative)]
 
 
 def _figure_pairs(splits, n, seed):

@@ -7,7 +7,9 @@ Usage:
 
 --metric factorvae: the FactorVAE disentanglement score on dSprites (amr_keras.disentanglement): defaults
 800 votes for the majority-vote classifier, 800 held-out votes, L = 800 images per vote (the official code's
-800 and 800), standard deviations over 10,000 images; a beta-VAE is scored on its posterior mean.
+800 and 800), standard deviations over 10,000 images, code values whose standard deviation is below 0.05 pruned
+(--prune, --prune-relative); beside it, the official AMR code's function on the same votes (its scale: at most
+0.8). A beta-VAE is scored on its posterior mean.
 
 The first argument is a run folder (``best.keras`` or ``export/``), a ``.keras``
 file, or a SavedModel export with an ``encode`` endpoint.
@@ -48,6 +50,10 @@ def main(argv=None):
     parser.add_argument("--eval-votes", type=int, default=disentanglement.EVAL_VOTES,
                         help="factorvae: held-out votes the score is taken on")
     parser.add_argument("--samples", type=int, default=disentanglement.SAMPLES, help="factorvae: images per vote (L)")
+    parser.add_argument("--prune", type=float, default=disentanglement.PRUNE_THRESHOLD,
+                        help="factorvae: drop code values whose standard deviation is below this")
+    parser.add_argument("--prune-relative", action="store_true",
+                        help="factorvae: --prune is a fraction of the largest standard deviation")
     args = parser.parse_args(argv)
     if args.jobs is not None and args.jobs < 1:
         parser.error(f"--jobs must be >= 1, got {args.jobs}")
@@ -86,7 +92,9 @@ def _factorvae(parser, args):
     start = time.perf_counter()
     try:
         results = disentanglement.factorvae_saved(args.path, args.dataset, data_dir=args.data_dir, seed=args.seed,
-                                                  votes=args.votes, eval_votes=args.eval_votes, samples=args.samples)
+                                                  votes=args.votes, eval_votes=args.eval_votes, samples=args.samples,
+                                                  prune_threshold=args.prune, prune_relative=args.prune_relative,
+                                                  official=True)
     except (FileNotFoundError, DataError, ValueError) as e:
         parser.exit(2, f"error: {e}\n")
     print(f"FactorVAE score: {results['factorvae_score']:.4f} on {args.eval_votes} held-out votes "
@@ -95,6 +103,8 @@ def _factorvae(parser, args):
     per_factor = ", ".join(f"{name} {acc:.3f}" for name, acc in results["factorvae_per_factor"].items())
     print(f"held-out accuracy per factor held fixed: {per_factor}")
     print(f"code value -> factor: {results['factorvae_assignment']}")
+    print(f"the official AMR code's function (on the {args.votes} votes; at most 0.8): "
+          f"{results['factorvae_official_score']:.4f}")
     print(f"evaluated in {time.perf_counter() - start:.1f} s")
     return _write_json(args.json, results)
 

@@ -28,8 +28,13 @@ def main(argv=None):
         print(f"error: {e}", file=sys.stderr)
         return 2
     test = results["test_probe_accuracy"]
-    print(f"\nbest epoch {results['best_epoch']}: validation probe accuracy {results['best_val_probe_accuracy']:.4f}, "
+    which = "last epoch" if results.get("score_epoch") == "last" else "best epoch"
+    print(f"\n{which} {results['best_epoch']}: validation probe accuracy {results['best_val_probe_accuracy']:.4f}, "
           f"test probe accuracy {'n/a (no test split)' if test is None else f'{test:.4f}'}")
+    if "factorvae_score" in results:
+        print(f"FactorVAE score {results['factorvae_score']:.3f} ({results['factorvae_active_dims']} of "
+              f"{results['factorvae_code_dims']} code values kept); the official code's function "
+              f"{results['factorvae_official_score']:.3f} (its scale: at most 0.8)")
     if "linear_eval_test_accuracy" in results:
         lt = results["linear_eval_test_accuracy"]
         print(f"post-hoc linear evaluation: validation {results['linear_eval_val_accuracy']:.4f}, "

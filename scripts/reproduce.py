@@ -17,10 +17,12 @@ runs/ (where fit.py puts the same runs), the tables to results/:
                 Writes results/table3.md and .json. Tables 2 and 3 keep lamb 10, the preset's value when they
                 were made (--lamb 5 gives each a variant).
   --table 4     the paper's Table 4, disentanglement on dSprites: none (AE + GAN), mixup, bernoulli, mixup k=3,
-                bernoulli k=3 and beta-VAE at beta 100 and 110 (--only bvae:100), on dsprites_procedural (the
-                factor grid rendered in code; --datasets dsprites for the official pixels, with --data-dir
-                dsprites=DIR or tfds), preset dsprites (6 epochs of 60,000 images = 360,000 images seen per run),
-                seeds 0 and 1 unless --seeds; scored by the FactorVAE metric. Writes results/table4.md, .json and
+                bernoulli k=3, beta-VAE at the paper's beta 100 and 110 (--only bvae:100) and a beta-VAE at
+                Higgins et al.'s beta 4 with the KL summed (--only bvae_sum:4), on dsprites_procedural (the factor
+                grid rendered in code; --datasets dsprites for the official pixels, with --data-dir dsprites=DIR
+                or tfds), preset dsprites (6 epochs of 60,000 images = 360,000 images seen per run), 5 seeds for
+                none and mixup and 3 for the other rows unless --seeds; the final model scored by the FactorVAE
+                metric and the official code's function. Writes results/table4.md, .json and
                 results/table4_traversals.png. Recipe flags: --epochs, --batch-size, --depth, --lr, --precision.
   --datasets    with --table: replace the table's datasets (the files then carry their names).
 Recipe flags (--lamb, --lr, --d-lr, --beta, --epochs, --batch-size, --depth, --precision, --preset) change every
@@ -60,6 +62,7 @@ import dataclasses
 import os
 import shlex
 import sys
+import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -122,6 +125,9 @@ def parse_args(argv):
     p.add_argument("--table-only", action="store_true", help="tabulate the finished runs without training")
     p.add_argument("--dry-run", action="store_true",
                    help="print the planned runs and which are done, started or pending; train and write nothing")
+    p.add_argument("--stop-after", type=float, metavar="MINUTES",
+                   help="start no run that would not end within MINUTES from now (estimated from the finished "
+                        "runs of its row; a shorter run may still start); the grid resumes with the same command")
     p.add_argument("--deterministic", action="store_true",
                    help="train with TensorFlow's deterministic ops (fit.py --deterministic); run names do not change")
     return p.parse_args(argv)
@@ -174,9 +180,9 @@ def parse_data_dirs(items):
     return dirs
 
 
-def command_line(args):
-    """The command that makes the whole table: what was given, less --only, --only-sizes, --only-lambs, --dry-run
-    and --table-only."""
+def command_line(args, seeds=True):
+    """The command that makes the whole table: what was given, less --only, --only-sizes, --only-lambs, --dry-run,
+    --table-only and --stop-after (and --seeds when ``seeds`` is false: the table's own)."""
     words = ["python", "scripts/reproduce.py"]
     if args.table:
         words += ["--table", args.table]
@@ -187,7 +193,7 @@ def command_line(args):
         words += ["--mixers", *args.mixers] if args.mixers else []
     for item in args.data_dir:
         words += ["--data-dir", item]
-    words += ["--seeds", *map(str, args.seeds)]
+    words += ["--seeds", *map(str, args.seeds)] if seeds else []
     words += ["--no-recon-gan"] if args.recon_gan is False else []
     for flag in ("preset", "lamb", "lr", "d_lr", "beta", "epochs", "batch_size", "depth", "precision", "probe", "runs"):
         value = getattr(args, flag)
@@ -197,6 +203,15 @@ def command_line(args):
     if args.out != "results":
         words += ["--out", args.out]
     return shlex.join(words)
+
+
+def stop_by(args):
+    """The ``time.time()`` of ``--stop-after``, or ``None``."""
+    if args.stop_after is None:
+        return None
+    if not args.stop_after > 0:
+        raise ConfigError(f"--stop-after takes minutes > 0, got {args.stop_after:g}.")
+    return time.time() + 60 * args.stop_after
 
 
 def main(argv=None):
@@ -257,7 +272,8 @@ def _run(args, argv):
     unavailable, failed = {}, []
     if not args.table_only:
         unavailable, failed = reproduce.train_missing(runs, rows, argv=["scripts/reproduce.py", *argv],
-                                                      on_finished=write, train_sizes=sizes, lambs=lambs)
+                                                      on_finished=write, train_sizes=sizes, lambs=lambs,
+                                                      stop_by=stop_by(args))
     md, js = write(unavailable)
     print(f"wrote {md} and {js}")
     return 1 if failed else 0
@@ -275,7 +291,7 @@ def _table4(args, argv):
         raise ConfigError(f"--table 4 has one recipe, the dsprites preset: {', '.join(ignored)} does not apply "
                           "(it takes --epochs, --batch-size, --depth, --lr and --precision).")
     data_dirs = parse_data_dirs(args.data_dir)
-    seeds = parse_seeds(args.seeds) if "--seeds" in argv else list(range(table4.DEFAULT_SEEDS))
+    seeds = parse_seeds(args.seeds) if "--seeds" in argv else None  # None: each row's (table4.ROW_SEEDS)
     recipe = {"epochs": args.epochs, "batch_size": args.batch_size, "depth": args.depth, "lr": args.lr,
               "precision": args.precision}
     steps, factorvae = None, None
@@ -295,9 +311,7 @@ def _table4(args, argv):
     if args.dry_run:
         print("\n".join(plan[1:]))
         return 0
-    if "--seeds" not in argv:
-        args.seeds = [table4.DEFAULT_SEEDS]  # the command written beside the table names them
-    command = command_line(args)
+    command = command_line(args, seeds="--seeds" in argv)
 
     def write(unavailable=None):
         return table4.write_table(runs, args.out, command, unavailable, stem=stem)
@@ -305,7 +319,7 @@ def _table4(args, argv):
     unavailable, failed = {}, []
     if not args.table_only:
         unavailable, failed = reproduce.train_missing(runs, rows, argv=["scripts/reproduce.py", *argv],
-                                                      on_finished=write)
+                                                      on_finished=write, stop_by=stop_by(args))
     figure = table4.draw_traversals(runs, args.out, stem=stem)
     md, js = write(unavailable)
     print(f"wrote {md} and {js}" + (f" and {figure}" if figure else " (no model on disk for the traversal figure)"))

@@ -83,12 +83,40 @@ def test_amr_with_bce_decodes_into_minus_one_one_and_trains_on_flat_codes():
     assert logs["recon_loss"][-1] > 64 * 64 * 0.5  # summed over 4,096 pixels, not a mean
 
 
-def test_kl_divergence_known_values():
+def test_kl_divergence_known_values_of_both_reductions():
     zeros = np.zeros((3, 10), "float32")
     assert float(kl_divergence(zeros, zeros)) == pytest.approx(0.0)
-    assert float(kl_divergence(np.ones((3, 10), "float32"), zeros)) == pytest.approx(5.0)
+    # Mean 1, variance 1: 0.5 per value; the official AMR code averages over the 10 values, Higgins et al. sum.
+    assert float(kl_divergence(np.ones((3, 10), "float32"), zeros)) == pytest.approx(0.5)
+    assert float(kl_divergence(np.ones((3, 10), "float32"), zeros, "sum")) == pytest.approx(5.0)
     # log-variance 1: 0.5 * (e - 1 - 1) per value.
-    assert float(kl_divergence(zeros, zeros + 1)) == pytest.approx(10 * 0.5 * (np.e - 2), rel=1e-5)
+    assert float(kl_divergence(zeros, zeros + 1, "mean")) == pytest.approx(0.5 * (np.e - 2), rel=1e-5)
+    assert float(kl_divergence(zeros, zeros + 1, "sum")) == pytest.approx(10 * 0.5 * (np.e - 2), rel=1e-5)
+    # Per-example values averaged over the batch: means 0 and 2 on the first value only.
+    mean = np.zeros((2, 10), "float32")
+    mean[1, 0] = 2.0
+    assert float(kl_divergence(mean, np.zeros_like(mean), "sum")) == pytest.approx((0.0 + 2.0) / 2)
+    assert float(kl_divergence(mean, np.zeros_like(mean), "mean")) == pytest.approx((0.0 + 2.0 / 10) / 2)
+    with pytest.raises(ValueError, match="kl_reduction"):
+        kl_divergence(zeros, zeros, "max")
+
+
+def test_beta_kl_100_is_the_official_beta_100():
+    """The official models/vae.py: recon summed over pixels (mean over the batch) + beta * KL averaged over batch
+    and code values. Computed here by hand for a fixed posterior: beta 100 with the mean is beta 10 summed."""
+    model = _bvae(beta=100.0)
+    x = _images(4)
+    mean, log_var = (np.asarray(t, np.float64) for t in model.posterior(x))
+    official_kl = np.mean(0.5 * (np.exp(log_var) + mean**2 - 1.0 - log_var))  # torch .mean() over (batch, code)
+    out = model._forward(x, training=False)
+    assert float(out["kl_loss"]) == pytest.approx(official_kl, rel=1e-4)
+    assert float(out["loss"]) == pytest.approx(float(out["recon_loss"]) + 100.0 * official_kl, rel=1e-4)
+    summed = _bvae(beta=10.0)
+    summed_model = BVAE(summed.posterior, summed.decoder, num_classes=3, beta_kl=10.0, kl_reduction="sum")
+    summed_model.posterior.set_weights(model.posterior.get_weights())
+    summed_model.decoder.set_weights(model.decoder.get_weights())
+    out_sum = summed_model._forward(x, training=False)
+    assert float(out_sum["loss"]) == pytest.approx(float(out["loss"]), rel=1e-4)
 
 
 def _bvae(beta=4.0):
@@ -109,7 +137,9 @@ def test_bvae_encodes_the_mean_trains_and_round_trips(tmp_path):
     path = str(tmp_path / "b.keras")
     model.save(path)
     loaded = keras.saving.load_model(path)
-    assert isinstance(loaded, BVAE) and loaded.beta_kl == 4.0
+    assert isinstance(loaded, BVAE) and loaded.beta_kl == 4.0 and loaded.kl_reduction == "mean"
+    # The default optimizer of the VAE is the official scripts': Adam beta_1 0.9.
+    assert float(model.ae_optimizer.beta_1) == 0.9 and float(model.probe_optimizer.beta_1) == 0.5
     np.testing.assert_allclose(np.asarray(loaded.encode(x)), np.asarray(model.encode(x)), atol=1e-6)
 
 
@@ -142,6 +172,11 @@ def test_dsprites_settings_resolve_to_the_table4_recipe():
     bvae = resolve(Config(dataset="dsprites_procedural", model="bvae", beta_kl=100.0))
     assert bvae.mixer == "none"
     assert default_run_name(bvae) == "dsprites_procedural-bvae-beta100-dsprites-s0"
+    # The official VAE: KL averaged over the code values, Adam beta_1 0.9; AMR keeps 0.5; the final model scored.
+    assert (bvae.kl_reduction, bvae.adam_beta1, cfg.adam_beta1) == ("mean", 0.9, 0.5)
+    assert (cfg.score_epoch, cfg.factorvae_curve_votes, cfg.data_version) == ("last", 100, 2)
+    anchor = resolve(Config(dataset="dsprites_procedural", model="bvae", beta_kl=4.0, kl_reduction="sum"))
+    assert default_run_name(anchor) == "dsprites_procedural-bvae-beta4-klsum-dsprites-s0"
     mnist = resolve(Config(dataset="mnist_sample"))
     assert (mnist.arch, mnist.recon) == ("acai", "l1")
 
@@ -151,6 +186,12 @@ def test_dsprites_settings_resolve_to_the_table4_recipe():
     (dict(dataset="dsprites_procedural", arch="acai"), "does not fit"),
     (dict(dataset="dsprites_procedural", model="bvae"), "needs --beta-kl"),
     (dict(dataset="dsprites_procedural", beta_kl=4.0), "add --model bvae"),
+    (dict(dataset="dsprites_procedural", kl_reduction="sum"), "add --model bvae"),
+    (dict(dataset="dsprites_procedural", model="bvae", beta_kl=4.0, kl_reduction="max"), "kl-reduction"),
+    (dict(dataset="dsprites_procedural", adam_beta1=1.0), "adam_beta1"),
+    (dict(dataset="dsprites_procedural", score_epoch="first"), "score-epoch"),
+    (dict(dataset="dsprites_procedural", factorvae_curve_votes=1), "factorvae_curve_votes"),
+    (dict(dataset="dsprites_procedural", factorvae_prune=-1.0), "factorvae_prune"),
     (dict(dataset="dsprites_procedural", model="bvae", beta_kl=4.0, mixer="bernoulli"), "no mixing"),
     (dict(dataset="dsprites_procedural", code_channels=16), "flat"),
     (dict(dataset="dsprites_procedural", factorvae_samples=1), "factorvae_samples"),
@@ -206,3 +247,18 @@ def test_bench_runs_the_64x64_step(model, trained):
                             mixer="bernoulli", precision="float32", arch="burgess", model=model)
     assert (res["arch"], res["model"], res["image_size"], res["mixer"]) == ("burgess", model, 64, trained)
     assert res["images_per_second"] > 0 and res["traces_during_timing"] == 0
+
+
+def test_runs_made_before_the_official_kl_weight_are_not_taken_for_new_ones():
+    """A beta-VAE run recorded before kl_reduction (its KL was summed), on the first renderer, with Adam beta_1 0.5
+    and scored at its best epoch, differs from today's run of the same name in each of those settings."""
+    from amr_keras.cli import settings_diff, upgrade_run_settings
+
+    new = resolve(Config(dataset="dsprites_procedural", model="bvae", beta_kl=100.0))
+    old = {k: v for k, v in dataclasses.asdict(new).items()
+           if k not in ("kl_reduction", "adam_beta1", "score_epoch", "data_version")}
+    diffs = " ".join(settings_diff(new, upgrade_run_settings(old)))
+    for key in ("kl_reduction: run has 'sum'", "adam_beta1: run has 0.5", "score_epoch: run has 'best'",
+                "data_version: run has 1"):
+        assert key in diffs
+    assert not settings_diff(new, upgrade_run_settings(dataclasses.asdict(new)))

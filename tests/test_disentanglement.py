@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from amr_keras.disentanglement import factorvae_score
+from amr_keras.disentanglement import factorvae_official_score, factorvae_score
 from amr_keras.dsprites import FACTOR_SIZES, FactorSource
 
 SMALL = dict(votes=250, eval_votes=250, samples=60, variance_samples=2000, batch_size=2000)
@@ -74,8 +74,9 @@ def test_collapsed_values_are_dropped_and_a_dead_code_refused():
     result = factorvae_score(encode, FactorsAsImages(), **SMALL)
     assert result["factorvae_active_dims"] == 5 and result["factorvae_code_dims"] == 8
     assert result["factorvae_score"] == 1.0
-    with pytest.raises(ValueError, match="collapsed"):
-        factorvae_score(lambda f: np.zeros((len(f), 4)), FactorsAsImages(), **SMALL)
+    # Nothing left to vote: 0, as disentanglement_lib scores it.
+    dead = factorvae_score(lambda f: np.zeros((len(f), 4)), FactorsAsImages(), **SMALL)
+    assert (dead["factorvae_score"], dead["factorvae_active_dims"], dead["factorvae_code_dims"]) == (0.0, 0, 4)
     with pytest.raises(ValueError, match="samples must be"):
         factorvae_score(encode, FactorsAsImages(), samples=1)
 
@@ -87,3 +88,51 @@ def test_the_same_seed_gives_the_same_score():
     a = factorvae_score(encode, FactorsAsImages(), seed=5, **SMALL)
     b = factorvae_score(encode, FactorsAsImages(), seed=5, **SMALL)
     assert a == b and 0.2 < a["factorvae_score"] <= 1.0
+
+
+def test_prune_threshold_is_absolute_by_default_and_relative_on_request():
+    # Values of standard deviation 0.01 and 0.2 beside the factors (class indices: standard deviations 0.8 to 9).
+    rng = np.random.default_rng(6)
+
+    def encode(f):
+        return np.concatenate([f, 0.01 * _noise(rng, len(f), 1), 0.2 * _noise(rng, len(f), 1)], axis=1)
+
+    absolute = factorvae_score(encode, FactorsAsImages(), **SMALL)
+    assert absolute["factorvae_active_dims"] == 6 and absolute["factorvae_prune_relative"] is False
+    # Relative to the largest (orientation's, about 11.5): 0.05 of it (0.58) drops the 0.2 value too.
+    relative = factorvae_score(encode, FactorsAsImages(), prune_relative=True, **SMALL)
+    assert relative["factorvae_active_dims"] == 5
+    assert factorvae_score(encode, FactorsAsImages(), prune_threshold=0.0, **SMALL)["factorvae_active_dims"] == 7
+
+
+def _entangled(rng):
+    """One code value that moves with all five factors (each scaled to the same spread), and two noise values."""
+    scales = 1 / np.asarray(FACTOR_SIZES, np.float64)
+    return lambda f: np.concatenate([(f * scales).sum(axis=1, keepdims=True), _noise(rng, len(f), 2)], axis=1)
+
+
+def test_official_function_known_answers():
+    """The official dsprite_disentanglement_fv never counts its last factor: a perfect code scores 0.8, and so,
+    nearly, does a code whose one informative value mixes every factor (0.2 by the FactorVAE score)."""
+    rng = np.random.default_rng(7)
+    perfect = factorvae_official_score(lambda f: np.concatenate([f, _noise(rng, len(f), 3)], axis=1),
+                                       FactorsAsImages(), votes=250, samples=60, batch_size=2000)
+    assert perfect["factorvae_official_score"] == pytest.approx(0.8)
+    assert perfect["factorvae_official_per_factor"] == dict.fromkeys(("shape", "scale", "orientation", "x", "y"), 1.0)
+    assert perfect["factorvae_official_votes"] == 250
+
+    encode = _entangled(np.random.default_rng(8))
+    official = factorvae_official_score(encode, FactorsAsImages(), votes=250, samples=400, batch_size=2000)
+    assert official["factorvae_official_score"] == pytest.approx(0.8, abs=0.03)
+    ours = factorvae_score(encode, FactorsAsImages(), votes=250, eval_votes=250, samples=400, variance_samples=2000,
+                           batch_size=2000)
+    assert ours["factorvae_score"] == pytest.approx(0.2, abs=0.05)
+
+
+def test_official_score_is_taken_on_the_training_votes_beside_the_factorvae_score():
+    encode = _entangled(np.random.default_rng(9))
+    both = factorvae_score(encode, FactorsAsImages(), official=True, **{**SMALL, "samples": 400})
+    assert both["factorvae_official_score"] == pytest.approx(0.8, abs=0.03)
+    assert both["factorvae_score"] == pytest.approx(0.2, abs=0.05)
+    assert set(both["factorvae_official_per_factor"]) == {"shape", "scale", "orientation", "x", "y"}
+    assert both["factorvae_official_votes"] == SMALL["votes"]
