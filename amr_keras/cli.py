@@ -12,6 +12,7 @@ import json
 import os
 
 from amr_keras.data import DATASETS, DSPRITES_DATASETS
+from amr_keras.dsprites import RENDERER_VERSION
 from amr_keras.mixers import MIXERS, check_mixer
 from amr_keras.bvae import KL_REDUCTIONS
 from amr_keras.model import ACAI_GAMMA, ACAI_WEIGHT, RECON_LOSSES, check_acai_settings, check_recon_gan
@@ -24,7 +25,7 @@ STRATEGIES = ("default", "mirrored", "multiworker")
 AMR_BETA1, BVAE_BETA1 = 0.5, 0.9
 # Datasets whose pixels changed once (a run records the version it trained on; older runs had version 1):
 # dsprites_procedural's renderer was calibrated on real dSprites frames in version 2.
-DATA_VERSIONS = {"dsprites_procedural": 2}
+DATA_VERSIONS = {"dsprites_procedural": RENDERER_VERSION}
 SCHEDULES = ("cosine", "constant")
 
 

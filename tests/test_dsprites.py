@@ -27,12 +27,15 @@ def test_grid_index_round_trip_and_factor_values():
 
 @pytest.mark.parametrize("shape", [0, 1, 2])
 def test_centre_moves_with_x_and_y(shape):
-    x0, y0 = _centroid(_one(shape, x=0.0, y=0.0))
-    x1, y1 = _centroid(_one(shape, x=1.0, y=0.0))
-    x2, y2 = _centroid(_one(shape, x=0.0, y=1.0))
-    # The centre runs 40 pixels from x = 0 to x = 1 (columns) and likewise in y (rows); the other stays put.
-    assert x1 - x0 == pytest.approx(40, abs=0.6) and y1 == pytest.approx(y0, abs=0.6)
-    assert y2 - y0 == pytest.approx(40, abs=0.6) and x2 == pytest.approx(x0, abs=0.6)
+    col0, row0 = _centroid(_one(shape, x=0.0, y=0.0))
+    col1, row1 = _centroid(_one(shape, x=1.0, y=0.0))
+    col2, row2 = _centroid(_one(shape, x=0.0, y=1.0))
+    # As in dSprites, the centre runs 32 pixels (16 to 48) from x = 0 to x = 1 down the rows and likewise from
+    # y = 0 to y = 1 along the columns; the other stays put.
+    assert row1 - row0 == pytest.approx(32, abs=0.6) and col1 == pytest.approx(col0, abs=0.6)
+    assert col2 - col0 == pytest.approx(32, abs=0.6) and row2 == pytest.approx(row0, abs=0.6)
+    if shape < 2:  # centrally symmetric: the centroid is the centre (pixel i's centre is at i + 0.5)
+        assert (col0 + 0.5, row0 + 0.5, row1 + 0.5) == pytest.approx((16, 16, 48), abs=0.05)
 
 
 @pytest.mark.parametrize("shape", [0, 1, 2])
@@ -41,9 +44,9 @@ def test_area_scales_with_scale_squared(shape):
     # Pixel counts of the smallest sprites (about 40 pixels) are a few pixels off the continuous area.
     assert small / big == pytest.approx(0.25, rel=0.12)
     if shape == 0:
-        assert big == 16 * 16  # half side 8 at scale 1
+        assert big == 20 * 20 and small == 10 * 10  # half side 9.52 at scale 1, as dSprites' 20 x 20 pixels
     if shape == 1:
-        assert big == pytest.approx(np.pi * 10 * 5, rel=0.05)
+        assert big == pytest.approx(np.pi * dsprites.ELLIPSE_AXES[0] * dsprites.ELLIPSE_AXES[1], rel=0.05)
 
 
 @pytest.mark.parametrize("shape", [1, 2])
@@ -76,7 +79,7 @@ def test_render_is_deterministic_binary_and_stays_inside():
     # Every sprite is drawn whole: the corners of the largest at the far positions are inside the image.
     assert a.reshape(len(a), -1).sum(1).min() > 0
     corner = dsprites.render([[0, 5, 0, 31, 31]])[0]
-    assert corner[59, 59] == 1 and corner[60:].sum() == 0 and corner.sum() == 256
+    assert corner[57, 57] == 1 and corner[58:].sum() == 0 and corner[:, 58:].sum() == 0 and corner.sum() == 400
 
 
 def write_official_npz(path, classes, imgs=None):
