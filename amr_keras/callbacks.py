@@ -164,6 +164,7 @@ class ResumableCheckpoint(keras.callbacks.Callback):
     def __init__(self, folder, create=True):
         super().__init__()
         self.folder = folder
+        self.restored_steps = 0
         if create:
             os.makedirs(folder, exist_ok=True)
 
@@ -184,6 +185,11 @@ class ResumableCheckpoint(keras.callbacks.Callback):
         return os.path.join(self.folder, "previous_state.json")
 
     def on_epoch_end(self, epoch, logs=None):
+        self.save(epoch + 1)
+
+    def save(self, epochs_done, steps_done=0):
+        """Write the model as the newest checkpoint: after ``epochs_done`` epochs and ``steps_done`` training steps
+        of the next one (a mid-epoch checkpoint, ``amr_keras.stopping``)."""
         tmp = os.path.join(self.folder, "last.tmp.keras")
         with guarded_write(self.model_path, tmp):
             self.model.save(tmp)
@@ -194,7 +200,8 @@ class ResumableCheckpoint(keras.callbacks.Callback):
                     os.replace(src, dst)
                     fault_point("last.keras:rotate")
             os.replace(tmp, self.model_path)
-        write_json_atomically(self.state_path, {"epochs_done": epoch + 1})
+        state = {"epochs_done": epochs_done, **({"steps_done": int(steps_done)} if steps_done else {})}
+        write_json_atomically(self.state_path, state)
 
     @classmethod
     def newest_complete(cls, folder):
@@ -236,12 +243,16 @@ class ResumableCheckpoint(keras.callbacks.Callback):
         ``previous.keras``: prints a note, and renames the unreadable files
         ``*.unreadable`` (so the next epoch's rotation keeps the good one).
 
+        A mid-epoch checkpoint also sets ``restored_steps``: the training steps of epoch ``epochs_done + 1`` it
+        holds (0 for a checkpoint written at the end of an epoch).
+
         Args:
             load: reads a model file, e.g. ``keras.saving.load_model``.
 
         Raises:
             CheckpointError: checkpoint files exist but none can be read.
         """
+        self.restored_steps = 0
         problems, unreadable = [], []
         for model_path, state_path in self._slots():
             if not os.path.exists(model_path):
@@ -254,7 +265,8 @@ class ResumableCheckpoint(keras.callbacks.Callback):
             what = state_path
             try:
                 with open(state_path) as f:
-                    epochs = int(json.load(f)["epochs_done"])
+                    state = json.load(f)
+                epochs, steps = int(state["epochs_done"]), int(state.get("steps_done", 0))
                 what = model_path
                 model = load(model_path)
             except Exception as e:  # noqa: BLE001 (a damaged file fails in many ways: zip, JSON, HDF5, missing keys)
@@ -265,9 +277,11 @@ class ResumableCheckpoint(keras.callbacks.Callback):
             if problems:
                 for path in unreadable:
                     os.replace(path, path + ".unreadable")
+                where = f"epoch {epochs}" + (f", step {steps} of epoch {epochs + 1}" if steps else "")
                 print(f"note: {'; '.join(problems)}. Resuming from the previous epoch's checkpoint {model_path} "
-                      f"(epoch {epochs}): epoch {epochs + 1} is trained again. The unreadable files are kept as "
+                      f"({where}): what came after it is trained again. The unreadable files are kept as "
                       "*.unreadable.")
+            self.restored_steps = steps
             return model, epochs
         if problems:
             raise CheckpointError(

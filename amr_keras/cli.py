@@ -68,6 +68,7 @@ class Config:
     export: bool = True
     epoch_figures: bool = False
     deterministic: bool = False
+    checkpoint_every: float = None  # minutes between mid-epoch checkpoints (None: only at the end of each epoch)
     verbose: int = None
     arch: str = None  # None: the dataset's (DATASET_ARCHS)
     model: str = "amr"  # or "bvae" (amr_keras.bvae)
@@ -268,6 +269,9 @@ def _validate_arch_and_model(cfg):
         value = getattr(cfg, name)
         if not isinstance(value, int) or isinstance(value, bool) or value < 2:
             raise ConfigError(f"{name} must be an integer >= 2, got {value!r}.")
+    if cfg.checkpoint_every is not None and (not isinstance(cfg.checkpoint_every, (int, float))
+                                             or isinstance(cfg.checkpoint_every, bool) or not cfg.checkpoint_every > 0):
+        raise ConfigError(f"--checkpoint-every takes minutes > 0, got {cfg.checkpoint_every!r}.")
     value = cfg.factorvae_curve_votes
     if not isinstance(value, int) or isinstance(value, bool) or value < 0 or value == 1:
         raise ConfigError(f"factorvae_curve_votes must be 0 (off) or an integer >= 2, got {value!r}.")
@@ -534,6 +538,9 @@ def build_parser(description="Train AMR."):
     r.add_argument("--deterministic", action="store_true", default=None,
                    help="TensorFlow's deterministic ops: the same seed gives the same weights bit for bit, and a run "
                         "stopped and resumed ends as the uninterrupted one (slower; see docs/troubleshooting.md)")
+    r.add_argument("--checkpoint-every", type=float, metavar="MINUTES",
+                   help="also write the resumable checkpoint every this many minutes within an epoch (default: at "
+                        "the end of each epoch only; Ctrl-C and SIGTERM always write one before stopping)")
     r.add_argument("--verbose", type=int, choices=(0, 1, 2), help="Keras progress output (default: bar on a terminal)")
     r.add_argument("--factorvae-votes", type=int,
                    help="dSprites: votes that train the FactorVAE metric's majority-vote classifier (default 800)")

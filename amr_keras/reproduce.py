@@ -514,6 +514,8 @@ def train_missing(runs, rows=None, argv=None, on_finished=None, train_sizes=None
 
     Raises:
         ConfigError: from ``train.run`` (e.g. a checkpoint that cannot be read).
+        amr_keras.stopping.RunStopped: SIGINT or SIGTERM stopped the run in progress (after its checkpoint; the
+            ledger holds every finished run).
     """
     from amr_keras import train  # TensorFlow: imported only when something trains
     from amr_keras.callbacks import NonFiniteLossError
@@ -545,7 +547,8 @@ def train_missing(runs, rows=None, argv=None, on_finished=None, train_sizes=None
                     continue
             print(f"[{i}/{len(todo)}] {run.name}" + (f" (resuming after epoch {run.epochs_done()})" if resume else ""),
                   flush=True)
-            train.run(dataclasses.replace(run.cfg, resume=resume), argv=argv)
+            train.run(dataclasses.replace(run.cfg, resume=resume), argv=argv,
+                      resume_hint="run the same command again to continue (finished runs are kept)")
         except DataError as e:
             unavailable[run.cfg.dataset] = ("not available offline" if "cannot download" in str(e)
                                             else f"data error: {e}")

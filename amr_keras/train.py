@@ -26,6 +26,7 @@ from amr_keras.networks import build_arch, build_burgess_decoder, build_burgess_
 from amr_keras.precision import compute_dtype, cpu_info, native_bfloat16, precision_scope, resolve_precision
 from amr_keras.runfolder import (LOCK_NAME, FolderLock, RunWriteError, describe_os_error, failed_path, fault_point,
                                  guarded_write, is_write_failure, remove_quietly, write_json_atomically)
+from amr_keras.stopping import GracefulStop, StopSignals, signal_name
 
 
 def make_strategy(name):
@@ -186,7 +187,18 @@ def prepare_worker_folder(folder, out, resume):
 
 
 
-def run(cfg, argv=None):
+RESUME_HINT = "continue with the same command and --resume"
+
+
+def _stop_line(signum, out, resume_hint):
+    """The line of a stop outside the training steps (loading, validation, the final scores)."""
+    newest = cbs.ResumableCheckpoint.newest_complete(os.path.join(out, "checkpoint"))
+    if newest is None:
+        return f"stopped before the first checkpoint ({signal_name(signum)}): nothing to continue; start the run again"
+    return f"stopped ({signal_name(signum)}): checkpoint {newest[0]} (epoch {newest[1]}); {resume_hint}"
+
+
+def run(cfg, argv=None, resume_hint=RESUME_HINT):
     """Train, pick the best-validation epoch, score it, and write the run folder.
 
     Writes into ``cfg.out``: ``config.json``, ``log.csv`` (one row per epoch),
@@ -196,12 +208,19 @@ def run(cfg, argv=None):
     classifier fitted by the post-hoc linear evaluation, unless ``cfg.linear_eval``
     is off) and ``interpolations.png``.
 
+    SIGINT and SIGTERM stop the run with a checkpoint (``amr_keras.stopping``): ``RunStopped`` is raised, its
+    message the one line to print.
+
     Args:
         cfg: a ``Config`` (resolved here if it still has preset fields unset).
         argv: the command line, recorded in the results.
+        resume_hint: how to continue after a stop, for the line of ``RunStopped``.
 
     Returns:
         The results dict (also in ``results.json``).
+
+    Raises:
+        amr_keras.stopping.RunStopped: a SIGINT or SIGTERM stopped the run.
     """
     cfg = resolve(cfg)
     # Before any other TensorFlow op: MultiWorkerMirroredStrategy configures the runtime.
@@ -220,12 +239,13 @@ def run(cfg, argv=None):
         cfg = dataclasses.replace(cfg, jit_compile=False)
     out = worker_folder(strategy, cfg.out)
     created, owned = not os.path.isdir(out), False
+    signals = StopSignals(lambda signum: _stop_line(signum, out, resume_hint))
     try:
-        with FolderLock(out):
+        with FolderLock(out), signals.installed():
             owned = True
             if out != cfg.out:
                 prepare_worker_folder(out, cfg.out, cfg.resume)
-            results = _train(cfg, strategy, out, argv)
+            results = _train(cfg, strategy, out, argv, signals, resume_hint)
     except BaseException as e:
         if created and owned and not os.path.exists(os.path.join(out, "config.json")):
             shutil.rmtree(out, ignore_errors=True)  # a start that failed leaves no folder behind
@@ -259,7 +279,7 @@ def _os_cause(e):
     return e
 
 
-def _train(cfg, strategy, out, argv):
+def _train(cfg, strategy, out, argv, signals, resume_hint):
     """``run``'s work, in a folder this process owns."""
     replicas = strategy.num_replicas_in_sync
     clean_temporaries(out)
@@ -315,7 +335,7 @@ def _train(cfg, strategy, out, argv):
             cbs.EpochTimer(cfg.batch_size),
             *_factorvae_curve(cfg, model),
             best_ckpt,
-            keras.callbacks.CSVLogger(log_path, append=bool(rows)),
+            None,  # the CSVLogger of each fit (below)
             keras.callbacks.TensorBoard(os.path.join(out, "logs")),
             ckpt,
         ]
@@ -325,13 +345,25 @@ def _train(cfg, strategy, out, argv):
             pairs = _figure_pairs(splits, 6, cfg.seed)
             callbacks.append(InterpolationCallback(pairs[0], pairs[1], os.path.join(out, "figures")))
         verbose = cfg.verbose if cfg.verbose is not None else (1 if sys.stdout.isatty() else 2)
-        train_ds = train_pipeline(*splits.arrays["train"], cfg.batch_size, seed=cfg.seed,
-                                  start_step=initial_epoch * steps)
-        if initial_epoch < cfg.epochs:
+        # A checkpoint written mid-epoch (a stop, --checkpoint-every) holds the steps of the next epoch it did.
+        steps_done = ckpt.restored_steps if cfg.resume and initial_epoch < cfg.epochs else 0
+        if steps_done:
+            print(f"--resume: continuing epoch {initial_epoch + 1} at step {steps_done + 1} of {steps}.")
+        every = None if cfg.checkpoint_every is None else 60.0 * cfg.checkpoint_every
+        while initial_epoch < cfg.epochs:
+            # A resumed mid-epoch checkpoint: first the rest of its epoch, then the other epochs in a second fit.
+            end = initial_epoch + 1 if steps_done else cfg.epochs
+            train_ds = train_pipeline(*splits.arrays["train"], cfg.batch_size, seed=cfg.seed,
+                                      start_step=initial_epoch * steps + steps_done)
+            stopper = GracefulStop(signals, ckpt, steps, first_step=steps_done, checkpoint_every=every,
+                                   resume_hint=resume_hint)
+            fit_callbacks = [keras.callbacks.CSVLogger(log_path, append=os.path.exists(log_path)) if c is None else c
+                             for c in callbacks] + [stopper]
             # shuffle=False: train_ds is already shuffled per epoch (seeded); Keras ignores the flag for
             # datasets but warns when it is left at True.
-            model.fit(train_ds, steps_per_epoch=steps, epochs=cfg.epochs, initial_epoch=initial_epoch,
-                      validation_data=splits.val, callbacks=callbacks, verbose=verbose, shuffle=False)
+            model.fit(train_ds, steps_per_epoch=steps - steps_done, epochs=end, initial_epoch=initial_epoch,
+                      validation_data=splits.val, callbacks=fit_callbacks, verbose=verbose, shuffle=False)
+            initial_epoch, steps_done = end, 0
 
         # Score the best-validation epoch (or, with score_epoch "last", the final model); the test split is used
         # once, here.

@@ -16,6 +16,7 @@ from amr_keras.callbacks import CheckpointError, NonFiniteLossError  # noqa: E40
 from amr_keras.cli import ConfigError, config_from_args  # noqa: E402
 from amr_keras.data import DataError  # noqa: E402
 from amr_keras.runfolder import FolderLockError, RunWriteError  # noqa: E402
+from amr_keras.stopping import RunStopped  # noqa: E402
 from amr_keras.train import run  # noqa: E402
 
 
@@ -27,6 +28,9 @@ def main(argv=None):
     except (ConfigError, DataError, NonFiniteLossError, CheckpointError, FolderLockError, RunWriteError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except RunStopped as e:  # Ctrl-C or SIGTERM: a checkpoint was written (or none was due)
+        print(e, file=sys.stderr)
+        return e.exit_code
     test = results["test_probe_accuracy"]
     which = "last epoch" if results.get("score_epoch") == "last" else "best epoch"
     print(f"\n{which} {results['best_epoch']}: validation probe accuracy {results['best_val_probe_accuracy']:.4f}, "
@@ -46,4 +50,8 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # Ctrl-C before training began (e.g. while TensorFlow loads): nothing to keep
+        print("stopped before training began (SIGINT): nothing to continue", file=sys.stderr)
+        sys.exit(130)

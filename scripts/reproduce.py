@@ -72,6 +72,7 @@ from amr_keras.data import DATASETS  # noqa: E402
 from amr_keras.precision import PRECISIONS  # noqa: E402
 from amr_keras.probe import PROBES  # noqa: E402
 from amr_keras.runfolder import FolderLockError, RunWriteError  # noqa: E402
+from amr_keras.stopping import RunStopped  # noqa: E402
 
 GRID_DATASETS = ["mnist_sample", "mnist", "kmnist", "svhn", "fashion_mnist"]
 QUICK_BUDGET_STEPS = 40  # --quick on a table whose runs train a fixed number of steps
@@ -222,6 +223,9 @@ def main(argv=None):
     except (ConfigError, FolderLockError, RunWriteError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except RunStopped as e:  # Ctrl-C or SIGTERM: the run in progress checkpointed, the ledger is whole
+        print(e, file=sys.stderr)
+        return e.exit_code
 
 
 def _run(args, argv):
@@ -327,4 +331,9 @@ def _table4(args, argv):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # Ctrl-C outside a run (loading, tabulating): the ledger and the tables are whole
+        print("stopped (SIGINT) outside a run: nothing was lost; run the same command again to continue",
+              file=sys.stderr)
+        sys.exit(130)

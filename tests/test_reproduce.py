@@ -41,7 +41,7 @@ class FakeTrain:
         self.accuracy, self.table, self.interrupt = accuracy, table, set(interrupt)
         self.calls, self.tables_seen = [], []
 
-    def __call__(self, cfg, argv=None):
+    def __call__(self, cfg, argv=None, resume_hint=None):
         self.calls.append(cfg)
         if self.table is not None:
             self.tables_seen.append(read(self.table) if os.path.exists(self.table) else None)

@@ -125,7 +125,7 @@ def test_reproduce_skips_a_run_that_another_process_trains(tmp_path, holder, mon
     from amr_keras.cli import Config
 
     trained = []
-    monkeypatch.setattr(train, "run", lambda cfg, argv=None: trained.append(cfg.out))
+    monkeypatch.setattr(train, "run", lambda cfg, argv=None, resume_hint=None: trained.append(cfg.out))
     runs = [reproduce.PlannedRun(("mnist_sample", "mixup", 2, 100.0, None), Config(out=str(tmp_path / f"r{i}")))
             for i in range(2)]
     proc = holder(runs[0].folder)
@@ -235,7 +235,7 @@ def test_deterministic_reaches_every_run_of_reproduce_and_every_trial_of_tune(ti
 
     script = load_script("reproduce")
     trained = []
-    monkeypatch.setattr(train, "run", lambda cfg, argv=None: trained.append(cfg))
+    monkeypatch.setattr(train, "run", lambda cfg, argv=None, resume_hint=None: trained.append(cfg))
     monkeypatch.setattr(reproduce, "write_tables", lambda *a, **k: ("t.md", "t.json"))
     args = ["--table", "1", "--data-dir", f"mnist={tiny_data}", "--seeds", "1", "--only", "mixup:2",
             "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "results")]

@@ -26,7 +26,7 @@ class FakeTrain:
     def __init__(self):
         self.calls = []
 
-    def __call__(self, cfg, argv=None):
+    def __call__(self, cfg, argv=None, resume_hint=None):
         self.calls.append(cfg)
         os.makedirs(cfg.out, exist_ok=True)
         with open(os.path.join(cfg.out, "config.json"), "w") as f:
