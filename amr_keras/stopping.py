@@ -29,8 +29,11 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM)
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 
-class RunStopped(Exception):  # noqa: N818 (it is a stop, not an error)
+class RunStopped(BaseException):  # noqa: N818 (it is a stop, not an error)
     """A run was stopped by a signal; the message is the one line to print.
+
+    A ``BaseException``, as ``KeyboardInterrupt``: handlers of ``Exception`` (KerasTuner's around each trial, for
+    one) let it through.
 
     Attributes:
         signum: the signal.

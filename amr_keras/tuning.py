@@ -42,6 +42,7 @@ from amr_keras.mixers import K_WAY_MIXERS, MIXERS
 from amr_keras.model import ACAI_GAMMA, ACAI_WEIGHT
 from amr_keras.precision import precision_scope, resolve_precision
 from amr_keras.runfolder import FolderLock, write_json_atomically
+from amr_keras.stopping import StopSignals, signal_name
 from amr_keras.train import build_model
 
 # --objective name -> the metric a trial is scored by (higher is better).
@@ -517,6 +518,15 @@ def search(cfg, tuner="random", max_trials=10, search_space=(), verbose=None, ob
     # search; a worker writes only the trial folders it is handed.
     owns_folder = role != "worker"
     lock = FolderLock(out, what="search folder").acquire() if owns_folder else None
+    # Ctrl-C and SIGTERM stop a search in one process, or a worker, with one line (RunStopped) and whole reports;
+    # the trial in progress is trained afresh when the search continues (a worker's goes back to the chief). The
+    # chief has its own handling (scripts/tune.py): it stops its workers first.
+    signals = StopSignals(lambda signum: (
+        f"stopped ({signal_name(signum)}): the search in {out} keeps every finished trial; run the same command "
+        "again to continue (the trial in progress is trained afresh)"))
+    stack = contextlib.ExitStack()
+    if role != "chief":
+        stack.enter_context(signals.installed())
     try:
         if owns_folder:
             _check_search_settings(out, settings)
@@ -556,6 +566,7 @@ def search(cfg, tuner="random", max_trials=10, search_space=(), verbose=None, ob
             best, best_settings = write_reports(kt_tuner, hypermodel, out)
         return _search_result(kt_tuner.oracle, best, best_settings, out, role)
     finally:
+        stack.close()
         if lock is not None:
             lock.release()
 

@@ -32,6 +32,7 @@ from amr_keras.mixers import MIXERS  # noqa: E402
 from amr_keras.precision import PRECISIONS  # noqa: E402
 from amr_keras.probe import PROBES  # noqa: E402
 from amr_keras.runfolder import FolderLockError  # noqa: E402
+from amr_keras.stopping import RunStopped  # noqa: E402
 from amr_keras.tuning import (OBJECTIVES, RANGES, SEARCHABLE, TUNERS, WORKERS_FOLDER, Cluster,  # noqa: E402
                               LocalWorkers, SearchError, cluster_from_env, limit_cpu_threads, local_gpus, search)
 
@@ -154,6 +155,9 @@ def main(argv=None):
     except (ConfigError, DataError, SearchError, FolderLockError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except RunStopped as e:  # Ctrl-C or SIGTERM: finished trials and reports kept
+        print(e, file=sys.stderr)
+        return e.exit_code
     if result["role"] == "worker":
         print(f"\n{result['tuner_id']}: trained trials {', '.join(result['trained']) or 'none'}; the chief writes the "
               "reports")

@@ -2,6 +2,8 @@
 
 import json
 import os
+import signal
+import time
 import types
 
 import keras_tuner
@@ -40,7 +42,8 @@ def base_config(data_dir, out):
 def run_recording_fits(argv, interrupt_at=None, reports=None):
     """Run scripts/tune.py, returning (exit code, hyper-parameter values of every trial trained).
 
-    With ``interrupt_at=n``, the n-th trial is interrupted (KeyboardInterrupt) before it trains.
+    With ``interrupt_at=n``, the n-th trial is interrupted before it trains: this process gets a real SIGTERM (a
+    cluster's preemption), and the script must end with its one line and status 143.
     With ``reports=(out, list)``, the list gets what ``out/trials.md`` held as each trial started (None: no file).
     """
     calls = []
@@ -52,16 +55,15 @@ def run_recording_fits(argv, interrupt_at=None, reports=None):
             reports[1].append(read_table(reports[0]) if os.path.exists(path) else None)
         calls.append(dict(hp.values))
         if len(calls) == interrupt_at:
-            raise KeyboardInterrupt("simulated interruption")
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler raises before this ends
         return original(self, hp, model, *args, **kwargs)
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(tuning.AMRHyperModel, "fit", recording_fit)
         if interrupt_at is None:
             return load_script("tune").main(argv), calls
-        with pytest.raises(KeyboardInterrupt):
-            load_script("tune").main(argv)
-        return None, calls
+        return load_script("tune").main(argv), calls
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +71,8 @@ def search_run(tiny_data, tmp_path_factory):
     """A two-trial random search interrupted in its second trial, then run again to the end."""
     out = str(tmp_path_factory.mktemp("search") / "s")
     reports = []
-    _, interrupted = run_recording_fits(tune_args(tiny_data, out), interrupt_at=2, reports=(out, reports))
+    stopped, interrupted = run_recording_fits(tune_args(tiny_data, out), interrupt_at=2, reports=(out, reports))
+    assert stopped == 143
     code, resumed = run_recording_fits(tune_args(tiny_data, out))
     return types.SimpleNamespace(out=out, data=tiny_data, interrupted=interrupted, resumed=resumed, code=code,
                                  reports=reports)
