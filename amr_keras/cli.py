@@ -446,9 +446,19 @@ def load_config_file(path):
     return data
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Adds ``(default: X)`` only where a flag has a default of its own: the flags of ``Config`` fields default to
+    None (the preset's value, which each help text names) and would all say ``(default: None)``."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is argparse.SUPPRESS or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser(description="Train AMR."):
     """The argument parser of scripts/fit.py (defaults are None so that explicit flags can be told apart)."""
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=description, formatter_class=_HelpFormatter)
     d = p.add_argument_group("data")
     d.add_argument("--dataset", choices=DATASETS,
                    help="dataset (default mnist_sample, shipped with the package); dsprites (official .npz in "

@@ -121,3 +121,13 @@ def test_bench_times_each_setting_in_its_own_process(capsys):
     for r in lines:
         assert "error" not in r and r["images_per_second"] > 0
         assert r["peak_rss_scope"] == "setting" and r["peak_rss_mib"] > 0
+
+
+def test_fit_help_names_each_default_once_and_none_as_none():
+    from amr_keras.cli import build_parser
+
+    text = build_parser().format_help()
+    assert "(default: None)" not in text
+    # A flag whose help names its default does not get argparse's "(default: ...)" as well.
+    assert "(default: False)" not in text and "(default 0.5 as the official AMR code" in " ".join(text.split())
+    assert "--checkpoint-every MINUTES" in text and "--kl-reduction" in text
