@@ -244,8 +244,10 @@ def write_table(runs, out_dir, command, unavailable=None, stem=STEM):
         "mean.",
     ]
     if any(dataset == "dsprites_procedural" for dataset, *_ in rows):
-        lines += ["", "dsprites_procedural is the dSprites factor grid rendered in code (amr_keras.dsprites): a "
-                      "re-rendering, not the official pixels; its numbers are not numbers on dSprites."]
+        lines += ["", "dsprites_procedural is the dSprites factor grid rendered in code (amr_keras.dsprites), "
+                      "calibrated on 320 frames of real dSprites pixels (intersection over union 0.997 on average, "
+                      "0.957 at worst): a re-rendering, not the official pixels; its numbers are not numbers on "
+                      "dSprites."]
     gap_entries = gaps(rows)
     if gap_entries:
         lines += ["", "## Each row minus the AE without mixing, paired by seed", "",
