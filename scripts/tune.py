@@ -9,7 +9,7 @@ posthoc). Run the same command again to continue a stopped search (finished tria
 Examples:
     python scripts/tune.py --out runs/search --max-trials 10 --epochs 4               # embedded MNIST sample
     python scripts/tune.py --out runs/search-svhn --dataset svhn --tuner bayesian --search mixer,k
-    python scripts/tune.py --out runs/search-mnist --dataset mnist --data-dir ../shared/data/mnist --epochs 1 \
+    python scripts/tune.py --out runs/search-mnist --dataset mnist --data-dir DIR --epochs 1 \
         --objective posthoc --lamb-range 3:30 --lr-range 5e-4:4e-3 --search beta --tuner bayesian
     python scripts/fit.py --config runs/search/best_hyperparameters.json --epochs 20    # train the best settings
 
