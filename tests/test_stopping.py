@@ -133,7 +133,7 @@ def test_graceful_stop_line_names_the_step_and_the_checkpoint(tmp_path):
 
 def _fit_command(out, *extra):
     return [sys.executable, os.path.join(ROOT, "scripts", "fit.py"), "--depth", "4", "--epochs", "2",
-            "--steps-per-epoch", "300", "--batch-size", "16", "--no-linear-eval", "--no-export", "--deterministic",
+            "--steps-per-epoch", "150", "--batch-size", "16", "--no-linear-eval", "--no-export", "--deterministic",
             "--verbose", "0", "--out", str(out), *extra]
 
 
@@ -150,7 +150,7 @@ def test_a_real_fit_stopped_by_a_signal_at_a_random_step_resumes_to_the_same_wei
     deadline = time.time() + 240
     while not (stopped / "log.csv").exists() and time.time() < deadline:
         time.sleep(0.2)
-    time.sleep(np.random.default_rng().uniform(2.0, 8.0))
+    time.sleep(np.random.default_rng().uniform(1.0, 5.0))
     proc.send_signal(signum)
     out, err = proc.communicate(timeout=240)
     assert proc.returncode == code, err
@@ -161,3 +161,30 @@ def test_a_real_fit_stopped_by_a_signal_at_a_random_step_resumes_to_the_same_wei
     assert resumed.returncode == 0, resumed.stderr
     for a, b in zip(_weights(whole), _weights(stopped)):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.slow
+def test_a_reproduce_grid_stopped_by_sigterm_keeps_its_ledger_and_continues(tmp_path):
+    """A two-run grid: SIGTERM while the second run trains. The first stays recorded, the second checkpointed;
+    the same command then resumes the second and writes the table."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    command = [sys.executable, os.path.join(ROOT, "scripts", "reproduce.py"), "--quick", "--mixers", "none", "mixup",
+               "--out", str(tmp_path / "results")]
+    ledger = tmp_path / "results" / "finished_runs.jsonl"
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    second = tmp_path / "results" / "runs" / "mnist_sample-mixup-k2-lamb100-fast-e1-d4-s0" / "log.csv"
+    deadline = time.time() + 400
+    while not (ledger.exists() and second.exists()) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    time.sleep(np.random.default_rng().uniform(1.0, 4.0))
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 143, out + err
+    assert "Traceback" not in out + err
+    lines = [line for line in err.splitlines() if line.startswith("stopped")]
+    assert len(lines) == 1 and "run the same command again to continue" in lines[0], err
+    assert len(ledger.read_text().splitlines()) == 1
+    again = subprocess.run(command, env=env, capture_output=True, text=True, cwd=ROOT)
+    assert again.returncode == 0, again.stderr
+    assert "--resume: continuing epoch 1 at step" in again.stdout, again.stdout
+    assert len(ledger.read_text().splitlines()) == 2
