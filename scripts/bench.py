@@ -3,8 +3,9 @@
 Each setting builds the reference networks, runs warm-up steps (tracing and
 compilation), then ``--repeats`` timed blocks of ``--steps`` steps through
 ``model.make_train_function()`` (what ``model.fit`` runs) and reports the
-median images/second and its peak resident memory. Each setting runs in a fresh
-Python process (``peak_rss_scope: "setting"``), so its peak memory and its
+median images/second and its peak resident memory, and the time a mid-epoch checkpoint takes
+(``checkpoint_seconds``: the model and its optimizer states written whole, median of 3, and its size).
+Each setting runs in a fresh Python process (``peak_rss_scope: "setting"``), so its peak memory and its
 oneDNN caches are its own; ``--same-process`` times them all in one process,
 where the peak is the process's so far (``peak_rss_scope: "process"``).
 
@@ -44,6 +45,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -176,6 +178,18 @@ def bench_keras(batch_size, jit, update_g_every, steps, warmup, repeats, depth, 
             mine = time.process_time() - c0
             other.append(round(max(0.0, (b1[0] - b0[0]) / b1[1] - mine) / elapsed, 2))
     traces_during_timing = traces[0] - traced_in_warmup
+    # What a mid-epoch checkpoint costs (a stop, --checkpoint-every): the whole model with its optimizer states,
+    # written as ResumableCheckpoint writes it (next to its name, then moved into place).
+    from amr_keras.callbacks import ResumableCheckpoint
+
+    with tempfile.TemporaryDirectory() as folder:
+        ckpt, save_times = ResumableCheckpoint(folder), []
+        ckpt.set_model(model)
+        for i in range(3):
+            t0 = time.perf_counter()
+            ckpt.save(0, steps_done=i + 1)
+            save_times.append(time.perf_counter() - t0)
+        checkpoint_mib = os.path.getsize(ckpt.model_path) / 2**20
     profile_summary = None
     if profile:
         name = f"b{batch_size}-jit{int(jit)}-g{update_g_every}-{precision}-{probe}"
@@ -199,6 +213,7 @@ def bench_keras(batch_size, jit, update_g_every, steps, warmup, repeats, depth, 
         "cpu_count": os.cpu_count(), **({"isa_caps": isa_caps()} if isa_caps() else {}),
         "tensorflow": tf.__version__, "keras": keras.__version__, "python": platform.python_version(),
         "traces_during_warmup": traced_in_warmup, "traces_during_timing": traces_during_timing,
+        "checkpoint_seconds": round(statistics.median(save_times), 2), "checkpoint_mib": round(checkpoint_mib, 1),
         **({"profile": profile_summary} if profile_summary else {}),
     }
 

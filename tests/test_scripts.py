@@ -22,6 +22,8 @@ def test_bench_reports_throughput_no_retracing_and_an_op_profile(tmp_path):
     res = bench.bench_keras(batch_size=8, jit=False, update_g_every=2, steps=4, warmup=2, repeats=1, depth=4,
                             mixer="mixup", profile=str(tmp_path))
     assert res["images_per_second"] > 0 and res["peak_rss_mib"] > 0
+    # The cost of a mid-epoch checkpoint: the whole model (networks, probe, optimizer states) written whole.
+    assert res["checkpoint_seconds"] > 0 and res["checkpoint_mib"] > 0.1
     # update_g_every=2: one step function with and one without the autoencoder update, traced in warm-up only.
     assert res["traces_during_warmup"] == 2 and res["traces_during_timing"] == 0
     profile = res["profile"]
