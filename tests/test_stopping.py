@@ -64,6 +64,7 @@ class StateSpy(keras.callbacks.Callback):
         self.states.append(_state(os.path.dirname(os.path.dirname(self.path))) if os.path.exists(self.path) else None)
 
 
+@pytest.mark.slow
 def test_sigterm_mid_epoch_checkpoints_that_step_and_resume_continues_from_it(tmp_path, monkeypatch):
     """One run stopped by SIGTERM after step 3 of epoch 1, with --checkpoint-every writing after every step; then
     resumed. (That the resumed run ends bit for bit as an uninterrupted one: the slow tests below.)"""
@@ -121,6 +122,69 @@ def test_a_second_signal_while_the_first_is_handled_stops_at_once():
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(1)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+class FakeCheckpoint:
+    model_path = "CKPT/last.keras"
+
+    def __init__(self):
+        self.saves = []
+
+    def save(self, epochs_done, steps_done=0):
+        self.saves.append((epochs_done, steps_done))
+
+
+def test_graceful_stop_saves_the_step_then_stops_and_saves_on_its_timer():
+    """The callback alone, as fit drives it: a recorded signal after step 3 of epoch 2 (a resumed fit whose first
+    epoch starts at step 2) saves (1 epoch done, 3 + 2 steps) and raises; the timer saves without raising; a
+    signal at an epoch's last step waits for the epoch's own checkpoint."""
+    signals, ckpt = StopSignals(), FakeCheckpoint()
+    stop = GracefulStop(signals, ckpt, steps_per_epoch=10, first_step=2, checkpoint_every=None)
+    stop.on_train_begin()
+    assert signals.deferring
+    stop.on_epoch_begin(1)
+    stop.on_train_batch_end(0)
+    signals.pending = signal.SIGTERM
+    with pytest.raises(RunStopped) as raised:
+        stop.on_train_batch_end(2)
+    assert ckpt.saves == [(1, 5)] and raised.value.exit_code == 143
+    assert str(raised.value) == ("stopped at epoch 2, step 5 (SIGTERM): checkpoint CKPT/last.keras; continue with "
+                                 "the same command and --resume")
+    # The next epoch of the same fit starts at step 0; the timer writes after every step here.
+    signals, ckpt = StopSignals(), FakeCheckpoint()
+    stop = GracefulStop(signals, ckpt, steps_per_epoch=4, first_step=2, checkpoint_every=1e-9)
+    stop.on_train_begin()
+    stop.on_epoch_begin(0)
+    stop.on_train_batch_end(0)  # step 3 of 4
+    stop.on_train_batch_end(1)  # step 4: the epoch's own checkpoint comes next
+    stop.on_epoch_end(0)
+    stop.on_epoch_begin(1)
+    stop.on_train_batch_end(0)
+    assert ckpt.saves == [(0, 3), (1, 1)] and stop.mid_epoch_saves == 2
+    signals.pending = signal.SIGINT
+    stop.on_train_batch_end(3)  # the last step of epoch 2: no save here
+    with pytest.raises(RunStopped, match=r"^stopped after epoch 2 \(SIGINT\)") as raised:
+        stop.on_epoch_end(1)
+    assert raised.value.exit_code == 130 and ckpt.saves == [(0, 3), (1, 1)]
+
+
+def test_a_mid_epoch_checkpoint_restores_its_step(tmp_path):
+    from amr_keras.callbacks import ResumableCheckpoint, checkpoint_epochs
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    ckpt = ResumableCheckpoint(str(tmp_path))
+    ckpt.set_model(model)
+    ckpt.save(3, steps_done=17)
+    with open(tmp_path / "state.json") as f:
+        assert json.load(f) == {"epochs_done": 3, "steps_done": 17}
+    _, epochs = ResumableCheckpoint(str(tmp_path), create=False).restore(keras.saving.load_model)
+    assert epochs == 3 and checkpoint_epochs(str(tmp_path)) == 3
+    again = ResumableCheckpoint(str(tmp_path), create=False)
+    again.restore(keras.saving.load_model)
+    assert again.restored_steps == 17
+    ckpt.save(4)  # an epoch's end: no steps
+    again.restore(keras.saving.load_model)
+    assert again.restored_steps == 0
 
 
 def test_graceful_stop_line_names_the_step_and_the_checkpoint(tmp_path):
