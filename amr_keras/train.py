@@ -3,6 +3,7 @@
 ``scripts/fit.py`` is a thin wrapper over :func:`run`.
 """
 
+import contextlib
 import csv
 import dataclasses
 import json
@@ -21,7 +22,7 @@ import amr_keras.bvae  # noqa: F401  (registers BVAE, so that --resume can load 
 from amr_keras import callbacks as cbs
 from amr_keras.cli import ConfigError, resolve, settings_diff, upgrade_run_settings
 from amr_keras.data import DSPRITES_DATASETS, load_dataset, train_pipeline
-from amr_keras.model import AMR, default_optimizer
+from amr_keras.model import AMR, _multi_worker, default_optimizer
 from amr_keras.networks import build_arch, build_burgess_decoder, build_burgess_encoder
 from amr_keras.precision import compute_dtype, cpu_info, native_bfloat16, precision_scope, resolve_precision
 from amr_keras.runfolder import (LOCK_NAME, FolderLock, RunWriteError, describe_os_error, failed_path, fault_point,
@@ -240,8 +241,12 @@ def run(cfg, argv=None, resume_hint=RESUME_HINT):
     out = worker_folder(strategy, cfg.out)
     created, owned = not os.path.isdir(out), False
     signals = StopSignals(lambda signum: _stop_line(signum, out, resume_hint))
+    # Across workers a checkpoint is written by all of them together, so one worker cannot save alone on its own
+    # signal: a multi-worker run keeps the default handlers (a signal ends the process; --resume continues from
+    # the last epoch's checkpoint).
+    handlers = contextlib.nullcontext() if _multi_worker(strategy) else signals.installed()
     try:
-        with FolderLock(out), signals.installed():
+        with FolderLock(out), handlers:
             owned = True
             if out != cfg.out:
                 prepare_worker_folder(out, cfg.out, cfg.resume)
@@ -350,6 +355,11 @@ def _train(cfg, strategy, out, argv, signals, resume_hint):
         if steps_done:
             print(f"--resume: continuing epoch {initial_epoch + 1} at step {steps_done + 1} of {steps}.")
         every = None if cfg.checkpoint_every is None else 60.0 * cfg.checkpoint_every
+        if every and _multi_worker(strategy):
+            # Each worker's timer runs on its own, but a checkpoint is written by all workers together.
+            print("note: --checkpoint-every is not supported across workers; checkpoints are written at the end of "
+                  "each epoch.")
+            every = None
         while initial_epoch < cfg.epochs:
             # A resumed mid-epoch checkpoint: first the rest of its epoch, then the other epochs in a second fit.
             end = initial_epoch + 1 if steps_done else cfg.epochs
