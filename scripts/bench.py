@@ -15,7 +15,7 @@ the same settings are run there in the same invocation and the ratio is printed.
 
 Examples:
     python scripts/bench.py                                  # batch 64 and 256, XLA off/on, G every 1 and 5
-    python scripts/bench.py --batch-sizes 64 --jit off --update-g-every 5 --torch-ref ../shared/bench/torch_ref.py
+    python scripts/bench.py --batch-sizes 64 --jit off --update-g-every 5 --torch-ref DIR/torch_ref.py
     python scripts/bench.py --batch-sizes 64 --jit on --update-g-every 1 --profile runs/profile   # + op profile
     python scripts/bench.py --batch-sizes 16 --jit off --update-g-every 1 --probe whiten batchnorm   # probe cost
     python scripts/bench.py --arch burgess --batch-sizes 64 --jit off --update-g-every 1   # the 64x64 dSprites step
