@@ -28,7 +28,7 @@ def _nvidia_driver_present():
     return os.path.exists("/proc/driver/nvidia/version") or os.path.exists("/dev/nvidiactl")
 
 
-def filter_startup_log(text, nvidia_driver=None):
+def filter_startup_log(text, nvidia_driver=None, info=True):
     """What of TensorFlow's start-up output is worth showing: each notice once, no false alarms.
 
     Two of TensorFlow's libraries print the same start-up notices (oneDNN, CUDA
@@ -41,15 +41,21 @@ def filter_startup_log(text, nvidia_driver=None):
         text: what TensorFlow wrote to stderr while it was imported.
         nvidia_driver: whether an NVIDIA driver is installed (default: look for it).
             With a driver, a failing ``cuInit`` is a real problem and is kept.
+        info: keep the information notices (``I...`` lines: oneDNN on, no CUDA driver); warnings and errors are
+            always kept.
 
     Returns:
         The lines to show, joined with newlines (empty when nothing is left).
     """
     if nvidia_driver is None:
         nvidia_driver = _nvidia_driver_present()
-    kept, seen = [], set()
+    kept, seen, dropping = [], set(), False
     for line in text.splitlines():
         if not line.strip() or line.strip() == _ABSL_PREAMBLE:
+            continue
+        if _LOG_PREFIX.match(line):
+            dropping = not info and line.startswith("I")
+        if dropping:  # an information notice and its continuation lines
             continue
         if not nvidia_driver and "failed call to cuInit" in line:
             continue
@@ -61,12 +67,24 @@ def filter_startup_log(text, nvidia_driver=None):
     return "\n".join(kept)
 
 
+def _notices_wanted(argv=None, environ=None):
+    """Whether TensorFlow's start-up information notices are shown: ``AMR_KERAS_TF_NOTICES=1``, or a command line
+    that asks for ``--verbose 2`` (the scripts' most talkative setting). Otherwise ``--help`` and a run's output
+    start with the program's own lines."""
+    argv = sys.argv if argv is None else argv
+    environ = os.environ if environ is None else environ
+    if environ.get("AMR_KERAS_TF_NOTICES") in ("0", "1"):
+        return environ["AMR_KERAS_TF_NOTICES"] == "1"
+    return "--verbose=2" in argv or any(a == "--verbose" and b == "2" for a, b in zip(argv, argv[1:]))
+
+
 def _import_tensorflow_quietly():
     """Import TensorFlow (and probe its devices) with its start-up output passed through ``filter_startup_log``.
 
     The C++ notices are written to file descriptor 2 while the libraries load,
-    before ``TF_CPP_MIN_LOG_LEVEL`` applies, so they are caught there. Set
-    ``AMR_KERAS_RAW_TF_LOG=1`` to see TensorFlow's output unfiltered.
+    before ``TF_CPP_MIN_LOG_LEVEL`` applies, so they are caught there. Information
+    notices are shown only when ``_notices_wanted``; set ``AMR_KERAS_RAW_TF_LOG=1``
+    to see TensorFlow's output unfiltered.
     """
     if os.environ.get("AMR_KERAS_RAW_TF_LOG") == "1":
         return
@@ -89,7 +107,7 @@ def _import_tensorflow_quietly():
             os.dup2(saved, 2)
             os.close(saved)
             captured.seek(0)
-            shown = filter_startup_log(captured.read().decode("utf-8", errors="replace"))
+            shown = filter_startup_log(captured.read().decode("utf-8", errors="replace"), info=_notices_wanted())
             if shown:
                 print(shown, file=sys.stderr, flush=True)
 

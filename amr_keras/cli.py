@@ -11,12 +11,12 @@ import dataclasses
 import json
 import os
 
-from amr_keras.data import DATASETS, DSPRITES_DATASETS
+from amr_keras.data import DATASETS, dataset_names, dataset_spec
 from amr_keras.dsprites import RENDERER_VERSION
-from amr_keras.mixers import MIXERS, check_mixer
+from amr_keras.mixers import check_mixer, mixer_names
 from amr_keras.bvae import KL_REDUCTIONS
 from amr_keras.model import ACAI_GAMMA, ACAI_WEIGHT, RECON_LOSSES, check_acai_settings, check_recon_gan
-from amr_keras.networks import ARCHS, BURGESS_CODE
+from amr_keras.networks import ARCHS, BURGESS_CODE, BURGESS_SIZE
 from amr_keras.precision import PRECISIONS
 from amr_keras.probe import PROBES
 
@@ -143,23 +143,23 @@ PRESETS["dsprites"] = dict(lamb=1.0, recon="bce", lr=5e-4, d_lr=5e-4, probe_lr=1
                            epochs=6, update_g_every=1, depth=32, slope=0.2, jit_compile=False, score_epoch="last",
                            factorvae_curve_votes=100)
 
-# Datasets whose default preset is not `fast`. MNIST's full split (50,000 training images) wants a low lamb
-# (5): there it keeps reconstructions sharp and raised the linear accuracies (see `mnist_full`), while on the
-# 9,000-image mnist_sample lamb 10 already collapses the decoder within one epoch, so `fast` keeps lamb 100.
-DATASET_PRESETS = {"mnist": "mnist_full"}
-DATASET_PRESETS.update(dsprites="dsprites", dsprites_procedural="dsprites")
-# Networks of each dataset when --arch is not given: the 64x64 burgess networks for dSprites, acai otherwise.
-DATASET_ARCHS = {"dsprites": "burgess", "dsprites_procedural": "burgess"}
+# Each dataset names its default preset and networks in its registry entry (amr_keras.data.DatasetSpec). MNIST's
+# full split (50,000 training images) wants a low lamb (5): there it keeps reconstructions sharp and raised the
+# linear accuracies (see `mnist_full`), while on the 9,000-image mnist_sample lamb 10 already collapses the decoder
+# within one epoch, so `fast` keeps lamb 100. dSprites gets the 64x64 burgess networks, every other dataset acai.
+# The two views below are of the built-in datasets.
+DATASET_PRESETS = {name: dataset_spec(name).preset for name in DATASETS if dataset_spec(name).preset != "fast"}
+DATASET_ARCHS = {name: dataset_spec(name).arch for name in DATASETS if dataset_spec(name).arch != "acai"}
 
 
 def default_arch(dataset):
     """The network family (``networks.ARCHS``) a run on ``dataset`` gets when none is named."""
-    return DATASET_ARCHS.get(dataset, "acai")
+    return dataset_spec(dataset).arch if dataset in dataset_names() else "acai"
 
 
 def default_preset(dataset):
-    """The preset a run on ``dataset`` gets when none is named: ``DATASET_PRESETS``, else ``fast``."""
-    return DATASET_PRESETS.get(dataset, "fast")
+    """The preset a run on ``dataset`` gets when none is named (its registry entry's)."""
+    return dataset_spec(dataset).preset if dataset in dataset_names() else "fast"
 
 
 # Keys a --config file may set (the tuner writes a subset of them).
@@ -172,10 +172,10 @@ class ConfigError(ValueError):
 
 def validate(cfg):
     """Check every setting, raising ``ConfigError`` with what was wrong and what is accepted."""
-    if cfg.dataset not in DATASETS:
-        raise ConfigError(f"Unknown dataset {cfg.dataset!r}. Choose one of: {', '.join(DATASETS)}.")
-    if cfg.mixer not in MIXERS:
-        raise ConfigError(f"Unknown mixer {cfg.mixer!r}. Choose one of: {', '.join(MIXERS)}.")
+    if cfg.dataset not in dataset_names():
+        raise ConfigError(f"Unknown dataset {cfg.dataset!r}. Choose one of: {', '.join(dataset_names())}.")
+    if cfg.mixer not in mixer_names():
+        raise ConfigError(f"Unknown mixer {cfg.mixer!r}. Choose one of: {', '.join(mixer_names())}.")
     if cfg.preset not in PRESETS:
         raise ConfigError(f"Unknown preset {cfg.preset!r}. Choose one of: {', '.join(PRESETS)}.")
     if cfg.recon not in RECON_LOSSES:
@@ -236,7 +236,7 @@ def _validate_arch_and_model(cfg):
     """The checks of --arch, --model, --beta-kl and the FactorVAE settings."""
     if cfg.arch not in ARCHS:
         raise ConfigError(f"Unknown arch {cfg.arch!r}. Choose one of: {', '.join(ARCHS)}.")
-    if (cfg.arch == "burgess") != (cfg.dataset in DSPRITES_DATASETS):
+    if (cfg.arch == "burgess") != (dataset_spec(cfg.dataset).source_shape[:2] == (BURGESS_SIZE, BURGESS_SIZE)):
         raise ConfigError(f"--arch {cfg.arch} does not fit --dataset {cfg.dataset}: the burgess networks take the "
                           "64x64 dSprites images, the acai networks 32x32 ones. Leave --arch out to get the "
                           "dataset's own.")
@@ -460,7 +460,7 @@ def build_parser(description="Train AMR."):
     """The argument parser of scripts/fit.py (defaults are None so that explicit flags can be told apart)."""
     p = argparse.ArgumentParser(description=description, formatter_class=_HelpFormatter)
     d = p.add_argument_group("data")
-    d.add_argument("--dataset", choices=DATASETS,
+    d.add_argument("--dataset", choices=dataset_names(),
                    help="dataset (default mnist_sample, shipped with the package); dsprites (official .npz in "
                         "--data-dir, or tfds) and dsprites_procedural (the same factor grid rendered in code, "
                         "not the official pixels) are labelled by their shape factor for the probe")
@@ -473,7 +473,7 @@ def build_parser(description="Train AMR."):
     m.add_argument("--preset", choices=tuple(PRESETS),
                    help="base settings: fast, official, or mnist_full (fast with lamb 5, 4 epochs); "
                         "default mnist_full for --dataset mnist (the 50,000-image split), fast otherwise")
-    m.add_argument("--mixer", choices=MIXERS,
+    m.add_argument("--mixer", choices=mixer_names(),
                    help="how codes are mixed (default mixup); acai: mixup of pairs judged by ACAI's critic")
     m.add_argument("--k", type=int, help="codes per mix (default 2; acai: 2 only)")
     m.add_argument("--lamb", type=float, help="weight of the reconstruction loss")

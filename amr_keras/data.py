@@ -44,7 +44,6 @@ import hashlib
 import io
 import os
 import pickle
-import socket
 import struct
 import tarfile
 import warnings
@@ -53,21 +52,11 @@ import zlib
 import numpy as np
 import tensorflow as tf
 
+from amr_keras import dsprites, sources
 from amr_keras.networks import IMAGE_SIZE
+from amr_keras.sources import OFFLINE_HELP, SPLIT_SEED, DataError  # noqa: F401  (public here as before)
 
-DATASETS = ("mnist", "kmnist", "fashion_mnist", "svhn", "cifar10", "mnist_sample", "dsprites", "dsprites_procedural")
-# 64x64 binary sprites labelled by their shape factor (amr_keras.dsprites); their images keep their size.
-DSPRITES_DATASETS = ("dsprites", "dsprites_procedural")
 DSPRITES_SIZE = 64
-TFDS_NAMES = {"mnist": "mnist", "kmnist": "kmnist", "fashion_mnist": "fashion_mnist", "svhn": "svhn_cropped",
-              "cifar10": "cifar10", "dsprites": "dsprites"}
-SOURCE_SHAPES = {"mnist": (28, 28, 1), "kmnist": (28, 28, 1), "fashion_mnist": (28, 28, 1),
-                 "svhn": (32, 32, 3), "cifar10": (32, 32, 3), "mnist_sample": (28, 28, 1),
-                 "dsprites": (64, 64, 1), "dsprites_procedural": (64, 64, 1)}
-# dSprites: 5,000 validation cells of the 65,000 drawn for training and validation (amr_keras.dsprites).
-VAL_FRACTION = {"mnist": 1 / 6, "kmnist": 1 / 6, "fashion_mnist": 1 / 6, "svhn": 0.1, "cifar10": 0.1,
-                "mnist_sample": 0.1, "dsprites": 1 / 13, "dsprites_procedural": 1 / 13}
-SPLIT_SEED = 1234
 # Default seed of the training subset (``train_size``): fixed, so runs with different
 # training seeds train on the same images; distinct from SPLIT_SEED so the two draws
 # are not the same random stream.
@@ -108,18 +97,6 @@ CIFAR10_FOLDER = "cifar-10-batches-py"
 CIFAR10_BATCHES = {"train": tuple(f"data_batch_{i}" for i in range(1, 6)), "test": ("test_batch",)}
 
 
-class DataError(ValueError):
-    """Data that cannot be read or reached; the message says why and what to do."""
-
-
-OFFLINE_HELP = (
-    "To run offline, pass --data-dir DIR with the official raw files "
-    "(IDX .gz for MNIST/Fashion-MNIST/KMNIST, kmnist-*.npz, SVHN train_32x32.mat/test_32x32.mat, "
-    "CIFAR-10 cifar-10-python.tar.gz or its extracted cifar-10-batches-py/), "
-    "or use --dataset mnist_sample (real MNIST images shipped with the package)."
-)
-
-
 @dataclasses.dataclass
 class DatasetInfo:
     """What a loaded dataset is: its name, sizes and where it came from."""
@@ -147,13 +124,6 @@ class Splits:
     test: tf.data.Dataset
     info: DatasetInfo
     arrays: dict = dataclasses.field(repr=False, default_factory=dict)
-
-
-def check_dataset(name):
-    """Raise ``ValueError`` for an unknown dataset name, listing the known ones."""
-    if name not in DATASETS:
-        raise ValueError(f"Unknown dataset {name!r}. Choose one of: {', '.join(DATASETS)}.")
-    return name
 
 
 # --------------------------------------------------------------------------- raw readers
@@ -424,22 +394,14 @@ def load_raw_folder(name, folder):
 
 
 # --------------------------------------------------------------------------- tfds
-def _network_available(host="storage.googleapis.com", port=443, timeout=3.0):
-    try:
-        socket.create_connection((host, port), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
 def load_tfds(name, tfds_data_dir=None):
     """Load a whole dataset with tensorflow-datasets as numpy arrays per split."""
     import tensorflow_datasets as tfds
 
-    tfds_name = TFDS_NAMES[name]
+    tfds_name = dataset_spec(name).tfds_name
     builder = tfds.builder(tfds_name, data_dir=tfds_data_dir)
     prepared = tf.io.gfile.exists(os.path.join(builder.data_dir, "dataset_info.json"))
-    if not prepared and not _network_available():
+    if not prepared and not sources.network_available():
         raise DataError(
             f"tensorflow-datasets cannot download {tfds_name!r}: no network, and it is not prepared in "
             f"{builder.data_dir}. " + OFFLINE_HELP
@@ -581,21 +543,133 @@ def subset_train(images, labels, size, seed=SUBSET_SEED):
     return images[index], labels[index]
 
 
-def load_arrays(name, data_dir=None, tfds_data_dir=None):
-    """Raw uint8 arrays of ``name`` per split plus a description of the source."""
-    check_dataset(name)
-    if name in DSPRITES_DATASETS:
-        from amr_keras import dsprites
+# --------------------------------------------------------------------------- the registry
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+    """One dataset the package can train on: everything the scripts, the pipelines and the export need to know.
 
+    Adding a dataset is one ``register_dataset(DatasetSpec(...))`` call (``docs/contributing.md``).
+
+    Attributes:
+        name: the ``--dataset`` value.
+        source_shape: (height, width, channels) of its images as stored; the export's endpoints take this size.
+        val_fraction: the part of the training split carved out (with ``SPLIT_SEED``) for validation.
+        load: ``load(data_dir, tfds_data_dir) -> ({"train": (images, labels), "test": ...}, source)``: uint8
+            images N x H x W x C, int labels, and a line saying where they came from (``test`` may be absent).
+        preset: the preset (``amr_keras.cli.PRESETS``) a run gets when none is named.
+        arch: the network family (``amr_keras.networks.ARCHS``) a run gets when none is named.
+        tfds_name: its tensorflow-datasets builder, if any.
+        factors: labelled by generative factors (dSprites): the FactorVAE metric applies.
+        summary: one line for the docs and ``--help``.
+    """
+
+    name: str
+    source_shape: tuple
+    val_fraction: float
+    load: object
+    preset: str = "fast"
+    arch: str = "acai"
+    tfds_name: str = None
+    factors: bool = False
+    summary: str = ""
+
+
+_REGISTRY = {}
+
+
+def register_dataset(spec, replace=False):
+    """Make ``spec`` a dataset of every script and of ``load_dataset``; returns it.
+
+    Raises:
+        ValueError: a dataset of that name exists (pass ``replace=True`` to replace it).
+    """
+    if spec.name in _REGISTRY and not replace:
+        raise ValueError(f"a dataset named {spec.name!r} is registered already (pass replace=True to replace it).")
+    if len(spec.source_shape) != 3 or not 0 < spec.val_fraction < 1 or not callable(spec.load):
+        raise ValueError(f"dataset {spec.name!r}: source_shape must be (height, width, channels), val_fraction in "
+                         f"(0, 1) and load callable; got {spec.source_shape}, {spec.val_fraction}, {spec.load!r}.")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def dataset_names():
+    """The registered datasets, built-in ones first."""
+    return tuple(_REGISTRY)
+
+
+def dataset_spec(name):
+    """The ``DatasetSpec`` of ``name``; ``ValueError`` listing the known ones for an unknown name."""
+    if name not in _REGISTRY:
+        raise ValueError(f"Unknown dataset {name!r}. Choose one of: {', '.join(_REGISTRY)}.")
+    return _REGISTRY[name]
+
+
+def check_dataset(name):
+    """Raise ``ValueError`` for an unknown dataset name, listing the known ones."""
+    return dataset_spec(name).name
+
+
+def _official(name):
+    """Loader of a dataset published as raw files: the files in ``data_dir``, else tensorflow-datasets."""
+    def load(data_dir, tfds_data_dir):
+        if data_dir is not None:
+            return load_raw_folder(name, data_dir), f"raw files in {data_dir}"
+        return load_tfds(name, tfds_data_dir), "tensorflow-datasets"
+    return load
+
+
+def _load_sample(data_dir, tfds_data_dir):
+    if data_dir is not None:
+        raise DataError("mnist_sample ships inside the package: drop --data-dir, or use --dataset mnist with it.")
+    return load_raw_folder("mnist", SAMPLE_DIR), "embedded MNIST sample (first 10k train + official test)"
+
+
+def _dsprites(name):
+    def load(data_dir, tfds_data_dir):
         if name == "dsprites_procedural" and data_dir is not None:
             raise DataError("dsprites_procedural is rendered in code: drop --data-dir, or use --dataset dsprites "
                             f"with a folder holding {dsprites.NPZ_NAME}.")
         return dsprites.load_arrays(name, data_dir, tfds_data_dir)
-    if name == "mnist_sample":
-        return load_raw_folder("mnist", SAMPLE_DIR), "embedded MNIST sample (first 10k train + official test)"
-    if data_dir is not None:
-        return load_raw_folder(name, data_dir), f"raw files in {data_dir}"
-    return load_tfds(name, tfds_data_dir), "tensorflow-datasets"
+    return load
+
+
+_MNIST_LIKE = dict(source_shape=(28, 28, 1), val_fraction=1 / 6)
+_COLOUR = dict(source_shape=(32, 32, 3), val_fraction=0.1)
+# dSprites: 64x64 binary sprites labelled by their shape factor (amr_keras.dsprites), kept at that size; 5,000
+# validation cells of the 65,000 drawn for training and validation.
+_DSPRITES = dict(source_shape=(DSPRITES_SIZE, DSPRITES_SIZE, 1), val_fraction=1 / 13, preset="dsprites",
+                 arch="burgess", factors=True)
+for _spec in (
+    DatasetSpec("mnist", **_MNIST_LIKE, load=_official("mnist"), preset="mnist_full", tfds_name="mnist",
+                summary="MNIST digits, official split"),
+    DatasetSpec("kmnist", **_MNIST_LIKE, load=_official("kmnist"), tfds_name="kmnist",
+                summary="Kuzushiji-MNIST, official split"),
+    DatasetSpec("fashion_mnist", **_MNIST_LIKE, load=_official("fashion_mnist"), tfds_name="fashion_mnist",
+                summary="Fashion-MNIST, official split"),
+    DatasetSpec("svhn", **_COLOUR, load=_official("svhn"), tfds_name="svhn_cropped",
+                summary="SVHN cropped digits (no extra split)"),
+    DatasetSpec("cifar10", **_COLOUR, load=_official("cifar10"), tfds_name="cifar10", summary="CIFAR-10"),
+    DatasetSpec("mnist_sample", source_shape=(28, 28, 1), val_fraction=0.1, load=_load_sample,
+                summary="10,000 MNIST training images shipped in the package + the official test set"),
+    DatasetSpec("dsprites", **_DSPRITES, load=_dsprites("dsprites"), tfds_name="dsprites",
+                summary="the official dSprites file; label: the shape factor"),
+    DatasetSpec("dsprites_procedural", **_DSPRITES, load=_dsprites("dsprites_procedural"),
+                summary="dSprites' factor grid rendered in code (not the official pixels); label: the shape factor"),
+):
+    register_dataset(_spec)
+
+# The built-in datasets, and views of their specs under the names the package used before the registry (use
+# dataset_spec and dataset_names in new code: they also see datasets registered later).
+DATASETS = dataset_names()
+DSPRITES_DATASETS = tuple(name for name in DATASETS if _REGISTRY[name].factors)
+TFDS_NAMES = {name: spec.tfds_name for name, spec in _REGISTRY.items() if spec.tfds_name}
+SOURCE_SHAPES = {name: spec.source_shape for name, spec in _REGISTRY.items()}
+VAL_FRACTION = {name: spec.val_fraction for name, spec in _REGISTRY.items()}
+
+
+def load_arrays(name, data_dir=None, tfds_data_dir=None):
+    """Raw uint8 arrays of ``name`` per split plus a description of the source."""
+    return dataset_spec(name).load(data_dir, tfds_data_dir)
 
 
 def load_dataset(name, data_dir=None, batch_size=64, seed=0, tfds_data_dir=None, eval_batch_size=None,
@@ -603,7 +677,7 @@ def load_dataset(name, data_dir=None, batch_size=64, seed=0, tfds_data_dir=None,
     """Load ``name`` as train / validation / test ``tf.data`` pipelines.
 
     Args:
-        name: one of ``DATASETS``.
+        name: a registered dataset (``dataset_names()``).
         data_dir: folder of official raw files (offline); None uses tfds (or the embedded sample).
         batch_size: training batch size (training batches drop the remainder,
             so every step sees a full batch; validation and test keep every image).
@@ -633,7 +707,7 @@ def load_dataset(name, data_dir=None, batch_size=64, seed=0, tfds_data_dir=None,
     if subset_seed is not None and train_size is None:
         raise DataError(f"subset_seed {subset_seed!r} is only used with train_size: set train_size or drop it.")
     arrays, source = load_arrays(name, data_dir, tfds_data_dir)
-    (x_tr, y_tr), (x_val, y_val) = split_train_val(*arrays["train"], VAL_FRACTION[name])
+    (x_tr, y_tr), (x_val, y_val) = split_train_val(*arrays["train"], dataset_spec(name).val_fraction)
     if train_size is not None:
         x_tr, y_tr = subset_train(x_tr, y_tr, train_size, SUBSET_SEED if subset_seed is None else subset_seed)
         train_size = len(x_tr)

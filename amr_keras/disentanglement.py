@@ -210,13 +210,14 @@ def factorvae_saved(path, dataset, data_dir=None, tfds_data_dir=None, **kwargs):
     Args:
         **kwargs: passed to ``factorvae_score`` (``votes``, ``eval_votes``, ``samples``, ``seed``, ...).
     """
-    from amr_keras.data import DSPRITES_DATASETS, DataError
+    from amr_keras.data import DataError, dataset_names, dataset_spec
     from amr_keras.dsprites import factor_source
     from amr_keras.evaluate import load_encoder
 
-    if dataset not in DSPRITES_DATASETS:
+    with_factors = [name for name in dataset_names() if dataset_spec(name).factors]
+    if dataset not in with_factors:
         raise DataError(f"The FactorVAE metric needs the factors of dSprites: use --dataset "
-                        f"{' or '.join(DSPRITES_DATASETS)}, not {dataset}.")
+                        f"{' or '.join(with_factors)}, not {dataset}.")
     encode_fn, preprocess_fn, _ = load_encoder(path)
     source, _ = factor_source(dataset, data_dir, tfds_data_dir)
     return factorvae_score(image_encoder(encode_fn, preprocess_fn), source, **kwargs)

@@ -29,7 +29,7 @@ Two datasets of ``amr_keras.data`` read it:
   pixels: numbers on it are not numbers on dSprites.
 
 Both give the same fixed draw of grid cells for training (``SPLIT_SIZES``: 60,000 / 5,000 / 5,000, a permutation
-of the grid seeded by ``amr_keras.data.SPLIT_SEED``), as uint8 images of 0 and 255 (scaled to [-1, 1] by
+of the grid seeded by ``amr_keras.sources.SPLIT_SEED``), as uint8 images of 0 and 255 (scaled to [-1, 1] by
 ``amr_keras.data.preprocess``, which keeps their 64x64 size). The class label (for the linear probe and the
 post-hoc evaluation) is the shape factor: 0 square, 1 ellipse, 2 heart. The disentanglement metric
 (``amr_keras.disentanglement``) renders or looks up images of any factor combination through a ``FactorSource``.
@@ -43,6 +43,9 @@ import os
 import zlib
 
 import numpy as np
+
+from amr_keras import sources
+from amr_keras.sources import DataError
 
 FACTOR_NAMES = ("shape", "scale", "orientation", "x", "y")
 FACTOR_SIZES = (3, 6, 40, 32, 32)
@@ -231,7 +234,6 @@ class ArraySource(FactorSource):
     def images(self, classes):
         rows = self.row[index_of(classes)]
         if (rows < 0).any():
-            from amr_keras.data import DataError
 
             raise DataError(f"the dSprites file holds {len(self.cells):,} of the {NUM_IMAGES:,} images of the grid, "
                             "and a cell asked for is missing: use the official file (the whole grid), or "
@@ -265,7 +267,6 @@ def read_official_npz(path):
     Raises:
         amr_keras.data.DataError: a file that is not the official one (missing keys, wrong shapes).
     """
-    from amr_keras.data import DataError
 
     try:
         with np.load(path, allow_pickle=False, encoding="latin1") as f:
@@ -287,13 +288,12 @@ def _load_tfds(tfds_data_dir):
     import tensorflow as tf
     import tensorflow_datasets as tfds
 
-    from amr_keras.data import OFFLINE_HELP, DataError, _network_available
 
     builder = tfds.builder("dsprites", data_dir=tfds_data_dir)
-    if not tf.io.gfile.exists(os.path.join(builder.data_dir, "dataset_info.json")) and not _network_available():
+    if not tf.io.gfile.exists(os.path.join(builder.data_dir, "dataset_info.json")) and not sources.network_available():
         raise DataError(f"tensorflow-datasets cannot download 'dsprites': no network, and it is not prepared in "
                         f"{builder.data_dir}. Pass --data-dir DIR with {NPZ_NAME}, or use --dataset "
-                        "dsprites_procedural (rendered in code). " + OFFLINE_HELP)
+                        "dsprites_procedural (rendered in code). " + sources.OFFLINE_HELP)
     keys = ("label_shape", "label_scale", "label_orientation", "label_x_position", "label_y_position")
     imgs, classes = [], []
     try:
@@ -309,7 +309,6 @@ def _load_tfds(tfds_data_dir):
 
 def load_grid(data_dir=None, tfds_data_dir=None):
     """The official grid as an ``ArraySource``: the ``.npz`` in ``data_dir``, else tensorflow-datasets."""
-    from amr_keras.data import DataError
 
     if data_dir is None:
         return _load_tfds(tfds_data_dir), "tensorflow-datasets"
@@ -335,11 +334,10 @@ def load_arrays(name, data_dir=None, tfds_data_dir=None, seed=None):
         validation cells (``amr_keras.data`` carves validation out of it, ``VAL_FRACTION``), images uint8
         ``(N, 64, 64, 1)`` of 0 and 255, labels the shape factor.
     """
-    from amr_keras.data import SPLIT_SEED
 
     src, source = factor_source(name, data_dir, tfds_data_dir)
     partial = isinstance(src, ArraySource) and not src.complete
-    cells = split_cells(SPLIT_SEED if seed is None else seed, src.cells if partial else None)
+    cells = split_cells(sources.SPLIT_SEED if seed is None else seed, src.cells if partial else None)
     if partial:
         source += f" (only {len(src.cells):,} of the {NUM_IMAGES:,} images)"
     out = {}

@@ -73,7 +73,7 @@ import tensorflow as tf
 
 import amr_keras.bvae  # noqa: F401  (registers BVAE for load_model)
 import amr_keras.model  # noqa: F401  (registers AMR for load_model)
-from amr_keras.data import DATASETS, SOURCE_SHAPES, preprocess
+from amr_keras.data import dataset_names, dataset_spec, preprocess
 from amr_keras.mixers import mix_pair
 from amr_keras.networks import IMAGE_SIZE
 
@@ -429,11 +429,12 @@ def export_run(run_dir, out=None, linear_head=False, dataset=None, data_dir=None
     with open(results_path) as f:
         results = json.load(f)
     run_dataset = results.get("dataset")
-    shape = results.get("image_shape") or SOURCE_SHAPES.get(run_dataset)
+    shape = results.get("image_shape") or (dataset_spec(run_dataset).source_shape
+                                            if run_dataset in dataset_names() else None)
     if shape is None:
         raise ValueError(
             f"{results_path} gives neither 'image_shape' nor a known 'dataset' "
-            f"(got dataset={run_dataset!r}; known: {', '.join(DATASETS)})."
+            f"(got dataset={run_dataset!r}; known: {', '.join(dataset_names())})."
         )
     model = keras.saving.load_model(model_path, compile=False)
     out = os.fspath(out) if out is not None else os.path.join(run_dir, "export")

@@ -23,25 +23,108 @@ Reference:
     Interpolation in Autoencoders via an Adversarial Regularizer. ICLR 2019.
 """
 
+import dataclasses
+
 import keras
 from keras import ops
 
-MIXERS = ("mixup", "bernoulli", "acai", "none")
+
+@dataclasses.dataclass(frozen=True)
+class MixerSpec:
+    """One way of mixing codes: how its weights are drawn and how many codes it mixes.
+
+    Adding a mixer is one ``register_mixer(MixerSpec(...))`` call (``docs/contributing.md``).
+
+    Attributes:
+        name: the ``--mixer`` value.
+        weights: ``weights(k, batch, channels, seed, ones) -> (k, batch, *ones, 1 or channels)``: non-negative
+            float32 weights summing to 1 over the first axis; ``ones`` is ``(1, 1)`` for code maps
+            ``(batch, H, W, C)`` and ``()`` for flat codes ``(batch, C)``; ``seed`` a ``keras.random.SeedGenerator``.
+            None for a mixer that does not mix (``none``).
+        max_k: the most codes one mix takes (``acai``: 2, as its critic regresses the weight of a pair); None: any.
+        summary: one line for the docs.
+    """
+
+    name: str
+    weights: object
+    max_k: int = None
+    summary: str = ""
+
+
+def _mixup_weights(k, batch, channels, seed, ones):
+    if k == 2:
+        a = keras.random.uniform((batch, *ones, 1), seed=seed)
+        return ops.stack([a, 1.0 - a])
+    # Dirichlet(1, ..., 1) as normalised Exponential(1) draws.
+    e = -ops.log(keras.random.uniform((k, batch, *ones, 1), minval=1e-7, maxval=1.0, seed=seed))
+    return e / ops.sum(e, axis=0, keepdims=True)
+
+
+def _bernoulli_weights(k, batch, channels, seed, ones):
+    if k == 2:
+        p = keras.random.uniform((), seed=seed)
+        m = ops.cast(keras.random.uniform((batch, *ones, channels), seed=seed) < p, "float32")
+        return ops.stack([m, 1.0 - m])
+    choice = keras.random.randint((batch, *ones, channels), 0, k, seed=seed)
+    # one_hot puts the k axis last; move it to the front.
+    return ops.moveaxis(ops.one_hot(choice, k, dtype="float32"), -1, 0)
+
+
+_REGISTRY = {}
+
+
+def register_mixer(spec, replace=False):
+    """Make ``spec`` a mixer of the model, the settings and the scripts; returns it.
+
+    Raises:
+        ValueError: a mixer of that name exists (pass ``replace=True`` to replace it), or ``max_k`` is below 2.
+    """
+    if spec.name in _REGISTRY and not replace:
+        raise ValueError(f"a mixer named {spec.name!r} is registered already (pass replace=True to replace it).")
+    if spec.max_k is not None and spec.max_k < 2:
+        raise ValueError(f"mixer {spec.name!r}: max_k must be at least 2 (a mix takes two codes or more).")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def mixer_names():
+    """The registered mixers, built-in ones first."""
+    return tuple(_REGISTRY)
+
+
+def mixer_spec(name):
+    """The ``MixerSpec`` of ``name``; ``ValueError`` listing the known ones for an unknown name."""
+    if name not in _REGISTRY:
+        raise ValueError(f"Unknown mixer {name!r}. Choose one of: {', '.join(_REGISTRY)}.")
+    return _REGISTRY[name]
+
+
+for _spec in (
+    MixerSpec("mixup", _mixup_weights, summary="convex combinations: U(0, 1) for pairs, Dirichlet(1, ..., 1) for k"),
+    MixerSpec("bernoulli", _bernoulli_weights, summary="each feature map taken whole from one of the k codes"),
+    MixerSpec("acai", _mixup_weights, max_k=2, summary="mixup of pairs, with ACAI's critic regressing the weight"),
+    MixerSpec("none", None, summary="no mixing: the AE + GAN baseline"),
+):
+    register_mixer(_spec)
+
+# The built-in mixers (use mixer_names in new code: it also sees mixers registered later).
+MIXERS = mixer_names()
 # Mixers that mix any number k >= 2 of codes; "acai" mixes pairs only, and k means nothing to "none".
-K_WAY_MIXERS = ("mixup", "bernoulli")
+K_WAY_MIXERS = tuple(name for name in MIXERS if _REGISTRY[name].weights is not None and _REGISTRY[name].max_k is None)
 
 
 def check_mixer(mixer, k=2):
     """Validate a mixer name and ``k``; raise ``ValueError`` saying what is accepted."""
-    if mixer not in MIXERS:
-        raise ValueError(f"Unknown mixer {mixer!r}. Choose one of: {', '.join(MIXERS)}.")
+    spec = mixer_spec(mixer)
     if int(k) != k or k < 2:
         raise ValueError(f"k (codes mixed together) must be an integer >= 2, got {k!r}.")
-    if mixer == "acai" and k != 2:
-        raise ValueError(
-            f"Mixer 'acai' mixes pairs of codes (its critic regresses the weight of the pair): k must be 2, "
-            f"got {k!r}. Use k=2, or mixup/bernoulli for k-way mixes."
-        )
+    if spec.max_k is not None and k > spec.max_k:
+        if mixer == "acai":
+            raise ValueError(
+                f"Mixer 'acai' mixes pairs of codes (its critic regresses the weight of the pair): k must be 2, "
+                f"got {k!r}. Use k=2, or mixup/bernoulli for k-way mixes."
+            )
+        raise ValueError(f"Mixer {mixer!r} mixes at most {spec.max_k} codes, got k={k!r}.")
     return mixer, int(k)
 
 
@@ -49,7 +132,7 @@ def mixing_weights(mixer, k, batch, channels, seed, rank=4):
     """Draw mixing weights of shape ``(k, batch, 1, 1, 1 or channels)`` (``rank`` 2: ``(k, batch, 1 or channels)``).
 
     Args:
-        mixer: ``"mixup"``, ``"bernoulli"`` or ``"acai"`` (mixup of pairs).
+        mixer: a registered mixer that mixes (``"mixup"``, ``"bernoulli"``, ``"acai"`` (mixup of pairs), ...).
         k: number of codes mixed together (>= 2).
         batch: batch size (a Python int or scalar tensor).
         channels: feature maps of the code (the values of a flat code).
@@ -59,23 +142,11 @@ def mixing_weights(mixer, k, batch, channels, seed, rank=4):
     Returns:
         Non-negative float32 weights summing to 1 over the first axis.
     """
-    ones = (1,) * (rank - 2)
-    if mixer in ("mixup", "acai"):
-        if k == 2:
-            a = keras.random.uniform((batch, *ones, 1), seed=seed)
-            return ops.stack([a, 1.0 - a])
-        # Dirichlet(1, ..., 1) as normalised Exponential(1) draws.
-        e = -ops.log(keras.random.uniform((k, batch, *ones, 1), minval=1e-7, maxval=1.0, seed=seed))
-        return e / ops.sum(e, axis=0, keepdims=True)
-    if mixer == "bernoulli":
-        if k == 2:
-            p = keras.random.uniform((), seed=seed)
-            m = ops.cast(keras.random.uniform((batch, *ones, channels), seed=seed) < p, "float32")
-            return ops.stack([m, 1.0 - m])
-        choice = keras.random.randint((batch, *ones, channels), 0, k, seed=seed)
-        # one_hot puts the k axis last; move it to the front.
-        return ops.moveaxis(ops.one_hot(choice, k, dtype="float32"), -1, 0)
-    raise ValueError(f"mixing_weights needs 'mixup', 'bernoulli' or 'acai', got {mixer!r}.")
+    spec = _REGISTRY.get(mixer)
+    if spec is None or spec.weights is None:
+        mixing = [name for name, s in _REGISTRY.items() if s.weights is not None]
+        raise ValueError(f"mixing_weights needs one of {', '.join(map(repr, mixing))}, got {mixer!r}.")
+    return spec.weights(k, batch, channels, seed, (1,) * (rank - 2))
 
 
 def partners(codes, k, seed):
@@ -93,7 +164,7 @@ def mix_codes(codes, mixer, k, seed, return_weights=False):
 
     Args:
         codes: ``(batch, H, W, C)`` code maps, or flat ``(batch, C)`` codes.
-        mixer: one of ``MIXERS``.
+        mixer: a registered mixer (``mixer_names()``).
         k: number of codes per mix (>= 2).
         seed: a ``keras.random.SeedGenerator`` (its state advances on each call).
         return_weights: also return the sources and weights (for tests, plots and
@@ -108,7 +179,7 @@ def mix_codes(codes, mixer, k, seed, return_weights=False):
         >>> mixed = mix_codes(keras.ops.ones((8, 4, 4, 2)), "mixup", 2, seed)
     """
     check_mixer(mixer, k)
-    if mixer == "none":
+    if mixer_spec(mixer).weights is None:
         return (None, None, None) if return_weights else None
     sources = partners(codes, k, seed)
     weights = ops.cast(mixing_weights(mixer, k, ops.shape(codes)[0], codes.shape[-1], seed, rank=len(codes.shape)),

@@ -131,6 +131,24 @@ def resolve_precision(name, cpuinfo_path="/proc/cpuinfo"):
 
 
 @contextlib.contextmanager
+def op_determinism_restored():
+    """Leave TensorFlow's process-wide op determinism as it was found, whatever the code inside turns on.
+
+    ``tf.config.experimental.enable_op_determinism`` lasts for the whole process and, while on, makes Keras drop
+    ``jit_compile=True`` (XLA has no deterministic kernels). A deterministic run followed by another one in the same
+    process (a grid, a search, a user's script) would otherwise inherit it.
+    """
+    from tensorflow.python.framework import config as tf_config  # the switch off is not in the public API
+
+    before = tf_config.is_op_determinism_enabled()
+    try:
+        yield
+    finally:
+        if tf_config.is_op_determinism_enabled() != before:
+            (tf_config.enable_op_determinism if before else tf_config.disable_op_determinism)()
+
+
+@contextlib.contextmanager
 def precision_scope(name):
     """Set Keras' global dtype policy to ``name`` (resolved if ``auto``) and restore the previous one after.
 

@@ -21,10 +21,11 @@ import tensorflow as tf
 import amr_keras.bvae  # noqa: F401  (registers BVAE, so that --resume can load its checkpoints)
 from amr_keras import callbacks as cbs
 from amr_keras.cli import ConfigError, resolve, settings_diff, upgrade_run_settings
-from amr_keras.data import DSPRITES_DATASETS, load_dataset, train_pipeline
+from amr_keras.data import dataset_spec, load_dataset, train_pipeline
 from amr_keras.model import AMR, _multi_worker, default_optimizer
 from amr_keras.networks import build_arch, build_burgess_decoder, build_burgess_encoder
-from amr_keras.precision import compute_dtype, cpu_info, native_bfloat16, precision_scope, resolve_precision
+from amr_keras.precision import (compute_dtype, cpu_info, native_bfloat16, op_determinism_restored, precision_scope,
+                                  resolve_precision)
 from amr_keras.runfolder import (LOCK_NAME, FolderLock, RunWriteError, describe_os_error, failed_path, fault_point,
                                  guarded_write, is_write_failure, remove_quietly, write_json_atomically)
 from amr_keras.stopping import GracefulStop, StopSignals, signal_name
@@ -246,7 +247,7 @@ def run(cfg, argv=None, resume_hint=RESUME_HINT):
     # the last epoch's checkpoint).
     handlers = contextlib.nullcontext() if _multi_worker(strategy) else signals.installed()
     try:
-        with FolderLock(out), handlers:
+        with FolderLock(out), handlers, op_determinism_restored():
             owned = True
             if out != cfg.out:
                 prepare_worker_folder(out, cfg.out, cfg.resume)
@@ -421,7 +422,7 @@ def _train(cfg, strategy, out, argv, signals, resume_hint):
             scores, classifier = evaluate_codes(model.encode, splits.arrays, seed=cfg.seed, return_classifier=True)
             results.update(scores)
             results["linear_eval_seconds"] = round(time.perf_counter() - t0, 1)
-        if cfg.dataset in DSPRITES_DATASETS:
+        if dataset_spec(cfg.dataset).factors:
             results.update(_factorvae(cfg, model))
         if cfg.export:
             _export_and_draw(model, splits, results, out, cfg.seed, classifier)
@@ -477,7 +478,7 @@ def _factorvae(cfg, model):
 
 def _factorvae_curve(cfg, model):
     """``[FactorVAECurve]`` for a dSprites run with ``factorvae_curve_votes``, else ``[]``."""
-    if cfg.dataset not in DSPRITES_DATASETS or not cfg.factorvae_curve_votes:
+    if not dataset_spec(cfg.dataset).factors or not cfg.factorvae_curve_votes:
         return []
     from amr_keras.data import preprocess
     from amr_keras.disentanglement import image_encoder

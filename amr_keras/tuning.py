@@ -40,7 +40,7 @@ from amr_keras.data import load_dataset, train_pipeline
 from amr_keras.evaluate import encode_arrays, linear_evaluation
 from amr_keras.mixers import K_WAY_MIXERS, MIXERS
 from amr_keras.model import ACAI_GAMMA, ACAI_WEIGHT
-from amr_keras.precision import precision_scope, resolve_precision
+from amr_keras.precision import op_determinism_restored, precision_scope, resolve_precision
 from amr_keras.runfolder import FolderLock, write_json_atomically
 from amr_keras.stopping import StopSignals, signal_name
 from amr_keras.train import build_model
@@ -505,10 +505,6 @@ def search(cfg, tuner="random", max_trials=10, search_space=(), verbose=None, ob
         cfg = dataclasses.replace(cfg, data_dir=os.path.abspath(cfg.data_dir))
     cfg = resolve(cfg)
     cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision))
-    if cfg.deterministic:  # every trial then repeats bit for bit (fit.py --deterministic)
-        import tensorflow as tf
-
-        tf.config.experimental.enable_op_determinism()
     out = cfg.out
     settings = dict(tuner=tuner, search_space=list(search_space), max_trials=max_trials, objective=objective,
                     ranges={k: list(v) for k, v in ranges.items()},
@@ -527,6 +523,11 @@ def search(cfg, tuner="random", max_trials=10, search_space=(), verbose=None, ob
     stack = contextlib.ExitStack()
     if role != "chief":
         stack.enter_context(signals.installed())
+    stack.enter_context(op_determinism_restored())
+    if cfg.deterministic:  # every trial then repeats bit for bit (fit.py --deterministic)
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
     try:
         if owns_folder:
             _check_search_settings(out, settings)

@@ -102,3 +102,14 @@ def tiny_linear_export(tiny_export, tmp_path_factory):
     scores, classifier = evaluate.evaluate_codes(tiny_export.model.encode, arrays, return_classifier=True)
     return types.SimpleNamespace(path=path, arrays=arrays, scores=scores, classifier=classifier,
                                  model=tiny_export.model, source_shape=SOURCE_SHAPE)
+
+
+@pytest.fixture(autouse=True)
+def _op_determinism_off_after_each_test():
+    """A test that turns TensorFlow's process-wide op determinism on (bench.py's in-process runs) must not turn XLA
+    off for the tests after it in the same worker (Keras drops ``jit_compile=True`` while it is on)."""
+    yield
+    from tensorflow.python.framework import config as tf_config
+
+    if tf_config.is_op_determinism_enabled():
+        tf_config.disable_op_determinism()

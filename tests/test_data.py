@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from amr_keras import data
+from amr_keras import data, sources
 
 
 def write_idx(path, array, compress=True):
@@ -128,7 +128,7 @@ def test_mnist_sample_ships_with_the_package():
 def test_tfds_path_with_mock_data(name, shape, monkeypatch):
     import tensorflow_datasets as tfds
 
-    monkeypatch.setattr(data, "_network_available", lambda *a, **k: True)
+    monkeypatch.setattr(sources, "network_available", lambda *a, **k: True)
     with tfds.testing.mock_data(num_examples=60):
         splits = data.load_dataset(name, batch_size=10)
     assert splits.info.image_shape == shape and splits.info.source == "tensorflow-datasets"
@@ -138,7 +138,7 @@ def test_tfds_path_with_mock_data(name, shape, monkeypatch):
 
 
 def test_no_network_names_the_offline_options(monkeypatch, tmp_path):
-    monkeypatch.setattr(data, "_network_available", lambda *a, **k: False)
+    monkeypatch.setattr(sources, "network_available", lambda *a, **k: False)
     with pytest.raises(data.DataError, match="--data-dir.*mnist_sample"):
         data.load_dataset("svhn", tfds_data_dir=str(tmp_path))
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from amr_keras import data, dsprites
+from amr_keras import data, dsprites, sources
 
 
 def _centroid(image):
@@ -162,7 +162,7 @@ def test_procedural_dataset_refuses_a_data_dir(tmp_path):
 
 def test_tfds_dsprites_is_read_by_its_factor_labels(monkeypatch, tmp_path):
     tfds = pytest.importorskip("tensorflow_datasets")
-    monkeypatch.setattr(data, "_network_available", lambda *a, **k: True)
+    monkeypatch.setattr(sources, "network_available", lambda *a, **k: True)
     with tfds.testing.mock_data(num_examples=300):
         source, where = dsprites.load_grid(tfds_data_dir=str(tmp_path))
     assert where == "tensorflow-datasets" and source.imgs.shape[1:] == (64, 64)
@@ -171,6 +171,6 @@ def test_tfds_dsprites_is_read_by_its_factor_labels(monkeypatch, tmp_path):
 
 
 def test_tfds_without_network_names_the_offline_options(monkeypatch, tmp_path):
-    monkeypatch.setattr(data, "_network_available", lambda *a, **k: False)
+    monkeypatch.setattr(sources, "network_available", lambda *a, **k: False)
     with pytest.raises(data.DataError, match="dsprites_procedural"):
         dsprites.load_grid(tfds_data_dir=str(tmp_path))

@@ -206,9 +206,9 @@ def test_bad_data_dir_fails_with_one_line_and_leaves_no_run(tmp_path, capsys, pr
 
 
 def test_no_network_for_tfds_fails_with_one_line(tmp_path, capsys, monkeypatch):
-    from amr_keras import data
+    from amr_keras import sources
 
-    monkeypatch.setattr(data, "_network_available", lambda *a, **k: False)
+    monkeypatch.setattr(sources, "network_available", lambda *a, **k: False)
     args = ["--dataset", "svhn", "--tfds-data-dir", str(tmp_path / "tfds"), "--out", str(tmp_path / "r")]
     assert load_script("fit").main(args) == 2
     err = capsys.readouterr().err

@@ -35,6 +35,7 @@ def _run(before, env_value, code=PROBE):
     (None: unset); return (variable after import, onednn_enabled(), whether amr_keras warned, stderr)."""
     env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
     env["TF_CPP_MIN_LOG_LEVEL"] = "0"  # keep TensorFlow's notice of the oneDNN state
+    env["AMR_KERAS_TF_NOTICES"] = "1"  # which amr_keras shows only when asked (--verbose 2 or this variable)
     env["CUDA_VISIBLE_DEVICES"] = ""
     if env_value is not None:
         env["TF_ENABLE_ONEDNN_OPTS"] = env_value

@@ -60,6 +60,27 @@ def test_three_steps_are_finite_and_float32(policy, jit, eager):
     assert all(np.isfinite(float(v)) for v in losses)
 
 
+def test_op_determinism_is_left_as_it_was_found():
+    from tensorflow.python.framework import config as tf_config
+
+    assert not tf_config.is_op_determinism_enabled()
+    with pytest.raises(RuntimeError), prec.op_determinism_restored():
+        tf_config.enable_op_determinism()
+        raise RuntimeError("boom")
+    assert not tf_config.is_op_determinism_enabled()
+    # XLA is honoured again (Keras drops jit_compile=True while determinism is on).
+    model = AMR(*build_networks(depth=4), mixer="mixup")
+    model.compile(jit_compile=True)
+    assert model.jit_compile
+    tf_config.enable_op_determinism()
+    try:
+        with prec.op_determinism_restored():
+            tf_config.disable_op_determinism()
+        assert tf_config.is_op_determinism_enabled()
+    finally:
+        tf_config.disable_op_determinism()
+
+
 def test_policy_is_restored_after_an_error():
     with pytest.raises(RuntimeError), prec.precision_scope("mixed_bfloat16"):
         assert keras.mixed_precision.global_policy().name == "mixed_bfloat16"

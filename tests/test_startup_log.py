@@ -43,3 +43,35 @@ def test_first_import_prints_no_duplicate_and_no_false_error():
     assert "absl::InitializeLog" not in out.stderr
     if not (os.path.exists("/proc/driver/nvidia/version") or os.path.exists("/dev/nvidiactl")):
         assert not [line for line in out.stderr.splitlines() if line.startswith("E0000")], out.stderr
+
+
+CPU_NOTICE = """I0000 00:00:1796670567.733240   25472 cpu_feature_guard.cc:227] This TensorFlow binary is optimized.
+To enable the following instructions: AVX2 FMA, in other operations, rebuild TensorFlow.
+W0000 00:00:1796670567.800000   25472 some_op.cc:10] a warning
+"""
+
+
+def test_information_notices_and_their_continuations_go_unless_asked_for():
+    quiet = filter_startup_log(SAMPLE + CPU_NOTICE, nvidia_driver=False, info=False)
+    assert [line.split("] ", 1)[1] for line in quiet.splitlines()] == ["a real error", "a warning"]
+    talkative = filter_startup_log(CPU_NOTICE, nvidia_driver=False, info=True)
+    assert "To enable the following instructions" in talkative
+
+
+def test_notices_are_shown_for_verbose_2_or_when_the_environment_asks():
+    from amr_keras import _notices_wanted
+
+    assert not _notices_wanted(["fit.py", "--help"], {})
+    assert not _notices_wanted(["fit.py", "--verbose", "1"], {})
+    assert _notices_wanted(["fit.py", "--epochs", "2", "--verbose", "2"], {})
+    assert _notices_wanted(["fit.py", "--verbose=2"], {})
+    assert _notices_wanted(["fit.py"], {"AMR_KERAS_TF_NOTICES": "1"})
+    assert not _notices_wanted(["fit.py", "--verbose", "2"], {"AMR_KERAS_TF_NOTICES": "0"})
+
+
+def test_help_is_the_help_alone():
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "AMR_KERAS_TF_NOTICES")}
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", "fit.py")
+    out = subprocess.run([sys.executable, script, "--help"], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0 and out.stdout.startswith("usage: fit.py"), out.stdout[:500]
+    assert out.stderr == "", out.stderr

@@ -12,6 +12,7 @@ import time
 import keras
 import numpy as np
 import pytest
+from tensorflow.python.framework import config as tf_config
 
 from amr_keras import train
 from amr_keras.cli import Config, ConfigError, resolve
@@ -81,11 +82,13 @@ def test_sigterm_mid_epoch_checkpoints_that_step_and_resume_continues_from_it(tm
     assert spy.states[:2] == [None, {"epochs_done": 0, "steps_done": 1}]
     assert _state(out) == {"epochs_done": 0, "steps_done": 3}
     assert not (out / "results.json").exists()
-    # The handlers are gone with the run: the process's own ones are back.
+    # The handlers are gone with the run: the process's own ones are back; so is op determinism (off).
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    assert not tf_config.is_op_determinism_enabled()
     monkeypatch.setattr(train, "_factorvae_curve", lambda cfg, model: [])
     results = train.run(dataclasses.replace(_cfg(out, epochs=1, steps_per_epoch=5), resume=True))
     assert results["epochs"] == 1 and _state(out) == {"epochs_done": 1}
+    assert not tf_config.is_op_determinism_enabled()
     with pytest.raises(ConfigError, match="--checkpoint-every takes minutes > 0"):
         resolve(_cfg(out, checkpoint_every=0.0))
 

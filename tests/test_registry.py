@@ -1,0 +1,181 @@
+"""The dataset registry: complete entries, one registration adds a dataset everywhere, and no import circle."""
+
+import ast
+import pathlib
+
+import numpy as np
+import pytest
+
+from amr_keras import data
+from amr_keras.cli import PRESETS, Config, ConfigError, build_parser, default_arch, default_preset, resolve
+from amr_keras.data import DatasetSpec, dataset_names, dataset_spec, load_dataset, register_dataset
+from amr_keras.networks import ARCHS, BURGESS_SIZE
+
+PACKAGE = pathlib.Path(data.__file__).parent
+
+
+def test_every_builtin_dataset_has_shapes_splits_preset_and_networks():
+    assert dataset_names()[:8] == ("mnist", "kmnist", "fashion_mnist", "svhn", "cifar10", "mnist_sample", "dsprites",
+                                   "dsprites_procedural")
+    for name in dataset_names():
+        spec = dataset_spec(name)
+        height, width, channels = spec.source_shape
+        assert channels in (1, 3) and height == width, name
+        assert 0 < spec.val_fraction < 1 and callable(spec.load) and spec.summary, name
+        assert spec.preset in PRESETS and spec.arch in ARCHS, name
+        # The burgess networks take 64x64 images, the acai ones 28x28 or 32x32 (padded or resized to 32).
+        assert (spec.arch == "burgess") == (height == BURGESS_SIZE), name
+        assert default_preset(name) == spec.preset and default_arch(name) == spec.arch
+    assert [n for n in dataset_names() if dataset_spec(n).factors] == ["dsprites", "dsprites_procedural"]
+
+
+def test_the_views_under_the_old_names_keep_their_values():
+    assert data.TFDS_NAMES == {"mnist": "mnist", "kmnist": "kmnist", "fashion_mnist": "fashion_mnist",
+                               "svhn": "svhn_cropped", "cifar10": "cifar10", "dsprites": "dsprites"}
+    assert data.VAL_FRACTION == {"mnist": 1 / 6, "kmnist": 1 / 6, "fashion_mnist": 1 / 6, "svhn": 0.1, "cifar10": 0.1,
+                                 "mnist_sample": 0.1, "dsprites": 1 / 13, "dsprites_procedural": 1 / 13}
+    assert data.SOURCE_SHAPES["svhn"] == (32, 32, 3) and data.SOURCE_SHAPES["dsprites"] == (64, 64, 1)
+    assert data.DSPRITES_DATASETS == ("dsprites", "dsprites_procedural")
+    from amr_keras.cli import DATASET_ARCHS, DATASET_PRESETS
+
+    assert DATASET_PRESETS == {"mnist": "mnist_full", "dsprites": "dsprites", "dsprites_procedural": "dsprites"}
+    assert DATASET_ARCHS == {"dsprites": "burgess", "dsprites_procedural": "burgess"}
+
+
+@pytest.fixture
+def tiny_colour_dataset():
+    rng = np.random.default_rng(0)
+
+    def load(data_dir, tfds_data_dir):
+        train = (rng.integers(0, 256, (120, 32, 32, 3), dtype=np.uint8), np.arange(120) % 4)
+        test = (rng.integers(0, 256, (20, 32, 32, 3), dtype=np.uint8), np.arange(20) % 4)
+        return {"train": train, "test": test}, "made in the test"
+
+    spec = register_dataset(DatasetSpec("tiny_colour", source_shape=(32, 32, 3), val_fraction=0.25, load=load,
+                                        summary="random colour images in 4 classes"))
+    yield spec
+    data._REGISTRY.pop(spec.name)
+
+
+def test_one_registration_adds_a_dataset_to_the_loader_the_settings_and_the_command_line(tiny_colour_dataset):
+    splits = load_dataset("tiny_colour", batch_size=10)
+    assert (splits.info.num_train, splits.info.num_val, splits.info.num_test) == (90, 30, 20)
+    assert splits.info.image_shape == (32, 32, 3) and splits.info.source == "made in the test"
+    x, _ = next(iter(splits.train))
+    assert x.shape == (10, 32, 32, 3)
+    cfg = resolve(Config(dataset="tiny_colour"))
+    assert cfg.preset == "fast" and cfg.arch == "acai"
+    assert build_parser().parse_args(["--dataset", "tiny_colour"]).dataset == "tiny_colour"
+    with pytest.raises(ConfigError, match="--arch burgess does not fit --dataset tiny_colour"):
+        resolve(Config(dataset="tiny_colour", arch="burgess"))
+
+
+def test_a_second_registration_of_a_name_and_a_malformed_entry_are_refused(tiny_colour_dataset):
+    with pytest.raises(ValueError, match="registered already"):
+        register_dataset(tiny_colour_dataset)
+    assert register_dataset(tiny_colour_dataset, replace=True) is tiny_colour_dataset
+    with pytest.raises(ValueError, match="source_shape must be"):
+        register_dataset(DatasetSpec("flat", source_shape=(32, 32), val_fraction=0.1, load=lambda d, t: None))
+    with pytest.raises(ValueError, match="Unknown dataset 'nope'. Choose one of: mnist, kmnist"):
+        dataset_spec("nope")
+
+
+def _imports(path, modules):
+    """The package modules ``path`` imports, at its top or inside a function."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("amr_keras"):
+            names = [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
+        elif isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        else:
+            continue
+        found |= {name for name in names if name in modules}
+    return found
+
+
+def test_the_package_imports_form_no_circle():
+    modules = {".".join(("amr_keras", *p.relative_to(PACKAGE).with_suffix("").parts)).removesuffix(".__init__"): p
+               for p in PACKAGE.rglob("*.py")}
+    # The package itself is left out: importing it imports its models, which is no circle of the code's own.
+    graph = {name: _imports(path, modules) - {name, "amr_keras"} for name, path in modules.items()}
+    state = {}
+
+    def visit(name, trail):
+        state[name] = "open"
+        for nxt in sorted(graph[name]):
+            assert state.get(nxt) != "open", "import circle: " + " -> ".join([*trail, nxt])
+            if nxt not in state:
+                visit(nxt, [*trail, nxt])
+        state[name] = "done"
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [name])
+    assert len(graph) > 20 and "amr_keras.sources" in graph["amr_keras.dsprites"]
+
+
+# --------------------------------------------------------------------------- mixers
+def test_every_mixer_draws_weights_for_code_maps_and_flat_codes():
+    import keras
+
+    from amr_keras.mixers import mix_codes, mixer_names, mixer_spec, mixing_weights
+
+    assert mixer_names()[:4] == ("mixup", "bernoulli", "acai", "none")
+    seed = keras.random.SeedGenerator(0)
+    for name in mixer_names():
+        spec = mixer_spec(name)
+        assert spec.summary, name
+        if spec.weights is None:
+            assert mix_codes(keras.ops.ones((6, 4, 4, 3)), name, 2, seed) is None
+            continue
+        for k in (2, 3) if spec.max_k is None else (2,):
+            for rank, channels in ((4, 3), (2, 10)):
+                w = np.asarray(mixing_weights(name, k, 6, channels, seed, rank=rank))
+                assert w.shape[:2] == (k, 6) and w.shape[-1] in (1, channels) and w.ndim == rank + 1, (name, k, rank)
+                assert (w >= 0).all() and np.allclose(w.sum(axis=0), 1.0, atol=1e-6), (name, k, rank)
+            codes = keras.random.normal((6, 4, 4, 3), seed=0)
+            assert mix_codes(codes, name, k, seed).shape == (6, 4, 4, 3)
+            assert mix_codes(keras.random.normal((6, 10), seed=0), name, k, seed).shape == (6, 10)
+
+
+@pytest.fixture
+def even_mixer():
+    import keras
+
+    from amr_keras import mixers
+    from amr_keras.mixers import MixerSpec, register_mixer
+
+    def even(k, batch, channels, seed, ones):  # every code weighs 1/k
+        return keras.ops.ones((k, batch, *ones, 1)) / k
+
+    spec = register_mixer(MixerSpec("even", even, summary="the mean of k codes"))
+    yield spec
+    mixers._REGISTRY.pop("even")
+
+
+def test_one_registration_adds_a_mixer_to_the_model_and_the_settings(even_mixer):
+    from amr_keras.data import synthetic_dataset
+    from amr_keras.mixers import mix_codes
+    from amr_keras.model import AMR
+    from amr_keras.networks import build_networks
+
+    model = AMR(*build_networks(depth=4), mixer="even", k=3, recon_gan=False)
+    model.compile(run_eagerly=True)  # one eager step: tracing would cost most of the test's time
+    x, y = next(iter(synthetic_dataset(16, batch_size=16)))
+    mixed, _, weights = mix_codes(model.encode(x), "even", 3, model.seed_generator, return_weights=True)
+    assert np.allclose(np.asarray(weights), 1 / 3)
+    logs = model.train_on_batch(x, y, return_dict=True)
+    assert np.isfinite(logs["g_loss"]) and int(model.ae_optimizer.iterations) == 1
+    assert resolve(Config(mixer="even", k=3, recon_gan=False)).mixer == "even"
+    assert build_parser().parse_args(["--mixer", "even"]).mixer == "even"
+
+
+def test_a_mixer_that_takes_pairs_only_refuses_k_3(even_mixer):
+    from amr_keras.mixers import MixerSpec, check_mixer, register_mixer
+
+    register_mixer(MixerSpec("even", even_mixer.weights, max_k=2, summary="pairs"), replace=True)
+    with pytest.raises(ValueError, match="Mixer 'even' mixes at most 2 codes, got k=3"):
+        check_mixer("even", 3)
+    with pytest.raises(ValueError, match="k must be 2"):
+        check_mixer("acai", 3)
