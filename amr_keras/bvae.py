@@ -23,9 +23,10 @@ Reference:
 """
 
 import keras
+import tensorflow as tf
 from keras import ops
 
-from amr_keras.model import AMR, default_optimizer, recon_loss
+from amr_keras.model import AMR, _descend, _replicas, default_optimizer, recon_loss
 
 
 KL_REDUCTIONS = ("mean", "sum")
@@ -167,11 +168,17 @@ class BVAE(AMR):
         return keras.Model.make_train_function(self, force)
 
     def train_step(self, data):
-        tape, y, out, probe_logits, scaled = self._record_step(
-            data, (("loss", self.ae_optimizer), ("probe_loss", self.probe_optimizer)))
-        # Train the encoder and the decoder.
-        ae_vars = self.ae_variables
-        self.ae_optimizer.apply_gradients(zip(tape.gradient(scaled["loss"], ae_vars), ae_vars))
-        self._train_probe(tape, scaled["probe_loss"])
+        x, y = self._unpack(data)
+        replicas = _replicas()
+        with tf.GradientTape(persistent=True) as tape:
+            # Encode to a mean and a log-variance, decode a reparameterised draw, and the losses (``_forward``);
+            # the probe reads the mean through a stop-gradient.
+            out = self._forward(x, training=True)
+            probe_logits, out["probe_loss"] = self._probe_loss(out["code"], y, training=True)
+            loss = self.ae_optimizer.scale_loss(out["loss"] / replicas)
+            probe_loss = self.probe_optimizer.scale_loss(out["probe_loss"] / replicas)
+        # The encoder and the decoder descend reconstruction + beta * KL; the probe its cross-entropy.
+        _descend(tape, loss, self.ae_optimizer, self.ae_variables)
+        self._train_probe(tape, probe_loss)
         del tape
         return self._update_metrics(out, y, probe_logits, out["probe_loss"])

@@ -55,6 +55,11 @@ def _replicas():
     return tf.distribute.get_replica_context().num_replicas_in_sync if tf.distribute.has_strategy() else 1
 
 
+def _descend(tape, loss, optimizer, variables):
+    """One step of ``optimizer`` on ``variables`` down the gradient of ``loss`` (recorded on ``tape``)."""
+    optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+
+
 def _bce_with_logits(logits, target):
     """Mean binary cross-entropy of sigmoid(logits) against a target in [0, 1] (a constant or one per logit)."""
     labels = ops.broadcast_to(ops.cast(target, logits.dtype), ops.shape(logits))
@@ -576,62 +581,47 @@ class AMR(keras.Model):
         return self._train_step(data, ae_update=None)
 
     def _train_step(self, data, ae_update):
-        """One AMR step; ``ae_update`` None decides in-graph, True/False is fixed at trace time."""
-        tape, y, out, probe_logits, scaled = self._record_step(
-            data, (("d_loss", self.d_optimizer), ("g_loss", self.ae_optimizer), ("probe_loss", self.probe_optimizer)))
-        d_scaled, g_scaled, p_scaled = scaled["d_loss"], scaled["g_loss"], scaled["probe_loss"]
+        """One step of AMR, top to bottom as the paper's algorithm (Beckham et al., 2019, Sec. 2).
 
-        # Train the autoencoder (every update_g_every-th step, counted by the
-        # discriminator's optimizer before its own update).
-        def update_autoencoder():
-            grads = tape.gradient(g_scaled, self.ae_variables)
-            self.ae_optimizer.apply_gradients(zip(grads, self.ae_variables))
-
-        if self.update_g_every == 1 or ae_update:
-            update_autoencoder()
-        elif ae_update is False:
-            pass
-        else:
-            ops.cond(
-                ops.equal(self.d_optimizer.iterations % self.update_g_every, 0),
-                update_autoencoder,
-                lambda: None,
-            )
-
-        # Train the discriminator.
-        d_vars = self.discriminator.trainable_variables
-        self.d_optimizer.apply_gradients(zip(tape.gradient(d_scaled, d_vars), d_vars))
-
-        self._train_probe(tape, p_scaled)
-        return self._update_metrics(out, y, probe_logits, out["probe_loss"])
-
-    def _record_step(self, data, losses):
-        """The forward pass of a training step under a persistent tape.
-
-        Args:
-            data: the ``(images, labels)`` batch.
-            losses: ``((key, optimizer), ...)``: the losses (keys of ``_forward``'s output, or
-                ``"probe_loss"``) to scale for their optimizers.
-
-        Returns:
-            ``(tape, labels, out, probe_logits, scaled)``: ``out`` is ``_forward``'s output plus
-            ``probe_loss``; ``scaled`` maps each key to its loss divided by the replica count and scaled by
-            its optimizer (loss scaling under float16).
+        ``ae_update`` None decides in the graph whether the autoencoder trains at this step; True or False fixes
+        it when the step is traced (``make_train_function``: two step functions, for tf.distribute and XLA).
         """
         x, y = self._unpack(data)
         replicas = _replicas()
         with tf.GradientTape(persistent=True) as tape:
+            # Encode x, decode the codes and their mixes, one discriminator pass over [x, reconstructions,
+            # decoded mixes], and every loss (``_forward``); the probe reads the code through a stop-gradient.
             out = self._forward(x, training=True)
             probe_logits, out["probe_loss"] = self._probe_loss(out["code"], y, training=True)
-            scaled = {key: optimizer.scale_loss(out[key] / replicas) for key, optimizer in losses}
-        return tape, y, out, probe_logits, scaled
+            # Per-replica means over the replica count (the all-reduced gradients are the global batch's), scaled
+            # by each optimizer (loss scaling under float16).
+            d_loss = self.d_optimizer.scale_loss(out["d_loss"] / replicas)
+            g_loss = self.ae_optimizer.scale_loss(out["g_loss"] / replicas)
+            probe_loss = self.probe_optimizer.scale_loss(out["probe_loss"] / replicas)
+
+        # The autoencoder descends lamb * reconstruction + its adversarial terms (+ beta * consistency), at every
+        # update_g_every-th step (counted by the discriminator's optimizer before its own update).
+        self._every_update_g_every(ae_update, lambda: _descend(tape, g_loss, self.ae_optimizer, self.ae_variables))
+        # The discriminator descends its loss on real images against reconstructions and mixes (ACAI: the
+        # critic's regression of the mixing weight).
+        _descend(tape, d_loss, self.d_optimizer, self.discriminator.trainable_variables)
+        # The linear probe descends its cross-entropy.
+        self._train_probe(tape, probe_loss)
+        return self._update_metrics(out, y, probe_logits, out["probe_loss"])
+
+    def _every_update_g_every(self, ae_update, update):
+        """Run ``update`` at every ``update_g_every``-th step: always (1), as traced (``ae_update`` True or
+        False), or through a conditional in the graph (``ae_update`` None)."""
+        if self.update_g_every == 1 or ae_update:
+            update()
+        elif ae_update is None:
+            ops.cond(ops.equal(self.d_optimizer.iterations % self.update_g_every, 0), update, lambda: None)
 
     def _train_probe(self, tape, scaled_loss):
         """Train the linear probe on the stop-gradient code (and move its running average)."""
-        p_vars = self.probe.trainable_variables
-        self.probe_optimizer.apply_gradients(zip(tape.gradient(scaled_loss, p_vars), p_vars))
+        _descend(tape, scaled_loss, self.probe_optimizer, self.probe.trainable_variables)
         if self.probe_average is not None:
-            update_average(self.probe_average.weights, p_vars, self.probe_optimizer.iterations)
+            update_average(self.probe_average.weights, self.probe.trainable_variables, self.probe_optimizer.iterations)
 
     def test_step(self, data):
         x, y = self._unpack(data)

@@ -1,5 +1,7 @@
 """Shared fixtures: one tiny AMR run folder and its SavedModel exports (without and with the post-hoc head)."""
 
+import contextlib
+import fcntl
 import json
 import os
 import types
@@ -56,23 +58,44 @@ def sklearn_fits(train_codes, train_labels, l2_grid=(0.0, 1e-5, 1e-4, 1e-3, 1e-2
     return fits
 
 
+@contextlib.contextmanager
+def shared_folder(tmp_path_factory, name):
+    """``(folder, made)``: a folder that the test workers of this pytest run share (each run has its own), held
+    exclusively while the block runs; ``made`` says whether an earlier holder finished it (``done`` in it)."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # pytest-N/, above every worker's popen-gwK/
+    folder = base / name
+    with open(base / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        made = (folder / "done").exists()
+        folder.mkdir(exist_ok=True)
+        yield folder, made
+        (folder / "done").touch()
+
+
 @pytest.fixture(scope="session")
 def tiny_export(tmp_path_factory):
     """A run folder (best.keras + results.json) of a tiny random AMR, exported with ``export_run``.
 
-    Exporting takes several seconds, so tests share this one export.
+    Exporting takes several seconds, so tests share this one export, made once per pytest run (the other
+    workers load its model).
     """
     from amr_keras.export import export_run
 
-    keras.utils.set_random_seed(0)
-    model = AMR(*build_networks(depth=4), num_classes=10, mixer="bernoulli", k=2, lamb=5.0)
-    model.compile()
-    run = tmp_path_factory.mktemp("run")
-    model.save(run / "best.keras")
-    with open(run / "results.json", "w") as f:
-        json.dump({"dataset": "mnist_sample", "image_shape": list(SOURCE_SHAPE), "test_probe_accuracy": 0.1}, f)
-    path = export_run(run)
-    return types.SimpleNamespace(model=model, run_dir=run, path=path, source_shape=SOURCE_SHAPE)
+    with shared_folder(tmp_path_factory, "tiny_export_run") as (run, made):
+        if made:
+            model = keras.saving.load_model(run / "best.keras")
+        else:
+            keras.utils.set_random_seed(0)
+            model = AMR(*build_networks(depth=4), num_classes=10, mixer="bernoulli", k=2, lamb=5.0)
+            model.compile()
+            model.save(run / "best.keras")
+            with open(run / "results.json", "w") as f:
+                json.dump({"dataset": "mnist_sample", "image_shape": list(SOURCE_SHAPE), "test_probe_accuracy": 0.1},
+                          f)
+            export_run(run)
+    return types.SimpleNamespace(model=model, run_dir=run, path=str(run / "export"), source_shape=SOURCE_SHAPE)
 
 
 @pytest.fixture(scope="session")
@@ -95,10 +118,12 @@ def tiny_linear_export(tiny_export, tmp_path_factory):
 
     x, y = class_images(240, seed=0)
     arrays = {"train": (x[:160], y[:160]), "val": (x[160:200], y[160:200]), "test": (x[200:], y[200:])}
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(evaluate, "load_dataset", lambda name, data_dir=None, batch_size=64, train_size=None: types.SimpleNamespace(
-            arrays=arrays))
-        path = export_run(tiny_export.run_dir, tmp_path_factory.mktemp("linear") / "export", linear_head=True)
+    with shared_folder(tmp_path_factory, "tiny_linear_export") as (folder, made), pytest.MonkeyPatch.context() as mp:
+        path = str(folder / "export")
+        if not made:
+            mp.setattr(evaluate, "load_dataset", lambda name, data_dir=None, batch_size=64, train_size=None:
+                       types.SimpleNamespace(arrays=arrays))
+            export_run(tiny_export.run_dir, path, linear_head=True)
     scores, classifier = evaluate.evaluate_codes(tiny_export.model.encode, arrays, return_classifier=True)
     return types.SimpleNamespace(path=path, arrays=arrays, scores=scores, classifier=classifier,
                                  model=tiny_export.model, source_shape=SOURCE_SHAPE)

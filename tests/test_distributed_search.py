@@ -163,7 +163,7 @@ def test_killed_worker_does_not_stop_the_search_and_its_trial_is_trained_again(t
     assert sorted(line.split()[1] for line in completed) == sorted(r["trial"] for r in rows)
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 def test_stopped_chief_continues_the_search_when_started_again(tiny_data, tmp_path):
     out = str(tmp_path / "s")
     argv = search_argv(tiny_data, out, "--workers", "2")

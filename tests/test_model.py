@@ -118,9 +118,9 @@ def test_fit_and_evaluate_with_standard_callbacks(tmp_path):
     assert int(model.d_optimizer.iterations) == 8 and int(model.ae_optimizer.iterations) == 4
 
 
-# Traces (or compiles) a step function: seconds each, so with -m slow.
-@pytest.mark.slow
-@pytest.mark.parametrize("compile_args", [{"jit_compile": True}, {"steps_per_execution": 2}])
+# Traces (or compiles) a step function: seconds each, so with -m slow (XLA's compile: a minute and more, -m heavy).
+@pytest.mark.parametrize("compile_args", [pytest.param({"jit_compile": True}, marks=pytest.mark.heavy),
+                                          pytest.param({"steps_per_execution": 2}, marks=pytest.mark.slow)])
 def test_fit_updates_the_autoencoder_every_update_g_every_steps(compile_args):
     # jit_compile: two traced step functions picked per step; steps_per_execution > 1: an in-graph cond.
     model = tiny_model(update_g_every=3)

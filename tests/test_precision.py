@@ -19,7 +19,7 @@ from amr_keras.networks import build_networks
     pytest.param("mixed_float16", False, False, id="mixed_float16", marks=pytest.mark.slow),
     pytest.param("mixed_bfloat16", False, True, id="mixed_bfloat16_eager"),
     pytest.param("mixed_bfloat16", False, False, id="mixed_bfloat16", marks=pytest.mark.slow),
-    pytest.param("float32", True, False, id="jit_compile", marks=pytest.mark.slow),
+    pytest.param("float32", True, False, id="jit_compile", marks=pytest.mark.heavy),
 ])
 def test_three_steps_are_finite_and_float32(policy, jit, eager):
     try:

@@ -101,7 +101,7 @@ def test_evaluate_script_refuses_no_jobs(capsys):
     assert e.value.code == 2 and "--jobs must be >= 1, got 0" in capsys.readouterr().err
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 def test_bench_times_each_probe_it_is_given(capsys):
     bench = _script("bench")
     bench.main(["--batch-sizes", "8", "--jit", "off", "--update-g-every", "1", "--steps", "2", "--warmup", "1",
@@ -112,7 +112,7 @@ def test_bench_times_each_probe_it_is_given(capsys):
     assert all(r["images_per_second"] > 0 for r in lines)
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 def test_bench_times_each_setting_in_its_own_process(capsys):
     bench = _script("bench")
     bench.main(["--batch-sizes", "8", "--jit", "off", "--update-g-every", "1", "--steps", "2", "--warmup", "1",

@@ -93,8 +93,8 @@ def test_sigterm_mid_epoch_checkpoints_that_step_and_resume_continues_from_it(tm
         resolve(_cfg(out, checkpoint_every=0.0))
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("signum, epoch, step", [(signal.SIGTERM, 2, 2), (signal.SIGINT, 1, 6)])
+@pytest.mark.parametrize("signum, epoch, step", [pytest.param(signal.SIGTERM, 2, 2, marks=pytest.mark.slow),
+                                                 pytest.param(signal.SIGINT, 1, 6, marks=pytest.mark.heavy)])
 def test_in_process_stop_and_resume_end_as_the_uninterrupted_run(tmp_path, monkeypatch, signum, epoch, step):
     whole = tmp_path / "whole"
     train.run(_cfg(whole))
@@ -204,8 +204,8 @@ def _fit_command(out, *extra):
             "--verbose", "0", "--out", str(out), *extra]
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+@pytest.mark.parametrize("signum, code", [pytest.param(signal.SIGTERM, 143, marks=pytest.mark.slow),
+                                          pytest.param(signal.SIGINT, 130, marks=pytest.mark.heavy)])
 def test_a_real_fit_stopped_by_a_signal_at_a_random_step_resumes_to_the_same_weights(tmp_path, signum, code):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     whole = tmp_path / "whole"
@@ -230,7 +230,7 @@ def test_a_real_fit_stopped_by_a_signal_at_a_random_step_resumes_to_the_same_wei
         np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 def test_a_reproduce_grid_stopped_by_sigterm_keeps_its_ledger_and_continues(tmp_path):
     """A two-run grid: SIGTERM while the second run trains. The first stays recorded, the second checkpointed;
     the same command then resumes the second and writes the table."""
