@@ -33,7 +33,7 @@ from amr_keras.precision import PRECISIONS  # noqa: E402
 from amr_keras.probe import PROBES  # noqa: E402
 from amr_keras.runfolder import FolderLockError  # noqa: E402
 from amr_keras.stopping import RunStopped  # noqa: E402
-from amr_keras.tuning import (OBJECTIVES, RANGES, SEARCHABLE, TUNERS, WORKERS_FOLDER, Cluster,  # noqa: E402
+from amr_keras.search import (OBJECTIVES, RANGES, SEARCHABLE, TUNERS, WORKERS_FOLDER, Cluster,  # noqa: E402
                               LocalWorkers, SearchError, cluster_from_env, limit_cpu_threads, local_gpus, search)
 
 # Options of this process alone, not passed on to the workers that --workers starts.

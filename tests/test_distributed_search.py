@@ -19,7 +19,8 @@ from test_data import write_mnist_folder
 from test_fit import load_script
 from test_tuning import error_line, read_table
 
-from amr_keras import tuning
+from amr_keras import search
+from amr_keras.search import distributed
 from amr_keras.cli import Config, ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -66,7 +67,7 @@ def read_json(path):
 
 def checkpointed_trials(out):
     """Trial ids with a checkpoint (trained weights) in the search folder ``out``."""
-    project = os.path.join(out, tuning.PROJECT_NAME)
+    project = os.path.join(out, search.PROJECT_NAME)
     if not os.path.isdir(project):
         return set()
     return {name[len("trial_"):] for name in os.listdir(project)
@@ -112,7 +113,7 @@ def test_cluster_by_environment_trains_each_trial_once_and_refuses_other_setting
     assert all(r["status"] == "COMPLETED" for r in rows)
     assert os.path.exists(os.path.join(chief_out, "best_hyperparameters.json"))
     # The chief's record: every trial handed out exactly once, to both workers.
-    handed = read_json(os.path.join(chief_out, tuning.TRIAL_WORKERS_FILE))
+    handed = read_json(os.path.join(chief_out, distributed.TRIAL_WORKERS_FILE))
     assert sorted(handed) == sorted(r["trial"] for r in rows)
     assert all(len(who) == 1 for who in handed.values())
     assert {who[0] for who in handed.values()} == set(worker_outs)
@@ -120,8 +121,8 @@ def test_cluster_by_environment_trains_each_trial_once_and_refuses_other_setting
     # The workers' side: each trial's weights are in the folder of the worker it was handed to, and nowhere else.
     for tuner_id, out in worker_outs.items():
         assert checkpointed_trials(out) == {t for t, who in handed.items() if who == [tuner_id]}
-        for report in ("trials.md", "best_hyperparameters.json", "search.json", tuning.TRIAL_WORKERS_FILE,
-                       os.path.join(tuning.PROJECT_NAME, "oracle.json")):
+        for report in ("trials.md", "best_hyperparameters.json", "search.json", distributed.TRIAL_WORKERS_FILE,
+                       os.path.join(search.PROJECT_NAME, "oracle.json")):
             assert not os.path.exists(os.path.join(out, report)), report
     assert checkpointed_trials(chief_out) == set()  # the chief trains nothing
     # One progress line per ended trial, naming its worker and score.
@@ -141,9 +142,9 @@ def test_killed_worker_does_not_stop_the_search_and_its_trial_is_trained_again(t
     with open(tmp_path / "chief.log", "w") as log:
         chief = start(search_argv(tiny_data, out, "--workers", "2"), log=log)
         # Kill the first worker handed a trial, while it trains it.
-        ledger = wait_for(chief, os.path.join(out, tuning.TRIAL_WORKERS_FILE))
+        ledger = wait_for(chief, os.path.join(out, distributed.TRIAL_WORKERS_FILE))
         first_trial, (victim,) = next(iter(read_json(ledger).items()))
-        pid = read_json(wait_for(chief, os.path.join(out, tuning.WORKERS_FOLDER, "workers.json")))[victim]["pid"]
+        pid = read_json(wait_for(chief, os.path.join(out, distributed.WORKERS_FOLDER, "workers.json")))[victim]["pid"]
         os.kill(pid, signal.SIGKILL)
         finish([chief], timeout=600)
     with open(tmp_path / "chief.log") as f:
@@ -174,11 +175,11 @@ def test_stopped_chief_continues_the_search_when_started_again(tiny_data, tmp_pa
         chief.send_signal(signal.SIGTERM)
         finish([chief], timeout=120)
     assert chief.returncode == 128 + signal.SIGTERM
-    for worker in read_json(os.path.join(out, tuning.WORKERS_FOLDER, "workers.json")).values():
+    for worker in read_json(os.path.join(out, distributed.WORKERS_FOLDER, "workers.json")).values():
         with pytest.raises(ProcessLookupError):  # the chief stopped its workers
             os.kill(worker["pid"], 0)
     done_before = {r["trial"] for r in read_table(out) if r["status"] == "COMPLETED"}
-    handed_before = read_json(os.path.join(out, tuning.TRIAL_WORKERS_FILE))
+    handed_before = read_json(os.path.join(out, distributed.TRIAL_WORKERS_FILE))
     assert done_before and len(done_before) < TRIALS
 
     second = start(argv)
@@ -186,7 +187,7 @@ def test_stopped_chief_continues_the_search_when_started_again(tiny_data, tmp_pa
     assert second.returncode == 0, log
     rows = read_table(out)
     assert len(rows) == TRIALS and all(r["status"] == "COMPLETED" for r in rows)
-    handed = read_json(os.path.join(out, tuning.TRIAL_WORKERS_FILE))
+    handed = read_json(os.path.join(out, distributed.TRIAL_WORKERS_FILE))
     # Finished trials are kept; the ones stopped with the chief are trained afresh; the rest once.
     for trial in handed:
         runs = len(handed_before.get(trial, [])) + (trial not in done_before)
@@ -197,13 +198,13 @@ def test_stopped_chief_continues_the_search_when_started_again(tiny_data, tmp_pa
 
 def test_cluster_comes_from_kerastuner_environment_variables():
     env = {"KERASTUNER_TUNER_ID": "chief", "KERASTUNER_ORACLE_IP": "10.0.0.5", "KERASTUNER_ORACLE_PORT": "8000"}
-    assert tuning.cluster_from_env(env) == tuning.Cluster("chief", "chief", "10.0.0.5", 8000)
-    assert tuning.cluster_from_env({**env, "KERASTUNER_TUNER_ID": "worker3"}).role == "worker"
-    assert tuning.cluster_from_env({"KERASTUNER_TUNER_ID": "worker3"}) is None  # no oracle address: one process
+    assert distributed.cluster_from_env(env) == distributed.Cluster("chief", "chief", "10.0.0.5", 8000)
+    assert distributed.cluster_from_env({**env, "KERASTUNER_TUNER_ID": "worker3"}).role == "worker"
+    assert distributed.cluster_from_env({"KERASTUNER_TUNER_ID": "worker3"}) is None  # no oracle address: one process
     with pytest.raises(ConfigError, match="KERASTUNER_TUNER_ID is not: set KERASTUNER_TUNER_ID=chief on the chief"):
-        tuning.cluster_from_env({k: v for k, v in env.items() if k != "KERASTUNER_TUNER_ID"})
+        distributed.cluster_from_env({k: v for k, v in env.items() if k != "KERASTUNER_TUNER_ID"})
     with pytest.raises(ConfigError, match="KERASTUNER_ORACLE_PORT must be a port number, got 'x'"):
-        tuning.cluster_from_env({**env, "KERASTUNER_ORACLE_PORT": "x"})
+        distributed.cluster_from_env({**env, "KERASTUNER_ORACLE_PORT": "x"})
 
 
 def test_workers_get_the_chiefs_options_without_the_launcher_ones():
@@ -225,23 +226,23 @@ class FakeClient:
         self.space = keras_tuner.HyperParameters()
         self.space.Float("lamb", 1.0, 1000.0)
         if settings is not None:
-            self.space.Fixed(tuning.SETTINGS_HP, tuning._published_settings(settings))
+            self.space.Fixed(distributed.SETTINGS_HP, distributed._published_settings(settings))
 
     def get_space(self):
         return self.space
 
 
 def test_worker_with_other_settings_than_the_chief_is_refused():
-    cluster = tuning.Cluster("worker", "worker1", "10.0.0.5", 8000)
-    tuning._check_chief_settings(FakeClient(SETTINGS), {**SETTINGS, "max_trials": 9}, cluster)  # may differ
+    cluster = distributed.Cluster("worker", "worker1", "10.0.0.5", 8000)
+    distributed._check_chief_settings(FakeClient(SETTINGS), {**SETTINGS, "max_trials": 9}, cluster)  # may differ
     mine = {**SETTINGS, "ranges": {"lamb": [3.0, 30.0]}, "precision": "mixed_bfloat16"}
     with pytest.raises(ConfigError) as e:
-        tuning._check_chief_settings(FakeClient(SETTINGS), mine, cluster)
+        distributed._check_chief_settings(FakeClient(SETTINGS), mine, cluster)
     assert str(e.value).startswith(
         "The chief at 10.0.0.5:8000 runs a search with other settings (ranges: chief has {'lamb': [1.0, 1000.0]}, "
         "this worker {'lamb': [3.0, 30.0]}; precision: chief has 'float32', this worker 'mixed_bfloat16').")
     with pytest.raises(ConfigError, match="does not publish the settings of an amr_keras search"):
-        tuning._check_chief_settings(FakeClient(), SETTINGS, cluster)
+        distributed._check_chief_settings(FakeClient(), SETTINGS, cluster)
 
 
 def test_workers_option_refuses_a_kerastuner_environment(monkeypatch, capsys, tmp_path):
@@ -256,9 +257,9 @@ def test_workers_option_refuses_a_kerastuner_environment(monkeypatch, capsys, tm
 
 def test_chief_requeues_the_trial_of_a_lost_worker_once_then_fails_it(tmp_path, capsys):
     # A chief over a real KerasTuner oracle, without gRPC: workers are only ids asking for trials.
-    hypermodel = tuning.AMRHyperModel(Config(dataset="mnist_sample", depth=4, batch_size=16), 1, 10, 2)
-    kt_tuner = tuning.make_tuner("random", hypermodel, str(tmp_path), max_trials=3)
-    chief = tuning._Chief(kt_tuner, hypermodel, str(tmp_path))
+    hypermodel = search.AMRHyperModel(Config(dataset="mnist_sample", depth=4, batch_size=16), 1, 10, 2)
+    kt_tuner = search.make_tuner("random", hypermodel, str(tmp_path), max_trials=3)
+    chief = distributed._Chief(kt_tuner, hypermodel, str(tmp_path))
     oracle = kt_tuner.oracle
     first = oracle.create_trial("worker0")
     assert oracle.create_trial("worker1").trial_id != first.trial_id
@@ -268,7 +269,7 @@ def test_chief_requeues_the_trial_of_a_lost_worker_once_then_fails_it(tmp_path, 
     assert oracle.create_trial("worker2").trial_id == first.trial_id
     chief.worker_lost("worker2", -15)
     assert first.status == "FAILED" and oracle._retry_queue == []
-    assert read_json(os.path.join(str(tmp_path), tuning.TRIAL_WORKERS_FILE))[first.trial_id] == ["worker0", "worker2"]
+    assert read_json(os.path.join(str(tmp_path), distributed.TRIAL_WORKERS_FILE))[first.trial_id] == ["worker0", "worker2"]
     rows = {r["trial"]: r for r in read_table(str(tmp_path))}
     assert (rows[first.trial_id]["status"], rows[first.trial_id]["worker"]) == ("FAILED", "worker0,worker2")
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("trial ")]

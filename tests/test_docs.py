@@ -252,7 +252,7 @@ STARTS = {
     "fit": {("script", "run"): _stop},
     "reproduce": {("amr_keras.reproduce", "train_missing"): _stop, ("amr_keras.reproduce", "write_tables"): _stop,
                   ("amr_keras.table4", "draw_traversals"): _stop, ("amr_keras.table4", "write_table"): _stop},
-    "tune": {("amr_keras.tuning", "FolderLock"): _stop},
+    "tune": {("amr_keras.search.run", "FolderLock"): _stop},
     "evaluate": {("script", "evaluate_saved"): _stop, ("amr_keras.disentanglement", "factorvae_saved"): _stop},
     "export": {("script", "export_run"): _stop, ("script", "add_linear_head"): _stop},
     "interpolate": {("script", "make_figures"): _stop},

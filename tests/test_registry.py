@@ -85,7 +85,9 @@ def _imports(path, modules):
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("amr_keras"):
-            names = [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
+            # "from amr_keras.search import space" reaches the module space, not the package's __init__.
+            submodules = [f"{node.module}.{alias.name}" for alias in node.names]
+            names = submodules if all(name in modules for name in submodules) else [node.module, *submodules]
         elif isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
         else:
@@ -179,3 +181,24 @@ def test_a_mixer_that_takes_pairs_only_refuses_k_3(even_mixer):
         check_mixer("even", 3)
     with pytest.raises(ValueError, match="k must be 2"):
         check_mixer("acai", 3)
+
+
+# --------------------------------------------------------------------------- moved modules
+def test_the_old_search_module_still_imports_with_a_deprecation_warning():
+    import importlib
+    import sys
+    import warnings
+
+    from amr_keras import search
+    from amr_keras.search import distributed, space
+
+    sys.modules.pop("amr_keras.tuning", None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tuning = importlib.import_module("amr_keras.tuning")
+    assert any(issubclass(w.category, DeprecationWarning) and "amr_keras.search" in str(w.message) for w in caught)
+    # The same objects under the old names, private ones that scripts of users may have reached for included.
+    assert tuning.search is search.search and tuning.AMRHyperModel is search.AMRHyperModel
+    assert tuning.SearchError is search.SearchError and tuning.Cluster is distributed.Cluster
+    assert tuning._check_search_settings is space._check_search_settings and tuning._Chief is distributed._Chief
+    assert tuning.MAX_RETRIES_PER_TRIAL == 1 and tuning.WORKERS_FOLDER == "workers"

@@ -231,7 +231,7 @@ def tiny_data(tmp_path_factory):
 
 def test_deterministic_reaches_every_run_of_reproduce_and_every_trial_of_tune(tiny_data, tmp_path, monkeypatch):
     from amr_keras import reproduce, train
-    from amr_keras.tuning import SearchError
+    from amr_keras.search import SearchError
 
     script = load_script("reproduce")
     trained = []

@@ -14,7 +14,7 @@ from conftest import class_images, model_input, sklearn_fits
 from test_data import write_mnist_folder
 from test_fit import load_script
 
-from amr_keras import tuning
+from amr_keras import search
 from amr_keras.cli import CONFIG_FILE_KEYS, Config, ConfigError
 from amr_keras.mixers import MIXERS
 from amr_keras.model import AMR
@@ -47,7 +47,7 @@ def run_recording_fits(argv, interrupt_at=None, reports=None):
     With ``reports=(out, list)``, the list gets what ``out/trials.md`` held as each trial started (None: no file).
     """
     calls = []
-    original = tuning.AMRHyperModel.fit
+    original = search.AMRHyperModel.fit
 
     def recording_fit(self, hp, model, *args, **kwargs):
         if reports is not None:
@@ -60,7 +60,7 @@ def run_recording_fits(argv, interrupt_at=None, reports=None):
         return original(self, hp, model, *args, **kwargs)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(tuning.AMRHyperModel, "fit", recording_fit)
+        mp.setattr(search.AMRHyperModel, "fit", recording_fit)
         if interrupt_at is None:
             return load_script("tune").main(argv), calls
         return load_script("tune").main(argv), calls
@@ -129,8 +129,8 @@ def test_rerun_of_a_finished_search_trains_nothing(search_run):
 def test_best_hyperparameters_lie_in_the_search_space(search_run):
     best = read_best(search_run.out)
     assert set(best) <= set(CONFIG_FILE_KEYS)
-    assert isinstance(best["lamb"], float) and tuning.LAMB_RANGE[0] <= best["lamb"] <= tuning.LAMB_RANGE[1]
-    assert isinstance(best["lr"], float) and tuning.LR_RANGE[0] <= best["lr"] <= tuning.LR_RANGE[1]
+    assert isinstance(best["lamb"], float) and search.LAMB_RANGE[0] <= best["lamb"] <= search.LAMB_RANGE[1]
+    assert isinstance(best["lr"], float) and search.LR_RANGE[0] <= best["lr"] <= search.LR_RANGE[1]
     assert best["d_lr"] == best["lr"]
     assert best["mixer"] in MIXERS and best["k"] in (2, 3) and best["update_g_every"] in range(1, 6)
     base = (best["dataset"], best["preset"], best["epochs"], best["depth"], best["batch_size"])
@@ -153,9 +153,9 @@ def test_trials_table_ranks_every_trial(search_run):
 
 @pytest.mark.slow
 def test_tuner_checkpoint_of_the_best_trial_reloads(search_run):
-    hypermodel = tuning.AMRHyperModel(base_config(search_run.data, search_run.out), 1, 10, 5, search_space=SEARCH)
-    tuner = tuning.make_tuner("random", hypermodel, search_run.out, max_trials=2)
-    trial = tuning.ranked_trials(tuner.oracle)[0]
+    hypermodel = search.AMRHyperModel(base_config(search_run.data, search_run.out), 1, 10, 5, search_space=SEARCH)
+    tuner = search.make_tuner("random", hypermodel, search_run.out, max_trials=2)
+    trial = search.ranked_trials(tuner.oracle)[0]
     trained = tuner.load_model(trial)  # rebuilds the model and loads the trial's best-epoch weights
     fresh = hypermodel.build(trial.hyperparameters.copy())
     best = read_best(search_run.out)
@@ -208,7 +208,7 @@ def test_bad_search_settings_fail_with_one_line(search_run, capsys, extra, messa
 
 def test_hypermodel_draws_lamb_and_lr_and_keeps_base_k_without_mixing():
     base = Config(dataset="mnist_sample", depth=4, batch_size=16, k=2, jit_compile=False)
-    hypermodel = tuning.AMRHyperModel(base, 1, 10, 5, search_space="k,mixer")
+    hypermodel = search.AMRHyperModel(base, 1, 10, 5, search_space="k,mixer")
     assert hypermodel.search_space == ("mixer", "k")
     hp = keras_tuner.HyperParameters()
     hp.values = {"lamb": 5.0, "lr": 3e-4, "mixer": "none", "k": 3}
@@ -221,38 +221,38 @@ def test_hypermodel_draws_lamb_and_lr_and_keeps_base_k_without_mixing():
 
 def test_hypermodel_gives_acai_pairs_and_its_settings_only_to_acai_trials():
     base = Config(dataset="mnist_sample", depth=4, batch_size=16, k=3, jit_compile=False)
-    hypermodel = tuning.AMRHyperModel(base, 1, 10, 5, search_space="mixer,k")
+    hypermodel = search.AMRHyperModel(base, 1, 10, 5, search_space="mixer,k")
     hp = keras_tuner.HyperParameters()
     hp.values = {"lamb": 5.0, "lr": 3e-4, "mixer": "acai", "k": 3}
     assert (hypermodel.config(hp).mixer, hypermodel.config(hp).k) == ("acai", 2)
     base = Config(dataset="mnist_sample", depth=4, batch_size=16, mixer="acai", acai_gamma=0.2, acai_weight=0.5)
-    hypermodel = tuning.AMRHyperModel(base, 1, 10, 5, search_space="mixer")
+    hypermodel = search.AMRHyperModel(base, 1, 10, 5, search_space="mixer")
     hp.values = {"lamb": 5.0, "lr": 3e-4, "mixer": "mixup"}
     assert (hypermodel.config(hp).acai_gamma, hypermodel.config(hp).acai_weight) == (0.0, 1.0)
     hp.values = {"lamb": 5.0, "lr": 3e-4, "mixer": "acai"}
     assert (hypermodel.config(hp).acai_gamma, hypermodel.config(hp).acai_weight) == (0.2, 0.5)
     with pytest.raises(ConfigError, match="Searching k needs a mixer that mixes k codes .* base mixer is 'acai'"):
-        tuning.AMRHyperModel(base, 1, 10, 5, search_space="k")
+        search.AMRHyperModel(base, 1, 10, 5, search_space="k")
 
 
 @pytest.mark.parametrize("name", ["random", "bayesian", "hyperband"])
 def test_the_same_seed_draws_the_same_trials_seed_0_included(name, tmp_path):
     base = Config(dataset="mnist_sample", depth=4, batch_size=16, epochs=2, jit_compile=False)
-    hypermodel = tuning.AMRHyperModel(base, 1, 10, 5, search_space="mixer,k")
+    hypermodel = search.AMRHyperModel(base, 1, 10, 5, search_space="mixer,k")
 
     def draws(folder, seed):
-        tuner = tuning.make_tuner(name, hypermodel, str(tmp_path / folder), max_trials=4, seed=seed)
+        tuner = search.make_tuner(name, hypermodel, str(tmp_path / folder), max_trials=4, seed=seed)
         return [tuner.oracle.create_trial(f"tuner{i}").hyperparameters.values for i in range(3)]
 
     first = draws("a", 0)
     assert draws("b", 0) == first
     assert draws("c", 1) != first
-    assert tuning.tuner_seed(0) != 0 and tuning.tuner_seed(7) == 7
+    assert search.tuner_seed(0) != 0 and search.tuner_seed(7) == 7
 
 
 def test_k_search_needs_batches_of_three():
     with pytest.raises(ConfigError, match="at least k"):
-        tuning.AMRHyperModel(Config(dataset="mnist_sample", depth=4, batch_size=2), 1, 10, 5, search_space="k")
+        search.AMRHyperModel(Config(dataset="mnist_sample", depth=4, batch_size=2), 1, 10, 5, search_space="k")
 
 
 @pytest.mark.slow
@@ -263,7 +263,7 @@ def test_diverging_trials_are_failed_and_stop_the_search(tiny_data, tmp_path, ca
         raise NonFiniteLossError("d_loss became nan at step 3")
 
     monkeypatch.setattr(AMR, "fit", diverge)
-    monkeypatch.setattr(tuning, "MAX_CONSECUTIVE_FAILED_TRIALS", 2)
+    monkeypatch.setattr(search.space, "MAX_CONSECUTIVE_FAILED_TRIALS", 2)
     out = str(tmp_path / "s")
     assert load_script("tune").main(tune_args(tiny_data, out, "--max-trials", "3")) == 2
     line = error_line(capsys.readouterr().err)
@@ -278,10 +278,10 @@ def test_diverging_trials_are_failed_and_stop_the_search(tiny_data, tmp_path, ca
 
 def test_hypermodel_searches_the_code_size_and_builds_that_code():
     base = Config(dataset="mnist_sample", depth=4, batch_size=16, code_channels=2, jit_compile=False)
-    hypermodel = tuning.AMRHyperModel(base, 1, 10, 5, search_space="code_channels")
+    hypermodel = search.AMRHyperModel(base, 1, 10, 5, search_space="code_channels")
     hp = keras_tuner.HyperParameters()
     hypermodel.sample(hp)  # declares the space
-    assert hp.get("code_channels") in tuning.CODE_CHANNELS_CHOICES
+    assert hp.get("code_channels") in search.CODE_CHANNELS_CHOICES
     assert list(hp.space[-1].values) == [2, 4, 8, 16]
     hp.values = {"lamb": 5.0, "lr": 3e-4, "code_channels": 16}
     model = hypermodel.build(hp)
@@ -290,11 +290,11 @@ def test_hypermodel_searches_the_code_size_and_builds_that_code():
 
 
 def test_ranges_narrow_the_search_and_equal_bounds_fix_a_value():
-    assert tuning.parse_ranges() == tuning.RANGES
-    ranges = tuning.parse_ranges({"lamb": "3:30", "lr": (1e-3, 1e-3), "beta": "0:0.5"})
+    assert search.parse_ranges() == search.RANGES
+    ranges = search.parse_ranges({"lamb": "3:30", "lr": (1e-3, 1e-3), "beta": "0:0.5"})
     assert ranges == {"lamb": (3.0, 30.0), "lr": (1e-3, 1e-3), "beta": (0.0, 0.5)}
     base = Config(dataset="mnist_sample", depth=4, batch_size=16, jit_compile=False)
-    hypermodel = tuning.AMRHyperModel(base, 1, 10, 5, search_space="beta", ranges=ranges)
+    hypermodel = search.AMRHyperModel(base, 1, 10, 5, search_space="beta", ranges=ranges)
     hp = keras_tuner.HyperParameters()
     hypermodel.sample(hp)  # declares the space
     space = {p.name: p for p in hp.space}
@@ -318,17 +318,17 @@ def test_ranges_narrow_the_search_and_equal_bounds_fix_a_value():
 ])
 def test_bad_ranges_say_what_is_wrong(ranges, message):
     with pytest.raises(ConfigError) as e:
-        tuning.parse_ranges(ranges)
+        search.parse_ranges(ranges)
     assert message in str(e.value)
 
 
 def test_objective_must_be_known_and_posthoc_needs_the_images():
     base = Config(dataset="mnist_sample", depth=4, batch_size=16, jit_compile=False)
     with pytest.raises(ConfigError, match="Unknown objective 'accuracy'. Choose one of: probe, posthoc"):
-        tuning.AMRHyperModel(base, 1, 10, 5, objective="accuracy")
+        search.AMRHyperModel(base, 1, 10, 5, objective="accuracy")
     with pytest.raises(ConfigError, match="posthoc objective needs the training and validation images"):
-        tuning.AMRHyperModel(base, 1, 10, 5, objective="posthoc", posthoc_arrays={"train": None})
-    assert tuning.objective("posthoc").name == "val_posthoc_accuracy"
+        search.AMRHyperModel(base, 1, 10, 5, objective="posthoc", posthoc_arrays={"train": None})
+    assert search.objective("posthoc").name == "val_posthoc_accuracy"
 
 
 def test_posthoc_objective_scores_the_final_codes_and_never_reads_the_test_split():
@@ -340,7 +340,7 @@ def test_posthoc_objective_scores_the_final_codes_and_never_reads_the_test_split
               # Not images at all: encoding them would fail, so the test passes only if they are never read.
               "test": (np.zeros((3, 5), np.float32), np.zeros(3, np.int64))}
     base = Config(dataset="mnist_sample", depth=4, batch_size=16, jit_compile=False)
-    hypermodel = tuning.AMRHyperModel(base, 1, 10, 3, objective="posthoc", posthoc_arrays=arrays)
+    hypermodel = search.AMRHyperModel(base, 1, 10, 3, objective="posthoc", posthoc_arrays=arrays)
     assert set(hypermodel.posthoc_arrays) == {"train", "val"}
     hp = keras_tuner.HyperParameters()
     hp.values = {"lamb": 10.0, "lr": 1e-3}
