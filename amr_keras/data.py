@@ -556,7 +556,7 @@ class DatasetSpec:
         val_fraction: the part of the training split carved out (with ``SPLIT_SEED``) for validation.
         load: ``load(data_dir, tfds_data_dir) -> ({"train": (images, labels), "test": ...}, source)``: uint8
             images N x H x W x C, int labels, and a line saying where they came from (``test`` may be absent).
-        preset: the preset (``amr_keras.cli.PRESETS``) a run gets when none is named.
+        preset: the preset (``amr_keras.config.PRESETS``) a run gets when none is named.
         arch: the network family (``amr_keras.networks.ARCHS``) a run gets when none is named.
         tfds_name: its tensorflow-datasets builder, if any.
         factors: labelled by generative factors (dSprites): the FactorVAE metric applies.

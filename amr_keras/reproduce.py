@@ -37,7 +37,7 @@ import sys
 import time
 
 from amr_keras.callbacks import checkpoint_epochs
-from amr_keras.cli import (PRESETS, RUN_KEYS, Config, ConfigError, default_run_name, resolve, settings_diff,
+from amr_keras.config import (PRESETS, RUN_KEYS, Config, ConfigError, default_run_name, resolve, settings_diff,
                            upgrade_run_settings)
 from amr_keras.model import RECON_GAN_OPTIONAL_MIXERS
 from amr_keras.runfolder import FolderLock, FolderLockError, append_line, write_text_atomically

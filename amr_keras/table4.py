@@ -24,7 +24,7 @@ import json
 import os
 import statistics
 
-from amr_keras.cli import AMR_BETA1, BVAE_BETA1, Config, ConfigError, default_run_name, resolve
+from amr_keras.config import AMR_BETA1, BVAE_BETA1, Config, ConfigError, default_run_name, resolve
 from amr_keras.reproduce import (PlannedRun, _write_text, collect, find_recorded, gap_verdict, mean_std, paired_ci95,
                                  recipe_tag, record_finished)
 

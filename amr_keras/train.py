@@ -20,7 +20,7 @@ import tensorflow as tf
 
 import amr_keras.bvae  # noqa: F401  (registers BVAE, so that --resume can load its checkpoints)
 from amr_keras import callbacks as cbs
-from amr_keras.cli import ConfigError, resolve, settings_diff, upgrade_run_settings
+from amr_keras.config import ConfigError, resolve, settings_diff, upgrade_run_settings
 from amr_keras.data import dataset_spec, load_dataset, train_pipeline
 from amr_keras.model import AMR, _multi_worker, default_optimizer
 from amr_keras.networks import build_arch, build_burgess_decoder, build_burgess_encoder

@@ -67,7 +67,7 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from amr_keras import reproduce  # noqa: E402
-from amr_keras.cli import PRESETS, ConfigError  # noqa: E402
+from amr_keras.config import PRESETS, ConfigError  # noqa: E402
 from amr_keras.data import DATASETS  # noqa: E402
 from amr_keras.precision import PRECISIONS  # noqa: E402
 from amr_keras.probe import PROBES  # noqa: E402

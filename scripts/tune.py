@@ -26,7 +26,7 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from amr_keras.cli import PRESETS, Config, ConfigError  # noqa: E402
+from amr_keras.config import PRESETS, Config, ConfigError  # noqa: E402
 from amr_keras.data import DATASETS, DataError  # noqa: E402
 from amr_keras.mixers import MIXERS  # noqa: E402
 from amr_keras.precision import PRECISIONS  # noqa: E402

@@ -174,7 +174,7 @@ def check_run(out, baseline, epochs):
 
 def check_ledger_kill(work, run):
     """Kill ``reproduce.record_finished`` half-way through its append; the ledger must still read."""
-    script = ("import sys; from amr_keras import reproduce; from amr_keras.cli import Config; "
+    script = ("import sys; from amr_keras import reproduce; from amr_keras.config import Config; "
               "r = reproduce.PlannedRun(('mnist', 'mixup', 2, 1.0, None), Config(out=sys.argv[1])); "
               "print(reproduce.record_finished([r], sys.argv[2]))")
     ledger_dir = os.path.join(work, "ledger")

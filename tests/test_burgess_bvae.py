@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from amr_keras import networks
 from amr_keras.bvae import BVAE, kl_divergence
-from amr_keras.cli import Config, ConfigError, default_run_name, resolve
+from amr_keras.config import Config, ConfigError, default_run_name, resolve
 from amr_keras.mixers import mix_codes, mix_pair
 from amr_keras.model import AMR, recon_loss
 
@@ -252,7 +252,7 @@ def test_bench_runs_the_64x64_step(model, trained):
 def test_runs_made_before_the_official_kl_weight_are_not_taken_for_new_ones():
     """A beta-VAE run recorded before kl_reduction (its KL was summed), on the first renderer, with Adam beta_1 0.5
     and scored at its best epoch, differs from today's run of the same name in each of those settings."""
-    from amr_keras.cli import settings_diff, upgrade_run_settings
+    from amr_keras.config import settings_diff, upgrade_run_settings
 
     new = resolve(Config(dataset="dsprites_procedural", model="bvae", beta_kl=100.0))
     old = {k: v for k, v in dataclasses.asdict(new).items()

@@ -21,7 +21,7 @@ from test_tuning import error_line, read_table
 
 from amr_keras import search
 from amr_keras.search import distributed
-from amr_keras.cli import Config, ConfigError
+from amr_keras.config import Config, ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TUNE = os.path.join(ROOT, "scripts", "tune.py")

@@ -399,7 +399,7 @@ def test_malformed_tf_config_is_named(tiny_data, tmp_path, capsys, monkeypatch, 
 def test_subset_and_code_size_name_the_run_and_bind_resume():
     import dataclasses
 
-    from amr_keras.cli import Config, resolve, settings_diff
+    from amr_keras.config import Config, resolve, settings_diff
 
     cfg = resolve(Config(dataset="mnist", train_size=1000, code_channels=16, preset="fast"))
     assert os.path.basename(cfg.out) == "mnist-n1000-mixup-k2-c16-lamb100-fast-s0"
@@ -421,7 +421,7 @@ def test_subset_and_code_size_name_the_run_and_bind_resume():
     (["--dataset", "fashion_mnist"], "fast", 100.0, 5),
 ])
 def test_the_default_preset_depends_on_the_dataset(argv, preset, lamb, epochs):
-    from amr_keras.cli import config_from_args, default_preset
+    from amr_keras.config import config_from_args, default_preset
 
     cfg = config_from_args(argv + ["--out", "x"])
     assert (cfg.preset, cfg.lamb, cfg.epochs) == (preset, lamb, epochs)
@@ -431,7 +431,7 @@ def test_the_default_preset_depends_on_the_dataset(argv, preset, lamb, epochs):
 def test_a_run_made_under_the_old_mnist_default_names_the_preset_on_resume():
     import dataclasses
 
-    from amr_keras.cli import Config, resolve, settings_diff
+    from amr_keras.config import Config, resolve, settings_diff
 
     old = dataclasses.asdict(resolve(Config(dataset="mnist", preset="fast", out="x")))
     now = resolve(Config(dataset="mnist", out="x"))

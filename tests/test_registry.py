@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from amr_keras import data
-from amr_keras.cli import PRESETS, Config, ConfigError, build_parser, default_arch, default_preset, resolve
+from amr_keras.config import PRESETS, Config, ConfigError, build_parser, default_arch, default_preset, resolve
 from amr_keras.data import DatasetSpec, dataset_names, dataset_spec, load_dataset, register_dataset
 from amr_keras.networks import ARCHS, BURGESS_SIZE
 
@@ -36,7 +36,7 @@ def test_the_views_under_the_old_names_keep_their_values():
                                  "mnist_sample": 0.1, "dsprites": 1 / 13, "dsprites_procedural": 1 / 13}
     assert data.SOURCE_SHAPES["svhn"] == (32, 32, 3) and data.SOURCE_SHAPES["dsprites"] == (64, 64, 1)
     assert data.DSPRITES_DATASETS == ("dsprites", "dsprites_procedural")
-    from amr_keras.cli import DATASET_ARCHS, DATASET_PRESETS
+    from amr_keras.config import DATASET_ARCHS, DATASET_PRESETS
 
     assert DATASET_PRESETS == {"mnist": "mnist_full", "dsprites": "dsprites", "dsprites_procedural": "dsprites"}
     assert DATASET_ARCHS == {"dsprites": "burgess", "dsprites_procedural": "burgess"}
@@ -184,21 +184,37 @@ def test_a_mixer_that_takes_pairs_only_refuses_k_3(even_mixer):
 
 
 # --------------------------------------------------------------------------- moved modules
-def test_the_old_search_module_still_imports_with_a_deprecation_warning():
+def _import_warned(old, new):
+    """Import the module ``old`` afresh; it must warn that it moved to ``new``."""
     import importlib
     import sys
     import warnings
 
+    sys.modules.pop(old, None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        module = importlib.import_module(old)
+    assert any(issubclass(w.category, DeprecationWarning) and new in str(w.message) for w in caught), caught
+    return module
+
+
+def test_the_old_search_module_still_imports_with_a_deprecation_warning():
     from amr_keras import search
     from amr_keras.search import distributed, space
 
-    sys.modules.pop("amr_keras.tuning", None)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        tuning = importlib.import_module("amr_keras.tuning")
-    assert any(issubclass(w.category, DeprecationWarning) and "amr_keras.search" in str(w.message) for w in caught)
+    tuning = _import_warned("amr_keras.tuning", "amr_keras.search")
     # The same objects under the old names, private ones that scripts of users may have reached for included.
     assert tuning.search is search.search and tuning.AMRHyperModel is search.AMRHyperModel
     assert tuning.SearchError is search.SearchError and tuning.Cluster is distributed.Cluster
     assert tuning._check_search_settings is space._check_search_settings and tuning._Chief is distributed._Chief
     assert tuning.MAX_RETRIES_PER_TRIAL == 1 and tuning.WORKERS_FOLDER == "workers"
+
+
+def test_the_old_settings_module_still_imports_with_a_deprecation_warning():
+    from amr_keras import config
+
+    cli = _import_warned("amr_keras.cli", "amr_keras.config")
+    assert cli.Config is config.Config and cli.resolve is config.resolve and cli.PRESETS is config.PRESETS
+    assert cli.build_parser is config.build_parser and cli._HelpFormatter is config._HelpFormatter
+    # A run folder's config.json written before the move loads through either path.
+    assert cli.Config(dataset="mnist_sample") == config.Config(dataset="mnist_sample")

@@ -8,7 +8,7 @@ import os
 import pytest
 
 from amr_keras import reproduce
-from amr_keras.cli import PRESETS, ConfigError, settings_diff
+from amr_keras.config import PRESETS, ConfigError, settings_diff
 from amr_keras.data import VAL_FRACTION
 from test_data import write_mnist_folder
 
@@ -102,7 +102,7 @@ def test_table1_plans_the_papers_five_rows_with_one_recipe(dirs):
 def test_plain_fit_on_mnist_trains_a_run_of_the_table1_row(dirs, mixer, k, seed):
     # `fit.py --dataset mnist --data-dir DIR --mixer M --k K --seed S --probe batchnorm`, no preset named:
     # the table's recipe (the table keeps the probe its runs were made with).
-    from amr_keras.cli import config_from_args
+    from amr_keras.config import config_from_args
 
     runs = reproduce.plan_runs(reproduce.TABLES["1"], [seed], {"mnist": dirs["data"]}, "runs")
     (planned,) = [run.cfg for run in runs if run.row[1:3] == (mixer, k)]
@@ -495,7 +495,7 @@ def test_only_lambs_trains_the_chosen_lambs_and_tabulates_them_all(dirs, monkeyp
 
 
 def test_settings_diff_compares_data_folders_as_real_paths(tmp_path, monkeypatch):
-    from amr_keras.cli import Config, resolve
+    from amr_keras.config import Config, resolve
 
     (tmp_path / "data").mkdir()
     monkeypatch.chdir(tmp_path)

@@ -122,7 +122,7 @@ def test_tune_refuses_a_search_folder_in_use_and_touches_nothing(tiny_data, tmp_
 
 def test_reproduce_skips_a_run_that_another_process_trains(tmp_path, holder, monkeypatch, capsys):
     from amr_keras import reproduce, train
-    from amr_keras.cli import Config
+    from amr_keras.config import Config
 
     trained = []
     monkeypatch.setattr(train, "run", lambda cfg, argv=None, resume_hint=None: trained.append(cfg.out))
@@ -208,7 +208,7 @@ def test_a_failed_write_removes_its_partial_file_and_keeps_the_old_one(tmp_path,
 def test_the_write_failure_message_names_what_is_intact(tmp_path, state, expected):
     import errno
 
-    from amr_keras.cli import Config
+    from amr_keras.config import Config
     from amr_keras.train import _write_failure_message
 
     out = tmp_path / "run"

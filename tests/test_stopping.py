@@ -15,7 +15,7 @@ import pytest
 from tensorflow.python.framework import config as tf_config
 
 from amr_keras import train
-from amr_keras.cli import Config, ConfigError, resolve
+from amr_keras.config import Config, ConfigError, resolve
 from amr_keras.stopping import GracefulStop, RunStopped, StopSignals
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -15,7 +15,7 @@ from test_data import write_mnist_folder
 from test_fit import load_script
 
 from amr_keras import search
-from amr_keras.cli import CONFIG_FILE_KEYS, Config, ConfigError
+from amr_keras.config import CONFIG_FILE_KEYS, Config, ConfigError
 from amr_keras.mixers import MIXERS
 from amr_keras.model import AMR
 

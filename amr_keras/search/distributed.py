@@ -10,7 +10,7 @@ import time
 
 import keras_tuner
 
-from amr_keras.cli import ConfigError
+from amr_keras.config import ConfigError
 from amr_keras.search import space
 from amr_keras.search.space import (
     SEARCH_KEYS,

@@ -9,7 +9,7 @@ import sys
 import keras
 
 from amr_keras.callbacks import NonFiniteLossGuard
-from amr_keras.cli import ConfigError, resolve
+from amr_keras.config import ConfigError, resolve
 from amr_keras.data import load_dataset, train_pipeline
 from amr_keras.precision import op_determinism_restored, resolve_precision
 from amr_keras.runfolder import FolderLock

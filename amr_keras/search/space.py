@@ -9,7 +9,7 @@ import keras
 import keras_tuner
 
 from amr_keras.callbacks import NonFiniteLossError
-from amr_keras.cli import RUN_KEYS, ConfigError, resolve, validate
+from amr_keras.config import RUN_KEYS, ConfigError, resolve, validate
 from amr_keras.evaluate import encode_arrays, linear_evaluation
 from amr_keras.mixers import K_WAY_MIXERS, MIXERS
 from amr_keras.model import ACAI_GAMMA, ACAI_WEIGHT
@@ -299,7 +299,7 @@ def make_tuner(name, hypermodel, directory, max_trials, seed=0):
 def best_config(hypermodel, trial):
     """Settings of ``trial`` as a flat dict of ``Config`` fields (what ``scripts/fit.py --config`` reads).
 
-    It holds the settings that define a run (``amr_keras.cli.RUN_KEYS``) that are set, plus
+    It holds the settings that define a run (``amr_keras.config.RUN_KEYS``) that are set, plus
     ``tfds_data_dir`` when given.
     """
     cfg = hypermodel.config(trial.hyperparameters.copy())
