@@ -35,11 +35,14 @@ def test_failing_cuinit_is_kept_where_an_nvidia_driver_is_installed():
 
 def test_first_import_prints_no_duplicate_and_no_false_error():
     env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "AMR_KERAS_RAW_TF_LOG")}
+    env["AMR_KERAS_TF_NOTICES"] = "1"  # the notices shown (as with --verbose 2), each once
     code = "import amr_keras, tensorflow as tf; print(float(tf.constant(1.0) + 1))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0 and out.stdout.strip() == "2.0", out.stderr[-2000:]
     messages = [re.sub(r"^[IWEF]\d{4} [\d:.]+\s+\d+ ", "", line) for line in out.stderr.splitlines() if line.strip()]
     assert len(messages) == len(set(messages)), out.stderr
+    if os.environ.get("TF_ENABLE_ONEDNN_OPTS", "1") == "1":
+        assert sum("oneDNN custom operations are on" in m for m in messages) == 1, out.stderr
     assert "absl::InitializeLog" not in out.stderr
     if not (os.path.exists("/proc/driver/nvidia/version") or os.path.exists("/dev/nvidiactl")):
         assert not [line for line in out.stderr.splitlines() if line.startswith("E0000")], out.stderr
