@@ -114,7 +114,7 @@ def check_recon_gan(mixer, recon_gan):
     """
     if not isinstance(recon_gan, bool):
         raise ValueError(f"recon_gan must be True or False, got {recon_gan!r}.")
-    if recon_gan or mixer in RECON_GAN_OPTIONAL_MIXERS or mixer not in ("none", "acai"):  # registered mixers too
+    if recon_gan or mixer not in ("none", "acai"):  # RECON_GAN_OPTIONAL_MIXERS and any registered mixer
         return
     if mixer == "none":
         raise ValueError("recon_gan=False needs a mixer: with mixer 'none' the discriminator would judge nothing "
