@@ -126,7 +126,7 @@ PRESETS = {
     # post-hoc linear accuracy on validation, seeds 0 and 1, 94.70% at lamb 5, 94.18% at 10, 93.52% at 30;
     # at lamb 2 mixup stops reconstructing), and Table 1 at lamb 5 confirmed for every mixing row.
     # `scripts/reproduce.py --table 1` trains every row of Table 1 with it. Tables 2 and 3 were made at lamb
-    # 10 (the preset's value then) and keep it (see amr_keras/reproduce.py).
+    # 10 (the preset's value then) and keep it (see amr_keras/tables/accuracy.py).
     "mnist_full": {**_FAST, "lamb": 5.0, "epochs": 4},
 }
 
@@ -134,7 +134,7 @@ PRESETS = {
 # batch 64, the official Adam betas; the 64x64 networks of Burgess et al. with 32 filters. The official rate
 # (1e-4, 500 epochs) is far beyond a CPU: lr 5e-4 with cosine decay and the autoencoder updated every step,
 # as the fast preset departs from the official one (not tuned on dSprites). 6 epochs of the 60,000 training
-# images (360,000 images seen): the budget of every row of Table 4 (amr_keras.table4), an estimated 12 to 18
+# images (360,000 images seen): the budget of every row of Table 4 (amr_keras.tables.table4), an estimated 12 to 18
 # minutes of training on a 2-core CPU with bfloat16 units (from the step cost of a few tiny steps, not measured).
 # Every model is scored at its last epoch, as disentanglement_lib scores a model: the shape probe that picks the
 # best epoch elsewhere is barely above chance on dSprites, so picking by it picks by noise. A FactorVAE estimate

@@ -54,6 +54,7 @@ import tensorflow as tf
 
 from amr_keras import dsprites, sources
 from amr_keras.networks import IMAGE_SIZE
+from amr_keras.registry import Registry
 from amr_keras.sources import OFFLINE_HELP, SPLIT_SEED, DataError  # noqa: F401  (public here as before)
 
 DSPRITES_SIZE = 64
@@ -574,34 +575,29 @@ class DatasetSpec:
     summary: str = ""
 
 
-_REGISTRY = {}
+_REGISTRY = Registry("dataset")
 
 
 def register_dataset(spec, replace=False):
     """Make ``spec`` a dataset of every script and of ``load_dataset``; returns it.
 
     Raises:
-        ValueError: a dataset of that name exists (pass ``replace=True`` to replace it).
+        ValueError: a dataset of that name exists (pass ``replace=True`` to replace it), or a malformed entry.
     """
-    if spec.name in _REGISTRY and not replace:
-        raise ValueError(f"a dataset named {spec.name!r} is registered already (pass replace=True to replace it).")
     if len(spec.source_shape) != 3 or not 0 < spec.val_fraction < 1 or not callable(spec.load):
         raise ValueError(f"dataset {spec.name!r}: source_shape must be (height, width, channels), val_fraction in "
                          f"(0, 1) and load callable; got {spec.source_shape}, {spec.val_fraction}, {spec.load!r}.")
-    _REGISTRY[spec.name] = spec
-    return spec
+    return _REGISTRY.register(spec, replace)
 
 
 def dataset_names():
     """The registered datasets, built-in ones first."""
-    return tuple(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def dataset_spec(name):
     """The ``DatasetSpec`` of ``name``; ``ValueError`` listing the known ones for an unknown name."""
-    if name not in _REGISTRY:
-        raise ValueError(f"Unknown dataset {name!r}. Choose one of: {', '.join(_REGISTRY)}.")
-    return _REGISTRY[name]
+    return _REGISTRY.spec(name)
 
 
 def check_dataset(name):

@@ -28,6 +28,8 @@ import dataclasses
 import keras
 from keras import ops
 
+from amr_keras.registry import Registry
+
 
 @dataclasses.dataclass(frozen=True)
 class MixerSpec:
@@ -70,7 +72,7 @@ def _bernoulli_weights(k, batch, channels, seed, ones):
     return ops.moveaxis(ops.one_hot(choice, k, dtype="float32"), -1, 0)
 
 
-_REGISTRY = {}
+_REGISTRY = Registry("mixer")
 
 
 def register_mixer(spec, replace=False):
@@ -79,24 +81,19 @@ def register_mixer(spec, replace=False):
     Raises:
         ValueError: a mixer of that name exists (pass ``replace=True`` to replace it), or ``max_k`` is below 2.
     """
-    if spec.name in _REGISTRY and not replace:
-        raise ValueError(f"a mixer named {spec.name!r} is registered already (pass replace=True to replace it).")
     if spec.max_k is not None and spec.max_k < 2:
         raise ValueError(f"mixer {spec.name!r}: max_k must be at least 2 (a mix takes two codes or more).")
-    _REGISTRY[spec.name] = spec
-    return spec
+    return _REGISTRY.register(spec, replace)
 
 
 def mixer_names():
     """The registered mixers, built-in ones first."""
-    return tuple(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def mixer_spec(name):
     """The ``MixerSpec`` of ``name``; ``ValueError`` listing the known ones for an unknown name."""
-    if name not in _REGISTRY:
-        raise ValueError(f"Unknown mixer {name!r}. Choose one of: {', '.join(_REGISTRY)}.")
-    return _REGISTRY[name]
+    return _REGISTRY.spec(name)
 
 
 for _spec in (

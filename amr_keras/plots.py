@@ -307,7 +307,7 @@ def accuracy_vs_train_size(records, path, title="Accuracy against training image
     probe. Test accuracy where the runs have it, else validation (said on the axis).
 
     Args:
-        records: the ``rows`` of a table's JSON (``amr_keras.reproduce.write_tables``): dicts with
+        records: the ``rows`` of a table's JSON (``amr_keras.tables.accuracy.write_tables``): dicts with
             ``dataset``, ``mixer``, ``k``, ``train_size`` and ``runs`` (each with ``*_accuracy`` keys).
         path: the PNG to write.
         title: figure title.

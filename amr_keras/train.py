@@ -12,7 +12,6 @@ import os
 import shlex
 import shutil
 import sys
-import time
 
 import keras
 import numpy as np
@@ -22,6 +21,7 @@ import amr_keras.bvae  # noqa: F401  (registers BVAE, so that --resume can load 
 from amr_keras import callbacks as cbs
 from amr_keras.config import ConfigError, resolve, settings_diff, upgrade_run_settings
 from amr_keras.data import dataset_spec, load_dataset, train_pipeline
+from amr_keras.metrics import score_run
 from amr_keras.model import AMR, _multi_worker, default_optimizer
 from amr_keras.networks import build_arch, build_burgess_decoder, build_burgess_encoder
 from amr_keras.precision import (compute_dtype, cpu_info, native_bfloat16, op_determinism_restored, precision_scope,
@@ -414,16 +414,11 @@ def _train(cfg, strategy, out, argv, signals, resume_hint):
             "cpu_model": cpu_info()["model"],  # speeds depend on it
             "command": " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv)),
         }
-        classifier = None  # without the linear evaluation the export has no classify_linear
-        if cfg.linear_eval:
-            from amr_keras.evaluate import evaluate_codes
-
-            t0 = time.perf_counter()
-            scores, classifier = evaluate_codes(model.encode, splits.arrays, seed=cfg.seed, return_classifier=True)
-            results.update(scores)
-            results["linear_eval_seconds"] = round(time.perf_counter() - t0, 1)
-        if dataset_spec(cfg.dataset).factors:
-            results.update(_factorvae(cfg, model))
+        # Post-hoc metrics (amr_keras.metrics: the linear evaluation, FactorVAE on dSprites, any registered one);
+        # without the linear evaluation the export has no classify_linear.
+        scores, context = score_run(cfg, model, splits)
+        results.update(scores)
+        classifier = context.get("classifier")
         if cfg.export:
             _export_and_draw(model, splits, results, out, cfg.seed, classifier)
         # Written last: a run folder with results.json is complete (export and figure included).
@@ -456,24 +451,6 @@ def clean_temporaries(out):
             if ".tmp" in name or name in ("export.old",):
                 path = os.path.join(folder, name)
                 shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else remove_quietly(path)
-
-
-def _factorvae(cfg, model):
-    """The FactorVAE score and the official AMR code's score of ``model`` on ``cfg``'s dSprites (the same draws,
-    seed 0, for every run)."""
-    from amr_keras.disentanglement import factorvae_score, image_encoder
-    from amr_keras.dsprites import factor_source
-
-    t0 = time.perf_counter()
-    source, _ = factor_source(cfg.dataset, cfg.data_dir, cfg.tfds_data_dir)
-    from amr_keras.data import preprocess
-
-    scores = factorvae_score(image_encoder(model.encode, preprocess), source, votes=cfg.factorvae_votes,
-                             eval_votes=cfg.factorvae_eval_votes, samples=cfg.factorvae_samples,
-                             prune_threshold=cfg.factorvae_prune, prune_relative=cfg.factorvae_prune_relative,
-                             seed=0, official=True)
-    scores["factorvae_seconds"] = round(time.perf_counter() - t0, 1)
-    return scores
 
 
 def _factorvae_curve(cfg, model):

@@ -58,7 +58,6 @@ Examples:
 """
 
 import argparse
-import dataclasses
 import os
 import shlex
 import sys
@@ -66,7 +65,8 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from amr_keras import reproduce  # noqa: E402
+from amr_keras import tables  # noqa: E402
+from amr_keras.tables import accuracy  # noqa: E402
 from amr_keras.config import PRESETS, ConfigError  # noqa: E402
 from amr_keras.data import DATASETS  # noqa: E402
 from amr_keras.precision import PRECISIONS  # noqa: E402
@@ -74,16 +74,15 @@ from amr_keras.probe import PROBES  # noqa: E402
 from amr_keras.runfolder import FolderLockError, RunWriteError  # noqa: E402
 from amr_keras.stopping import RunStopped  # noqa: E402
 
-GRID_DATASETS = ["mnist_sample", "mnist", "kmnist", "svhn", "fashion_mnist"]
-QUICK_BUDGET_STEPS = 40  # --quick on a table whose runs train a fixed number of steps
 
 
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--table", help=f"named table: {', '.join(reproduce.TABLES)}, 4 (default: the grid of "
+    p.add_argument("--table", help=f"named table: {', '.join(n for n in tables.table_names() if n != 'grid')} "
+                                   "(default: grid, the grid of "
                                    "--datasets and --mixers)")
     p.add_argument("--datasets", nargs="+", choices=DATASETS,
-                   help=f"the grid's datasets (default: {' '.join(GRID_DATASETS)}); with --table: replace the "
+                   help=f"the grid's datasets (default: {' '.join(accuracy.GRID_DATASETS)}); with --table: replace the "
                         "table's own")
     p.add_argument("--data-dir", action="append", default=[], metavar="NAME=DIR",
                    help="raw-file folder of one dataset, e.g. mnist=/data/mnist (repeatable)")
@@ -120,7 +119,7 @@ def parse_args(argv):
                         "without this flag; files tagged -norecgan")
     p.add_argument("--quick", action="store_true",
                    help=f"smoke run: 1 seed, 1 epoch, depth 4 (the grid: on mnist_sample; --table 2: "
-                        f"{QUICK_BUDGET_STEPS} steps per run)")
+                        f"{accuracy.QUICK_BUDGET_STEPS} steps per run)")
     p.add_argument("--out", default="results", help="folder of the tables (and, for the grid, of runs/)")
     p.add_argument("--runs", help="folder of the run folders (default: runs for --table, OUT/runs for the grid)")
     p.add_argument("--table-only", action="store_true", help="tabulate the finished runs without training")
@@ -134,11 +133,6 @@ def parse_args(argv):
     return p.parse_args(argv)
 
 
-def deterministic(runs, on):
-    """``runs`` with ``Config.deterministic`` set when ``on`` (it changes no result's name: runs share folders)."""
-    return [dataclasses.replace(r, cfg=dataclasses.replace(r.cfg, deterministic=True)) for r in runs] if on else runs
-
-
 def parse_seeds(values):
     """``[3]`` -> ``[0, 1, 2]``; two or more values are the seeds themselves."""
     if len(values) == 1:
@@ -148,26 +142,6 @@ def parse_seeds(values):
     if min(values) < 0:
         raise ConfigError(f"--seeds takes seeds >= 0, got {' '.join(map(str, values))}.")
     return sorted(set(values))
-
-
-def parse_sizes(values, spec):
-    """``--only-sizes`` values, checked against the training-set sizes of ``spec``."""
-    known = [n for n in spec.train_sizes if n is not None]
-    unknown = [n for n in values if n not in known]
-    if unknown:
-        sizes = " ".join(map(str, known)) if known else "none (it trains on whole training splits)"
-        raise ConfigError(f"--only-sizes takes training-set sizes of table {spec.name}: {sizes}; "
-                          f"got {' '.join(map(str, unknown))}.")
-    return set(values)
-
-
-def parse_lambs(values, lambs):
-    """``--only-lambs`` values, checked against the table's lamb values ``lambs``."""
-    unknown = [v for v in values if v not in lambs]
-    if unknown:
-        raise ConfigError(f"--only-lambs takes lamb values of this table: {' '.join(f'{v:g}' for v in lambs)}; "
-                          f"got {' '.join(f'{v:g}' for v in unknown)} (--lamb sets the table's values).")
-    return set(values)
 
 
 def parse_data_dirs(items):
@@ -228,105 +202,42 @@ def main(argv=None):
         return e.exit_code
 
 
+def request_of(args, argv):
+    """The ``amr_keras.tables.TableRequest`` of the parsed command line."""
+    recipe = {key: getattr(args, key) for key in tables.RECIPE_FIELDS}
+    return tables.TableRequest(
+        name=args.table or "grid", out=args.out, runs_dir=args.runs, data_dirs=parse_data_dirs(args.data_dir),
+        datasets=tuple(args.datasets) if args.datasets else None,
+        seeds=tuple(parse_seeds(args.seeds)) if "--seeds" in argv else None,
+        only=tuple(args.mixers) if args.mixers else None,
+        only_sizes=tuple(args.only_sizes) if args.only_sizes else None,
+        only_lambs=tuple(args.only_lambs) if args.only_lambs else None,
+        recipe={key: value for key, value in recipe.items() if value is not None}, quick=args.quick,
+        deterministic=args.deterministic)
+
+
 def _run(args, argv):
-    if args.table == "4":
-        return _table4(args, argv)
-    data_dirs = parse_data_dirs(args.data_dir)
-    seeds = parse_seeds(args.seeds)
-    recipe = {"lr": args.lr, "d_lr": args.d_lr, "beta": args.beta, "epochs": args.epochs,
-              "batch_size": args.batch_size, "depth": args.depth, "precision": args.precision, "probe": args.probe,
-              "recon_gan": args.recon_gan}
-    if args.quick:
-        seeds, recipe = [0], {**recipe, "epochs": args.epochs or 1, "depth": args.depth or 4}
-    if args.table:
-        spec = reproduce.table_spec(args.table, args.datasets)
-        if args.quick and spec.budget_steps:
-            spec = dataclasses.replace(spec, budget_steps=min(spec.budget_steps, QUICK_BUDGET_STEPS))
-        rows = reproduce.parse_rows(args.mixers, spec.rows, flag="--only") if args.mixers else None
-        sizes = parse_sizes(args.only_sizes, spec) if args.only_sizes else None
-        runs_dir = args.runs or "runs"
-    else:
-        datasets = ["mnist_sample"] if args.quick else (args.datasets or GRID_DATASETS)
-        grid = reproduce.parse_rows(args.mixers or [f"{m}:{k}" for m, k in reproduce.GRID_ROWS],
-                                    reproduce.GRID_CHOICES)
-        spec, rows = reproduce.grid_spec(datasets, grid, args.preset or "fast"), None
-        if args.only_sizes:
-            raise ConfigError("--only-sizes selects among the training-set sizes of a named table (--table 2); "
-                              "the grid trains on whole training splits.")
-        sizes = None
-        runs_dir = args.runs or os.path.join(args.out, "runs")
-    runs = reproduce.plan_runs(spec, seeds, data_dirs, runs_dir, preset=args.preset, lambs=args.lamb, recipe=recipe,
-                               ledger=reproduce.load_ledger(args.out))
-    runs = deterministic(runs, args.deterministic)
-    reproduce.check_runs(runs)
-    lambs = None
-    if args.only_lambs:
-        lambs = parse_lambs(args.only_lambs, reproduce.table_lambs(spec, args.preset, args.lamb))
-    stem = reproduce.table_stem(spec, args.preset, args.lamb, recipe)
-    plan = reproduce.describe_plan(runs, rows, sizes, lambs)
-    print(f"table {spec.name} -> {os.path.join(args.out, stem)}.md; {plan[0]}; run folders in {runs_dir}")
+    plan = tables.plan_table(request_of(args, argv))
+    summary = tables.describe_plan(plan.runs, plan.rows, plan.train_sizes, plan.lambs)
+    name = args.table or "grid"
+    print(f"table {name} -> {os.path.join(args.out, plan.stem)}.md; {summary[0]}; run folders in {plan.runs_dir}")
     if args.dry_run:
-        print("\n".join(plan[1:]))
+        print("\n".join(summary[1:]))
         return 0
-    command = command_line(args)
+    command = command_line(args, seeds=plan.seeds_in_command)
 
     def write(unavailable=None):
-        return reproduce.write_tables(spec, runs, args.out, stem, command, unavailable)
+        return plan.write(plan.runs, args.out, plan.stem, command, unavailable)
 
     unavailable, failed = {}, []
     if not args.table_only:
-        unavailable, failed = reproduce.train_missing(runs, rows, argv=["scripts/reproduce.py", *argv],
-                                                      on_finished=write, train_sizes=sizes, lambs=lambs,
-                                                      stop_by=stop_by(args))
+        unavailable, failed = tables.train_missing(plan.runs, plan.rows, argv=["scripts/reproduce.py", *argv],
+                                                   on_finished=write, train_sizes=plan.train_sizes,
+                                                   lambs=plan.lambs, stop_by=stop_by(args))
+    drawn = plan.finish(plan.runs, args.out, plan.stem) if plan.finish else []
     md, js = write(unavailable)
-    print(f"wrote {md} and {js}")
-    return 1 if failed else 0
-
-
-def _table4(args, argv):
-    """``--table 4`` (amr_keras.table4): its own rows and recipe, the same run machinery."""
-    from amr_keras import table4
-
-    ignored = [flag for flag, value in (("--lamb", args.lamb), ("--d-lr", args.d_lr), ("--beta", args.beta),
-                                        ("--probe", args.probe), ("--preset", args.preset),
-                                        ("--no-recon-gan", args.recon_gan is False), ("--only-sizes", args.only_sizes),
-                                        ("--only-lambs", args.only_lambs)) if value]
-    if ignored:
-        raise ConfigError(f"--table 4 has one recipe, the dsprites preset: {', '.join(ignored)} does not apply "
-                          "(it takes --epochs, --batch-size, --depth, --lr and --precision).")
-    data_dirs = parse_data_dirs(args.data_dir)
-    seeds = parse_seeds(args.seeds) if "--seeds" in argv else None  # None: each row's (table4.ROW_SEEDS)
-    recipe = {"epochs": args.epochs, "batch_size": args.batch_size, "depth": args.depth, "lr": args.lr,
-              "precision": args.precision}
-    steps, factorvae = None, None
-    if args.quick:
-        seeds, steps, factorvae = [0], table4.QUICK_STEPS, table4.QUICK_FACTORVAE
-        recipe = {**recipe, "epochs": args.epochs or 1, "depth": args.depth or 4}
-    datasets = tuple(args.datasets or table4.DATASETS)
-    rows = reproduce.parse_rows(args.mixers, table4.ROW_KEYS, flag="--only") if args.mixers else None
-    runs_dir = args.runs or "runs"
-    runs = table4.plan(seeds, data_dirs, runs_dir, datasets=datasets, recipe=recipe, steps_per_epoch=steps,
-                       factorvae=factorvae, ledger=reproduce.load_ledger(args.out))
-    runs = deterministic(runs, args.deterministic)
-    reproduce.check_runs(runs)
-    stem = table4.table_stem(datasets, recipe, steps)
-    plan = reproduce.describe_plan(runs, rows)
-    print(f"table 4 -> {os.path.join(args.out, stem)}.md; {plan[0]}; run folders in {runs_dir}")
-    if args.dry_run:
-        print("\n".join(plan[1:]))
-        return 0
-    command = command_line(args, seeds="--seeds" in argv)
-
-    def write(unavailable=None):
-        return table4.write_table(runs, args.out, command, unavailable, stem=stem)
-
-    unavailable, failed = {}, []
-    if not args.table_only:
-        unavailable, failed = reproduce.train_missing(runs, rows, argv=["scripts/reproduce.py", *argv],
-                                                      on_finished=write, stop_by=stop_by(args))
-    figure = table4.draw_traversals(runs, args.out, stem=stem)
-    md, js = write(unavailable)
-    print(f"wrote {md} and {js}" + (f" and {figure}" if figure else " (no model on disk for the traversal figure)"))
+    print(f"wrote {md} and {js}" + "".join(f" and {item}" if os.path.isfile(item) else f" ({item})"
+                                           for item in drawn))
     return 1 if failed else 0
 
 

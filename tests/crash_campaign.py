@@ -173,10 +173,10 @@ def check_run(out, baseline, epochs):
 
 
 def check_ledger_kill(work, run):
-    """Kill ``reproduce.record_finished`` half-way through its append; the ledger must still read."""
-    script = ("import sys; from amr_keras import reproduce; from amr_keras.config import Config; "
-              "r = reproduce.PlannedRun(('mnist', 'mixup', 2, 1.0, None), Config(out=sys.argv[1])); "
-              "print(reproduce.record_finished([r], sys.argv[2]))")
+    """Kill ``tables.record_finished`` half-way through its append; the ledger must still read."""
+    script = ("import sys; from amr_keras import tables; from amr_keras.config import Config; "
+              "r = tables.PlannedRun(('mnist', 'mixup', 2, 1.0, None), Config(out=sys.argv[1])); "
+              "print(tables.record_finished([r], sys.argv[2]))")
     ledger_dir = os.path.join(work, "ledger")
     for faults in ("finished_runs.jsonl=kill", None):
         env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"}
@@ -185,7 +185,7 @@ def check_ledger_kill(work, run):
             env["AMR_KERAS_TEST_FAULTS"] = faults
         proc = subprocess.run([sys.executable, "-c", script, run, ledger_dir], env=env, capture_output=True, text=True)
         assert proc.returncode == (-signal.SIGKILL if faults else 0), proc.stderr
-    from amr_keras.reproduce import load_ledger
+    from amr_keras.tables import load_ledger
 
     assert list(load_ledger(ledger_dir)) == ["run"], "the ledger lost the run or kept the torn line"
     print("ledger append killed half-way: the ledger reads, the run is recorded once")

@@ -250,8 +250,9 @@ def _launch_fit(out, fit_args, workers=2, timeout=None):
 # stand-in that stops the command there ("script": the script's own namespace).
 STARTS = {
     "fit": {("script", "run"): _stop},
-    "reproduce": {("amr_keras.reproduce", "train_missing"): _stop, ("amr_keras.reproduce", "write_tables"): _stop,
-                  ("amr_keras.table4", "draw_traversals"): _stop, ("amr_keras.table4", "write_table"): _stop},
+    "reproduce": {("amr_keras.tables", "train_missing"): _stop, ("amr_keras.tables.accuracy", "write_tables"): _stop,
+                  ("amr_keras.tables.table4", "draw_traversals"): _stop,
+                  ("amr_keras.tables.table4", "write_table"): _stop},
     "tune": {("amr_keras.search.run", "FolderLock"): _stop},
     "evaluate": {("script", "evaluate_saved"): _stop, ("amr_keras.disentanglement", "factorvae_saved"): _stop},
     "export": {("script", "export_run"): _stop, ("script", "add_linear_head"): _stop},
@@ -335,7 +336,7 @@ def test_a_command_the_scripts_checks_refuse_is_caught(tmp_path, monkeypatch):
     assert "--code-channels >= 2" in start_problem("fit", ["--mixer", "bernoulli", "--code-channels", "1"])
     assert "k must be 2" in start_problem("fit", ["--mixer", "acai", "--k", "3"])
     assert "does not exist" in start_problem("fit", ["--dataset", "mnist", "--data-dir", "nowhere"])
-    assert "--table 4 has one recipe" in start_problem("reproduce", ["--table", "4", "--lamb", "3"])
+    assert "--table 4 does not take --lamb" in start_problem("reproduce", ["--table", "4", "--lamb", "3"])
     assert "--workers must be at least 1" in start_problem("multiworker_demo", ["--workers", "0"])
     assert "fit.py --mixer acai --k 3" in start_problem("multiworker_demo", ["--", "--mixer", "acai", "--k", "3"])
 
@@ -788,7 +789,7 @@ def _claim_precision(match):
 
 
 def _claim_report_numbers(match):
-    from amr_keras.reproduce import REPORT
+    from amr_keras.tables.accuracy import REPORT
 
     mnist, kmnist, svhn = (REPORT[name] for name in ("mnist", "kmnist", "svhn"))
     return (f"(MNIST mixup {mnist['mixup', 2]},{match.group(1)}Bernoulli {mnist['bernoulli', 2]}; KMNIST "
@@ -956,7 +957,7 @@ def value_pool(names):
     pool = set()
 
     def add_stats(values, scale=100, digits=2):
-        # As reproduce.format_percent computes them: the mean and std of the fractions, then scaled.
+        # As amr_keras.tables.format_percent computes them: the mean and std of the fractions, then scaled.
         values = [v for v in values if v is not None]
         if values:
             pool.add(f"{scale * statistics.mean(values):.{digits}f}")

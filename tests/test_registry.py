@@ -218,3 +218,116 @@ def test_the_old_settings_module_still_imports_with_a_deprecation_warning():
     assert cli.build_parser is config.build_parser and cli._HelpFormatter is config._HelpFormatter
     # A run folder's config.json written before the move loads through either path.
     assert cli.Config(dataset="mnist_sample") == config.Config(dataset="mnist_sample")
+
+
+def test_the_old_table_modules_still_import_with_a_deprecation_warning():
+    from amr_keras import tables
+    from amr_keras.tables import accuracy, table4
+
+    reproduce = _import_warned("amr_keras.reproduce", "amr_keras.tables")
+    assert reproduce.TABLES is accuracy.TABLES and reproduce.plan_runs is accuracy.plan_runs
+    assert reproduce.PlannedRun is tables.PlannedRun and reproduce.load_ledger is tables.load_ledger
+    assert reproduce.paired_ci95 is tables.paired_ci95 and reproduce._gap is accuracy._gap
+    assert reproduce.LEDGER_NAME == "finished_runs.jsonl" and reproduce.GRID_ROWS == accuracy.GRID_ROWS
+    old = _import_warned("amr_keras.table4", "amr_keras.tables.table4")
+    assert old.plan is table4.plan and old.write_table is table4.write_table and old.ROW_SEEDS == table4.ROW_SEEDS
+
+
+# --------------------------------------------------------------------------- metrics
+@pytest.fixture
+def code_norm_metric():
+    from amr_keras import metrics
+    from amr_keras.metrics import MetricSpec, register_metric
+
+    def code_norm(cfg, model, splits, context):
+        from amr_keras.evaluate import encode_arrays
+
+        codes = encode_arrays(model.encode, splits.arrays["val"][0][:64])
+        return {"val_code_norm": float(np.mean(np.linalg.norm(codes, axis=-1)))}
+
+    spec = register_metric(MetricSpec("code_norm", code_norm, keys=("val_code_norm",),
+                                      applies=lambda cfg: cfg.dataset == "mnist_sample", summary="mean code norm"))
+    yield spec
+    metrics._METRICS.pop("code_norm")
+
+
+def test_every_builtin_metric_is_complete_and_the_ledger_keeps_its_keys():
+    from amr_keras.metrics import metric_names, metric_spec
+    from amr_keras.tables import ledger_entry
+
+    assert metric_names()[:2] == ("linear_eval", "factorvae")
+    for name in metric_names():
+        spec = metric_spec(name)
+        assert spec.keys and spec.summary and callable(spec.compute), name
+    # A Table 4 run's scores survive where its folder is gone: the ledger line keeps them.
+    results = {"seed": 0, "factorvae_score": 0.7, "factorvae_official_score": 0.4, "factorvae_active_dims": 10,
+               "factorvae_per_factor": {"shape": 0.2}, "images_per_second_after_first_epoch": 9.0}
+    kept = ledger_entry("run", {}, results)["results"]
+    assert kept == {"seed": 0, "factorvae_score": 0.7, "factorvae_official_score": 0.4, "factorvae_active_dims": 10,
+                    "factorvae_per_factor": {"shape": 0.2}}
+    assert metric_spec("factorvae").applies(Config(dataset="dsprites_procedural"))
+    assert not metric_spec("factorvae").applies(Config(dataset="mnist"))
+    assert not metric_spec("linear_eval").applies(Config(linear_eval=False))
+    with pytest.raises(ValueError, match="Unknown metric 'nope'. Choose one of: linear_eval, factorvae"):
+        metric_spec("nope")
+
+
+def test_one_registration_adds_a_metric_to_every_run_and_to_the_ledger(code_norm_metric):
+    from amr_keras.metrics import MetricSpec, register_metric, score_run
+    from amr_keras.model import AMR
+    from amr_keras.networks import build_networks
+    from amr_keras.tables import ledger_entry
+
+    with pytest.raises(ValueError, match="a metric named 'code_norm' is registered already"):
+        register_metric(MetricSpec("code_norm", code_norm_metric.compute))
+    # train.run scores the model with score_run after training (the linear evaluation of test_fit goes through it).
+    splits = load_dataset("mnist_sample", batch_size=16)
+    model = AMR(*build_networks(depth=4))
+    cfg = Config(dataset="mnist_sample", linear_eval=False)
+    results, context = score_run(cfg, model, splits)
+    assert set(results) == {"val_code_norm", "code_norm_seconds"} and results["val_code_norm"] > 0
+    assert context == {}  # the linear evaluation (off here) would have left its classifier
+    assert ledger_entry("r", {}, results)["results"] == {"val_code_norm": results["val_code_norm"]}
+    # It applies to mnist_sample only: another dataset's run is not scored by it.
+    assert score_run(Config(dataset="mnist", linear_eval=False), model, splits) == ({}, {})
+
+
+# --------------------------------------------------------------------------- tables
+def test_every_table_is_registered_and_one_registration_adds_a_table_to_reproduce(tmp_path, monkeypatch, capsys):
+    from amr_keras import tables, train
+    from amr_keras.tables import PlannedRun, TableEntry, TablePlan, register_table, table_names
+    from test_reproduce import load_script
+
+    assert table_names() == ("1", "lamb", "2", "3", "grid", "4")
+    written = []
+
+    def plan(request, ledger):
+        runs = [PlannedRun(("mnist_sample", "none", 2, 100.0, None),
+                           resolve(Config(dataset="mnist_sample", seed=seed, out=str(tmp_path / f"runs/s{seed}"))))
+                for seed in (request.seeds or (0, 1))]
+
+        def write(runs, out_dir, stem, command, unavailable=None):
+            written.append((len(runs), stem, command))
+            return f"{out_dir}/{stem}.md", f"{out_dir}/{stem}.json"
+
+        return TablePlan(runs, "mine", str(tmp_path / "runs"), write=write,
+                         finish=lambda runs, out_dir, stem: ["nothing to draw"])
+
+    register_table(TableEntry("mine", "a table of the test", plan, takes=("epochs",)))
+    try:
+        trained = []
+        monkeypatch.setattr(train, "run", lambda cfg, argv=None, resume_hint=None: trained.append(cfg.seed))
+        script = load_script()
+        out = str(tmp_path / "results")
+        assert script.main(["--table", "mine", "--out", out, "--dry-run"]) == 0
+        assert "table mine -> " in capsys.readouterr().out and not trained
+        assert script.main(["--table", "mine", "--out", out, "--seeds", "3", "--deterministic"]) == 0
+        assert trained == [0, 1, 2] and len(written) == 4  # after each run, then once at the end
+        assert written[-1][2].startswith("python scripts/reproduce.py --table mine --deterministic --seeds 3")
+        assert "(nothing to draw)" in capsys.readouterr().out
+        assert script.main(["--table", "mine", "--out", out, "--lamb", "3"]) == 2
+        assert "--table mine does not take --lamb (it takes --epochs)" in capsys.readouterr().err
+        with pytest.raises(ValueError, match="a table named 'mine' is registered already"):
+            register_table(TableEntry("mine", "again", plan))
+    finally:
+        tables.registry._TABLES.pop("mine")

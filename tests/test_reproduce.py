@@ -7,7 +7,8 @@ import os
 
 import pytest
 
-from amr_keras import reproduce
+from amr_keras import tables
+from amr_keras.tables import accuracy
 from amr_keras.config import PRESETS, ConfigError, settings_diff
 from amr_keras.data import VAL_FRACTION
 from test_data import write_mnist_folder
@@ -86,7 +87,7 @@ def md_row(md, mixer, k):
 
 
 def test_table1_plans_the_papers_five_rows_with_one_recipe(dirs):
-    runs = reproduce.plan_runs(reproduce.TABLES["1"], [0, 1, 2], {"mnist": dirs["data"]}, dirs["runs"])
+    runs = accuracy.plan_runs(accuracy.TABLES["1"], [0, 1, 2], {"mnist": dirs["data"]}, dirs["runs"])
     assert [run.row[1:3] for run in runs[::3]] == TABLE1_ROWS
     assert len(runs) == 15 and {run.cfg.seed for run in runs} == {0, 1, 2}
     # One recipe: the Configs differ only in mixer, k, seed and their folder.
@@ -104,7 +105,7 @@ def test_plain_fit_on_mnist_trains_a_run_of_the_table1_row(dirs, mixer, k, seed)
     # the table's recipe (the table keeps the probe its runs were made with).
     from amr_keras.config import config_from_args
 
-    runs = reproduce.plan_runs(reproduce.TABLES["1"], [seed], {"mnist": dirs["data"]}, "runs")
+    runs = accuracy.plan_runs(accuracy.TABLES["1"], [seed], {"mnist": dirs["data"]}, "runs")
     (planned,) = [run.cfg for run in runs if run.row[1:3] == (mixer, k)]
     argv = ["--dataset", "mnist", "--data-dir", dirs["data"], "--mixer", mixer, "--k", str(k), "--seed", str(seed)]
     cfg = config_from_args(argv + ["--probe", "batchnorm"])
@@ -125,41 +126,41 @@ def test_mnist_full_preset_is_fast_with_lamb_5_within_200k_images():
 
 def test_table1_follows_the_preset_lamb_while_tables_2_and_3_keep_lamb_10():
     # Tables 2 and 3 were trained at lamb 10: their committed runs must stay the default ones.
-    assert reproduce.table_lambs(reproduce.TABLES["1"]) == (5.0,)
-    assert reproduce.table_lambs(reproduce.TABLES["2"]) == reproduce.table_lambs(reproduce.TABLES["3"]) == (10.0,)
-    assert reproduce.table_stem(reproduce.TABLES["1"]) == "table1_mnist"
-    assert reproduce.table_stem(reproduce.TABLES["1"], lambs=[10]) == "table1_mnist-lamb10"
-    assert reproduce.table_stem(reproduce.TABLES["2"]) == "table2"
-    assert reproduce.table_stem(reproduce.TABLES["3"], lambs=[5]) == "table3-lamb5"
+    assert accuracy.table_lambs(accuracy.TABLES["1"]) == (5.0,)
+    assert accuracy.table_lambs(accuracy.TABLES["2"]) == accuracy.table_lambs(accuracy.TABLES["3"]) == (10.0,)
+    assert accuracy.table_stem(accuracy.TABLES["1"]) == "table1_mnist"
+    assert accuracy.table_stem(accuracy.TABLES["1"], lambs=[10]) == "table1_mnist-lamb10"
+    assert accuracy.table_stem(accuracy.TABLES["2"]) == "table2"
+    assert accuracy.table_stem(accuracy.TABLES["3"], lambs=[5]) == "table3-lamb5"
 
 
 def test_recipe_overrides_name_the_run_folders_and_the_table(dirs):
-    spec = reproduce.TABLES["1"]
+    spec = accuracy.TABLES["1"]
     recipe = {"epochs": 2, "lr": 5e-4, "precision": "float32", "batch_size": 16}  # batch 16: the preset's
-    runs = reproduce.plan_runs(spec, [0], {"mnist": dirs["data"]}, dirs["runs"], lambs=[30], recipe=recipe)
+    runs = accuracy.plan_runs(spec, [0], {"mnist": dirs["data"]}, dirs["runs"], lambs=[30], recipe=recipe)
     assert os.path.basename(runs[2].folder) == "mnist-mixup-k2-lamb30-mnist_full-batchnorm-lr0.0005-e2-float32-s0"
     assert (runs[2].cfg.lamb, runs[2].cfg.epochs, runs[2].cfg.lr) == (30.0, 2, 5e-4)
-    assert reproduce.table_stem(spec, lambs=[30], recipe=recipe) == "table1_mnist-lamb30-lr0.0005-e2-float32"
-    assert reproduce.table_stem(spec, lambs=[5], recipe={"epochs": 4}) == "table1_mnist"
-    assert reproduce.table_stem(reproduce.TABLES["lamb"]) == "lamb_sweep_mnist"
+    assert accuracy.table_stem(spec, lambs=[30], recipe=recipe) == "table1_mnist-lamb30-lr0.0005-e2-float32"
+    assert accuracy.table_stem(spec, lambs=[5], recipe={"epochs": 4}) == "table1_mnist"
+    assert accuracy.table_stem(accuracy.TABLES["lamb"]) == "lamb_sweep_mnist"
     # The committed tables keep the probe their runs were made with; the whitening probe is a variant.
-    assert reproduce.TABLES["1"].probe == "batchnorm" and runs[2].cfg.probe == "batchnorm"
-    assert reproduce.table_stem(spec, recipe={"probe": "whiten"}) == "table1_mnist-whiten"
-    assert reproduce.table_stem(spec, recipe={"probe": "batchnorm"}) == "table1_mnist"
+    assert accuracy.TABLES["1"].probe == "batchnorm" and runs[2].cfg.probe == "batchnorm"
+    assert accuracy.table_stem(spec, recipe={"probe": "whiten"}) == "table1_mnist-whiten"
+    assert accuracy.table_stem(spec, recipe={"probe": "batchnorm"}) == "table1_mnist"
 
 
 def test_discriminator_rate_and_consistency_weight_are_recipe_overrides(dirs):
-    spec = reproduce.TABLES["1"]
+    spec = accuracy.TABLES["1"]
     recipe = {"lr": 2.5e-3, "d_lr": 2.5e-3, "beta": 0.15}
-    runs = reproduce.plan_runs(spec, [1], {"mnist": dirs["data"]}, dirs["runs"], lambs=[10], recipe=recipe)
+    runs = accuracy.plan_runs(spec, [1], {"mnist": dirs["data"]}, dirs["runs"], lambs=[10], recipe=recipe)
     mixup = runs[2]
     assert os.path.basename(mixup.folder) == "mnist-mixup-k2-lamb10-mnist_full-batchnorm-lr0.0025-dlr0.0025-beta0.15-s1"
     assert (mixup.cfg.lr, mixup.cfg.d_lr, mixup.cfg.beta, mixup.cfg.lamb) == (2.5e-3, 2.5e-3, 0.15, 10.0)
-    assert reproduce.table_stem(spec, lambs=[10], recipe=recipe) == "table1_mnist-lamb10-lr0.0025-dlr0.0025-beta0.15"
+    assert accuracy.table_stem(spec, lambs=[10], recipe=recipe) == "table1_mnist-lamb10-lr0.0025-dlr0.0025-beta0.15"
     # The preset's own values name nothing.
-    assert reproduce.table_stem(spec, recipe={"d_lr": 1e-3, "beta": 0.0}) == "table1_mnist"
+    assert accuracy.table_stem(spec, recipe={"d_lr": 1e-3, "beta": 0.0}) == "table1_mnist"
     with pytest.raises(ConfigError, match="beta"):
-        reproduce.plan_runs(spec, [0], {"mnist": dirs["data"]}, dirs["runs"], recipe={"beta": -1.0})
+        accuracy.plan_runs(spec, [0], {"mnist": dirs["data"]}, dirs["runs"], recipe={"beta": -1.0})
 
 
 def test_runs_train_once_and_the_table_is_rewritten_after_each(dirs, monkeypatch):
@@ -194,20 +195,20 @@ def test_a_started_run_resumes(dirs, monkeypatch):
 
 
 def test_no_recon_gan_changes_the_mixing_rows_and_shares_the_others(dirs):
-    spec = reproduce.TABLES["1"]
+    spec = accuracy.TABLES["1"]
     recipe = {"probe": "whiten", "recon_gan": False}
-    runs = reproduce.plan_runs(spec, [0], {"mnist": dirs["data"]}, dirs["runs"], recipe=recipe)
+    runs = accuracy.plan_runs(spec, [0], {"mnist": dirs["data"]}, dirs["runs"], recipe=recipe)
     by_row = {run.row[1:3]: run for run in runs}
     for row in (("mixup", 2), ("bernoulli", 2), ("mixup", 3)):
         assert by_row[row].cfg.recon_gan is False
         assert f"-{row[0]}-norecgan-k{row[1]}-" in os.path.basename(by_row[row].folder)
     # none and acai have no term to drop: the same runs as the table without the flag.
-    plain = {run.row[1:3]: run for run in reproduce.plan_runs(spec, [0], {"mnist": dirs["data"]}, dirs["runs"],
+    plain = {run.row[1:3]: run for run in accuracy.plan_runs(spec, [0], {"mnist": dirs["data"]}, dirs["runs"],
                                                               recipe={"probe": "whiten"})}
     for row in (("none", 2), ("acai", 2)):
         assert by_row[row].cfg.recon_gan is True and by_row[row].folder == plain[row].folder
-    assert reproduce.table_stem(spec, recipe=recipe) == "table1_mnist-norecgan-whiten"
-    assert reproduce.table_stem(spec, recipe={"recon_gan": True}) == "table1_mnist"
+    assert accuracy.table_stem(spec, recipe=recipe) == "table1_mnist-norecgan-whiten"
+    assert accuracy.table_stem(spec, recipe={"recon_gan": True}) == "table1_mnist"
 
 
 def test_table1_md_and_json_hold_means_stds_report_numbers_and_the_recipe(dirs, monkeypatch):
@@ -237,7 +238,7 @@ def test_table1_md_and_json_hold_means_stds_report_numbers_and_the_recipe(dirs, 
     assert data["recipe"]["lamb"] == 5.0 and data["recipe"]["preset"] == "mnist_full"
     run = data["rows"][2]["runs"][0]
     assert data["rows"][2]["report"] == "94.38" and run["seed"] == 0
-    assert set(reproduce.RUN_RECORD_KEYS) <= set(run) and run["cpu_model"] == "Test CPU @ 2.0GHz"
+    assert set(tables.RUN_RECORD_KEYS) <= set(run) and run["cpu_model"] == "Test CPU @ 2.0GHz"
     assert run["test_probe_accuracy"] == pytest.approx(0.90)
 
 
@@ -307,7 +308,7 @@ def test_finished_runs_are_recorded_and_count_where_their_folders_are_gone(dirs,
     script = load_script()
     assert script.main(table_args(dirs, "--seeds", "2", "--only", "mixup:2", "none")) == 0
     md_before = read(os.path.join(dirs["out"], "table1_mnist.md"))
-    ledger = reproduce.load_ledger(dirs["out"])
+    ledger = tables.load_ledger(dirs["out"])
     assert sorted(ledger) == sorted(f"mnist-{m}-k2-lamb5-mnist_full-batchnorm-s{s}" for m in ("none", "mixup") for s in (0, 1))
     entry = ledger["mnist-mixup-k2-lamb5-mnist_full-batchnorm-s1"]
     assert entry["settings"]["lamb"] == 5.0 and entry["settings"]["seed"] == 1 and "data_dir" not in entry["settings"]
@@ -322,7 +323,7 @@ def test_finished_runs_are_recorded_and_count_where_their_folders_are_gone(dirs,
     assert read(os.path.join(dirs["out"], "table1_mnist.md")) == md_before
     assert "| 2 | 91.00 ± 1.41 |" in md_row(md_before, "mixup", 2)  # seeds 0 and 1: 90 and 92
     # Recording again adds nothing: one line per run.
-    with open(os.path.join(dirs["out"], reproduce.LEDGER_NAME)) as f:
+    with open(os.path.join(dirs["out"], tables.LEDGER_NAME)) as f:
         assert len(f.readlines()) == 4
 
 
@@ -332,7 +333,7 @@ def one_recorded_acai_run(dirs, monkeypatch):
     monkeypatch.setattr("amr_keras.train.run", fake)
     script = load_script()
     assert script.main(table_args(dirs, "--seeds", "1", "--only", "acai")) == 0
-    path = os.path.join(dirs["out"], reproduce.LEDGER_NAME)
+    path = os.path.join(dirs["out"], tables.LEDGER_NAME)
     return fake, script, path, json.loads(read(path))
 
 
@@ -346,7 +347,7 @@ def test_a_recorded_run_of_other_settings_is_trained_again_and_superseded(dirs, 
     shutil.rmtree(dirs["runs"])
     assert script.main(table_args(dirs, "--seeds", "1", "--only", "acai")) == 0
     assert [(c.mixer, c.epochs) for c in fake.calls] == [("acai", 4), ("acai", 4)]
-    assert reproduce.load_ledger(dirs["out"])["mnist-acai-k2-lamb5-mnist_full-batchnorm-s0"]["settings"]["epochs"] == 4
+    assert tables.load_ledger(dirs["out"])["mnist-acai-k2-lamb5-mnist_full-batchnorm-s0"]["settings"]["epochs"] == 4
 
 
 def test_runs_recorded_before_the_probe_setting_count_for_the_tables_that_keep_their_probe(dirs, monkeypatch, capsys):
@@ -378,7 +379,7 @@ def test_runs_recorded_before_the_probe_setting_count_for_the_tables_that_keep_t
     # The whitening run superseded the old record under the shared name; the batch-normalised table still
     # finds that record by its settings, so a fresh clone rebuilds it without training.
     shutil.rmtree(dirs["runs"])
-    ledger = reproduce.load_ledger(dirs["out"])
+    ledger = tables.load_ledger(dirs["out"])
     assert ledger["mnist-acai-k2-lamb5-mnist_full-s0"]["settings"]["probe"] == "whiten"
     assert "probe" not in ledger["mnist-acai-k2-lamb5-mnist_full-s0@line1"]["settings"]
     out = dry_run(script, dirs, capsys, "--seeds", "1")
@@ -389,12 +390,12 @@ def test_runs_recorded_before_the_probe_setting_count_for_the_tables_that_keep_t
 
 def test_a_damaged_ledger_line_is_named(dirs, capsys):
     os.makedirs(dirs["out"])
-    with open(os.path.join(dirs["out"], reproduce.LEDGER_NAME), "w") as f:
+    with open(os.path.join(dirs["out"], tables.LEDGER_NAME), "w") as f:
         f.write('{"run": "a", "settings": {}, "results": {}}\n{"run": "b", "sett\n')
     assert load_script().main(table_args(dirs, "--dry-run")) == 2
     err = capsys.readouterr().err
     assert "finished_runs.jsonl, line 2, is not valid JSON" in err and "Mend or delete that line" in err
-    with open(os.path.join(dirs["out"], reproduce.LEDGER_NAME), "w") as f:
+    with open(os.path.join(dirs["out"], tables.LEDGER_NAME), "w") as f:
         f.write('["not", "a", "record"]\n')
     assert load_script().main(table_args(dirs, "--dry-run")) == 2
     assert "line 1, is not a finished-run record" in capsys.readouterr().err
@@ -408,7 +409,7 @@ def test_a_damaged_ledger_line_is_named(dirs, capsys):
     (["--table", "2", "--only-sizes", "1000", "3000"],
      "--only-sizes takes training-set sizes of table 2: 1000 5000 10000 20000; got 3000"),
     (["--table", "1", "--only-sizes", "1000"], "--only-sizes takes training-set sizes of table 1: none"),
-    (["--only-sizes", "1000"], "--only-sizes selects among the training-set sizes of a named table"),
+    (["--only-sizes", "1000"], "--table grid does not take --only-sizes (it takes --preset, --lamb"),
     (["--table", "lamb", "--only-lambs", "100", "50"], "--only-lambs takes lamb values of this table: 2 5 10 30 100; got 50"),
     (["--table", "1", "--lamb", "30", "--only-lambs", "10"], "--only-lambs takes lamb values of this table: 30; got 10"),
 ])
@@ -420,7 +421,7 @@ def test_bad_table_arguments_fail_with_one_line(args, message, tmp_path, capsys)
 
 
 def test_lamb_sweep_reuses_table1_runs_and_reports_the_gap(dirs, monkeypatch):
-    def accuracy(cfg):
+    def scored(cfg):
         # lamb 5 (Table 1's): mixup - none = 2, 3, 4 points: interval above 0.
         # lamb 2, 10, 30 and 100: mixup - none = 0.5 points every seed: a degenerate interval above 0.
         none = 0.90 + 0.01 * cfg.seed
@@ -428,7 +429,7 @@ def test_lamb_sweep_reuses_table1_runs_and_reports_the_gap(dirs, monkeypatch):
             return none
         return 0.92 + 0.02 * cfg.seed if cfg.lamb == 5 else none + 0.005
 
-    fake = FakeTrain(accuracy)
+    fake = FakeTrain(scored)
     monkeypatch.setattr("amr_keras.train.run", fake)
     script = load_script()
     assert script.main(table_args(dirs, "--only", "none", "mixup:2")) == 0
@@ -457,16 +458,16 @@ def test_a_gap_is_ahead_only_when_its_paired_interval_excludes_0():
     # larger than either row's seed spread (0.35, 0.37), yet its paired 95% interval holds 0.
     none = [{"seed": s, "test_probe_accuracy": v} for s, v in enumerate((0.9396, 0.9444, 0.9469))]
     bernoulli = [{"seed": s, "test_probe_accuracy": v} for s, v in enumerate((0.9512, 0.9443, 0.9467))]
-    gap = reproduce._gap("bernoulli-k2 minus none-k2", "mnist", None, 5.0, bernoulli, none)
+    gap = accuracy._gap("bernoulli-k2 minus none-k2", "mnist", None, 5.0, bernoulli, none)
     online = gap["online_probe"]
     assert online["mean"] == pytest.approx(0.3767, abs=1e-3) and online["std"] == pytest.approx(0.6784, abs=1e-3)
     assert online["ci95"] == pytest.approx([-1.3085, 2.0618], abs=1e-3)
     assert online["verdict"] == "open"
     assert gap["knn"]["ci95"] is None and gap["knn"]["verdict"] is None  # no k-NN accuracies: no interval
-    assert reproduce.gap_verdict([0.02, 0.96]) == "ahead"
-    assert reproduce.gap_verdict([-2.0, -0.1]) == "behind"
-    assert reproduce.gap_verdict([0.0, 0.0]) == "open" and reproduce.gap_verdict([-0.5, 0.0]) == "open"
-    assert reproduce.gap_verdict(None) is None
+    assert tables.gap_verdict([0.02, 0.96]) == "ahead"
+    assert tables.gap_verdict([-2.0, -0.1]) == "behind"
+    assert tables.gap_verdict([0.0, 0.0]) == "open" and tables.gap_verdict([-0.5, 0.0]) == "open"
+    assert tables.gap_verdict(None) is None
 
 
 def test_only_lambs_trains_the_chosen_lambs_and_tabulates_them_all(dirs, monkeypatch, capsys):
@@ -506,7 +507,7 @@ def test_settings_diff_compares_data_folders_as_real_paths(tmp_path, monkeypatch
 
 def test_unknown_table_names_the_known_ones():
     with pytest.raises(ConfigError, match=r"Unknown table 'x'\. Choose one of: 1 \(.*\); lamb \("):
-        reproduce.table_spec("x")
+        accuracy.table_spec("x")
 
 
 @pytest.mark.slow
@@ -535,14 +536,14 @@ def fashion_args(dirs, *extra, table="2"):
 
 
 def test_table2_trains_every_size_for_the_same_steps_and_answers_the_question(dirs, monkeypatch):
-    def accuracy(cfg):
+    def scored(cfg):
         # mixup beats none by 3 points at N = 1,000 (seed spread 1 point), ties elsewhere.
         base = 0.80 + 0.01 * cfg.seed + 0.02 * (cfg.train_size // 5000)
         return base + (0.03 if cfg.mixer == "mixup" and cfg.train_size == 1000 else 0.0)
 
-    fake = FakeTrain(accuracy)
+    fake = FakeTrain(scored)
     monkeypatch.setattr("amr_keras.train.run", fake)
-    runs = reproduce.plan_runs(reproduce.TABLES["2"], [0, 1], {"mnist": dirs["data"]}, dirs["runs"])
+    runs = accuracy.plan_runs(accuracy.TABLES["2"], [0, 1], {"mnist": dirs["data"]}, dirs["runs"])
     assert len(runs) == 2 * 4 * 4 * 2
     assert {(r.cfg.steps_per_epoch, r.cfg.epochs) for r in runs} == {(625, 4)}  # 2,500 steps whatever N
     assert os.path.basename(runs[0].folder) == "mnist-n1000-none-k2-lamb10-mnist_full-batchnorm-spe625-s0"
@@ -568,7 +569,7 @@ def script_main(args):
 def test_table3_uses_256_value_codes_and_lists_unreachable_data(dirs, monkeypatch):
     fake = FakeTrain(lambda cfg: 0.85)
     monkeypatch.setattr("amr_keras.train.run", fake)
-    runs = reproduce.plan_runs(reproduce.TABLES["3"], [0], {"mnist": dirs["data"]}, dirs["runs"])
+    runs = accuracy.plan_runs(accuracy.TABLES["3"], [0], {"mnist": dirs["data"]}, dirs["runs"])
     assert {r.cfg.code_channels for r in runs} == {16} and {r.cfg.dataset for r in runs} == {
         "mnist", "fashion_mnist", "cifar10", "svhn"}
     assert os.path.basename(runs[1].folder) == "mnist-mixup-k2-c16-lamb10-mnist_full-batchnorm-s0"

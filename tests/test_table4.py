@@ -7,7 +7,8 @@ import os
 import numpy as np
 import pytest
 
-from amr_keras import networks, table4
+from amr_keras import networks
+from amr_keras.tables import table4
 from test_reproduce import load_script, read
 
 SCORES = {("none", 2): 0.40, ("mixup", 2): 0.50, ("bernoulli", 2): 0.55, ("mixup", 3): 0.45,
@@ -90,7 +91,8 @@ def test_dry_run_lists_the_runs_and_foreign_flags_are_refused(dirs, capsys):
     assert script.main(args(dirs, "--dry-run", "--quick")) == 0
     assert "8 runs" in capsys.readouterr().out
     assert script.main(args(dirs, "--lamb", "10")) == 2
-    assert "error: --table 4 has one recipe" in capsys.readouterr().err
+    assert ("error: --table 4 does not take --lamb (it takes --epochs, --batch-size, --depth, --lr, --precision)"
+            in capsys.readouterr().err)
     assert script.main(args(dirs, "--only", "bvae:4")) == 2
     assert "bvae:100" in capsys.readouterr().err
 
