@@ -9,13 +9,14 @@ Each setting runs in a fresh Python process (``peak_rss_scope: "setting"``), so 
 oneDNN caches are its own; ``--same-process`` times them all in one process,
 where the peak is the process's so far (``peak_rss_scope: "process"``).
 
-With ``--torch-ref PATH`` (a PyTorch re-implementation of the reference step
-that prints one JSON line with ``images_per_second``) and torch installed,
-the same settings are run there in the same invocation and the ratio is printed.
+With ``--torch-ref`` and torch installed (``pip install -e ".[torch]"``), the same settings run through
+``benchmarks/torch_ref.py``, the AMR step of the official code's 32x32 setting written in PyTorch (or through
+``--torch-ref PATH``, any script that takes its flags and prints one JSON line with ``images_per_second``), in
+the same invocation, and the ratio is printed.
 
 Examples:
     python scripts/bench.py                                  # batch 64 and 256, XLA off/on, G every 1 and 5
-    python scripts/bench.py --batch-sizes 64 --jit off --update-g-every 5 --torch-ref DIR/torch_ref.py
+    python scripts/bench.py --batch-sizes 64 --jit off --update-g-every 5 --torch-ref
     python scripts/bench.py --batch-sizes 64 --jit on --update-g-every 1 --profile runs/profile   # + op profile
     python scripts/bench.py --batch-sizes 16 --jit off --update-g-every 1 --probe whiten batchnorm   # probe cost
     python scripts/bench.py --arch burgess --batch-sizes 64 --jit off --update-g-every 1   # the 64x64 dSprites step
@@ -49,6 +50,9 @@ import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+# The PyTorch reference step (--torch-ref without a path).
+TORCH_REF = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "torch_ref.py")
 
 
 def _busy():
@@ -273,7 +277,9 @@ def main(argv=None):
                         "of the committed tables' runs)")
     p.add_argument("--deterministic", choices=("off", "on"), nargs="+", default=["off"],
                    help="TensorFlow's deterministic ops off and/or on (fit.py --deterministic); default off")
-    p.add_argument("--torch-ref", help="path of a PyTorch reference step script to compare against")
+    p.add_argument("--torch-ref", nargs="?", const=TORCH_REF, metavar="PATH",
+                   help="also time the PyTorch reference step (default benchmarks/torch_ref.py; needs torch: "
+                        "pip install -e '.[torch]') and print the ratio")
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--profile", metavar="DIR", help="also profile each setting into DIR and print an op summary")
     p.add_argument("--same-process", dest="one_setting_per_process", action="store_false",
@@ -294,7 +300,10 @@ def main(argv=None):
         try:
             import torch  # noqa: F401
 
-            torch_ok = os.path.exists(args.torch_ref)
+            torch_ok = os.path.isfile(args.torch_ref)
+            if not torch_ok:
+                p.error(f"--torch-ref {args.torch_ref}: no such file (the reference step ships as "
+                        "benchmarks/torch_ref.py; --torch-ref alone uses it)")
         except ImportError:
             print(json.dumps({"impl": "torch_ref", "skipped": "torch is not installed"}))
     for bs in args.batch_sizes:
