@@ -13,7 +13,8 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from amr_keras.callbacks import CheckpointError, NonFiniteLossError  # noqa: E402
-from amr_keras.config import ConfigError, config_from_args  # noqa: E402
+from amr_keras.config import ConfigError  # noqa: E402
+from amr_keras.parser import config_from_args  # noqa: E402
 from amr_keras.data import DataError  # noqa: E402
 from amr_keras.runfolder import FolderLockError, RunWriteError  # noqa: E402
 from amr_keras.stopping import RunStopped  # noqa: E402

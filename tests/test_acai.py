@@ -12,7 +12,8 @@ import tensorflow as tf
 from test_fit import load_script, tiny_args
 from test_model import _batch, tiny_model
 
-from amr_keras.config import CONFIG_FILE_KEYS, RUN_KEYS, ConfigError, config_from_args
+from amr_keras.config import CONFIG_FILE_KEYS, RUN_KEYS, ConfigError
+from amr_keras.parser import config_from_args
 from amr_keras.mixers import mix_codes
 from amr_keras.model import ACAI_GAMMA, ACAI_WEIGHT, acai_critic_target, acai_losses
 

@@ -421,7 +421,8 @@ def test_subset_and_code_size_name_the_run_and_bind_resume():
     (["--dataset", "fashion_mnist"], "fast", 100.0, 5),
 ])
 def test_the_default_preset_depends_on_the_dataset(argv, preset, lamb, epochs):
-    from amr_keras.config import config_from_args, default_preset
+    from amr_keras.config import default_preset
+    from amr_keras.parser import config_from_args
 
     cfg = config_from_args(argv + ["--out", "x"])
     assert (cfg.preset, cfg.lamb, cfg.epochs) == (preset, lamb, epochs)

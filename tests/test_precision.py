@@ -134,7 +134,8 @@ def test_unknown_precision_lists_the_choices():
 
 
 def test_legacy_mixed_precision_setting_is_translated(tmp_path):
-    from amr_keras.config import config_from_args, load_config_file, upgrade_legacy_settings
+    from amr_keras.config import load_config_file, upgrade_legacy_settings
+    from amr_keras.parser import config_from_args
 
     assert upgrade_legacy_settings({"mixed_precision": True}) == {"precision": "mixed_float16"}
     assert upgrade_legacy_settings({"mixed_precision": False, "lamb": 3.0}) == {"precision": "float32", "lamb": 3.0}

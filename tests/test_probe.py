@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from amr_keras.config import ConfigError, config_from_args, settings_diff, upgrade_run_settings
+from amr_keras.config import ConfigError, settings_diff, upgrade_run_settings
+from amr_keras.parser import config_from_args
 from amr_keras.model import AMR, default_optimizer
 from amr_keras.networks import build_networks
 from amr_keras.probe import PROBE_AVERAGE_DECAY, RunningWhitening, update_average

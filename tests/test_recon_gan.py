@@ -11,7 +11,8 @@ from test_acai import _bce
 from test_fit import load_script, tiny_args
 from test_model import _batch, tiny_model
 
-from amr_keras.config import CONFIG_FILE_KEYS, RUN_KEYS, ConfigError, config_from_args
+from amr_keras.config import CONFIG_FILE_KEYS, RUN_KEYS, ConfigError
+from amr_keras.parser import config_from_args
 from amr_keras.mixers import mix_codes
 
 

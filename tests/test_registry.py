@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 
 from amr_keras import data
-from amr_keras.config import PRESETS, Config, ConfigError, build_parser, default_arch, default_preset, resolve
+from amr_keras.config import PRESETS, Config, ConfigError, default_arch, default_preset, resolve
 from amr_keras.data import DatasetSpec, dataset_names, dataset_spec, load_dataset, register_dataset
 from amr_keras.networks import ARCHS, BURGESS_SIZE
+from amr_keras.parser import build_parser
 
 PACKAGE = pathlib.Path(data.__file__).parent
 
@@ -211,11 +212,11 @@ def test_the_old_search_module_still_imports_with_a_deprecation_warning():
 
 
 def test_the_old_settings_module_still_imports_with_a_deprecation_warning():
-    from amr_keras import config
+    from amr_keras import config, parser
 
     cli = _import_warned("amr_keras.cli", "amr_keras.config")
     assert cli.Config is config.Config and cli.resolve is config.resolve and cli.PRESETS is config.PRESETS
-    assert cli.build_parser is config.build_parser and cli._HelpFormatter is config._HelpFormatter
+    assert cli.build_parser is parser.build_parser and cli._HelpFormatter is parser._HelpFormatter
     # A run folder's config.json written before the move loads through either path.
     assert cli.Config(dataset="mnist_sample") == config.Config(dataset="mnist_sample")
 

@@ -103,7 +103,7 @@ def test_table1_plans_the_papers_five_rows_with_one_recipe(dirs):
 def test_plain_fit_on_mnist_trains_a_run_of_the_table1_row(dirs, mixer, k, seed):
     # `fit.py --dataset mnist --data-dir DIR --mixer M --k K --seed S --probe batchnorm`, no preset named:
     # the table's recipe (the table keeps the probe its runs were made with).
-    from amr_keras.config import config_from_args
+    from amr_keras.parser import config_from_args
 
     runs = accuracy.plan_runs(accuracy.TABLES["1"], [seed], {"mnist": dirs["data"]}, "runs")
     (planned,) = [run.cfg for run in runs if run.row[1:3] == (mixer, k)]

@@ -126,7 +126,7 @@ def test_bench_times_each_setting_in_its_own_process(capsys):
 
 
 def test_fit_help_names_each_default_once_and_none_as_none():
-    from amr_keras.config import build_parser
+    from amr_keras.parser import build_parser
 
     text = build_parser().format_help()
     assert "(default: None)" not in text
