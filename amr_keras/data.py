@@ -44,6 +44,7 @@ import numpy as np
 import tensorflow as tf
 
 from amr_keras import dsprites
+from amr_keras import images as image_folder
 from amr_keras.networks import IMAGE_SIZE
 from amr_keras.readers import (CIFAR10_ARCHIVE, CIFAR10_BATCHES, CIFAR10_FOLDER, OFFICIAL_MD5,  # noqa: F401
                                 load_raw_folder, load_tfds, read_cifar10, read_cifar10_batch, read_idx, read_npz,
@@ -222,7 +223,8 @@ class DatasetSpec:
         source_shape: (height, width, channels) of its images as stored; the export's endpoints take this size.
         val_fraction: the part of the training split carved out (with ``SPLIT_SEED``) for validation.
         load: ``load(data_dir, tfds_data_dir) -> ({"train": (images, labels), "test": ...}, source)``: uint8
-            images N x H x W x C, int labels, and a line saying where they came from (``test`` may be absent).
+            images N x H x W x C, int labels, and a line saying where they came from (``test`` may be absent;
+            a ``val`` split, when given, is used as it is instead of one carved out of ``train``).
         preset: the preset (``amr_keras.config.PRESETS``) a run gets when none is named.
         arch: the network family (``amr_keras.networks.ARCHS``) a run gets when none is named.
         tfds_name: its tensorflow-datasets builder, if any.
@@ -317,6 +319,9 @@ for _spec in (
                 summary="the official dSprites file; label: the shape factor"),
     DatasetSpec("dsprites_procedural", **_DSPRITES, load=_dsprites("dsprites_procedural"),
                 summary="dSprites' factor grid rendered in code (not the official pixels); label: the shape factor"),
+    DatasetSpec("images", source_shape=(image_folder.IMAGE_SIZE, image_folder.IMAGE_SIZE, image_folder.CHANNELS),
+                val_fraction=image_folder.VAL_SHARE, load=image_folder.load_image_folder,
+                summary="your own images: --data-dir DIR with a subfolder per class (amr_keras.images)"),
 ):
     register_dataset(_spec)
 
@@ -369,7 +374,10 @@ def load_dataset(name, data_dir=None, batch_size=64, seed=0, tfds_data_dir=None,
     if subset_seed is not None and train_size is None:
         raise DataError(f"subset_seed {subset_seed!r} is only used with train_size: set train_size or drop it.")
     arrays, source = load_arrays(name, data_dir, tfds_data_dir)
-    (x_tr, y_tr), (x_val, y_val) = split_train_val(*arrays["train"], dataset_spec(name).val_fraction)
+    if "val" in arrays:  # a source with a validation split of its own (an image folder's val/)
+        (x_tr, y_tr), (x_val, y_val) = arrays["train"], arrays["val"]
+    else:
+        (x_tr, y_tr), (x_val, y_val) = split_train_val(*arrays["train"], dataset_spec(name).val_fraction)
     if train_size is not None:
         x_tr, y_tr = subset_train(x_tr, y_tr, train_size, SUBSET_SEED if subset_seed is None else subset_seed)
         train_size = len(x_tr)

@@ -467,10 +467,15 @@ def _factorvae_curve(cfg, model):
 
 
 def _figure_pairs(splits, n, seed):
-    """``n`` fixed pairs of images in [0, 1] (source size) from the test split, or validation without one."""
+    """``n`` fixed pairs of images in [0, 1] (source size) from the test split, else validation, else training:
+    the first with ``2 * n`` images (a small folder of one's own may have fewer in test and validation)."""
     from amr_keras.plots import pick_pairs
 
-    return pick_pairs(splits.arrays.get("test", splits.arrays["val"])[0], n, seed)
+    for name in ("test", "val", "train"):
+        if name in splits.arrays and len(splits.arrays[name][0]) >= 2 * n:
+            return pick_pairs(splits.arrays[name][0], n, seed)
+    images = splits.arrays["train"][0]
+    return pick_pairs(images, max(1, len(images) // 2), seed)
 
 
 def _export_and_draw(model, splits, results, out, seed, classifier):

@@ -34,7 +34,8 @@ def test_the_views_under_the_old_names_keep_their_values():
     assert data.TFDS_NAMES == {"mnist": "mnist", "kmnist": "kmnist", "fashion_mnist": "fashion_mnist",
                                "svhn": "svhn_cropped", "cifar10": "cifar10", "dsprites": "dsprites"}
     assert data.VAL_FRACTION == {"mnist": 1 / 6, "kmnist": 1 / 6, "fashion_mnist": 1 / 6, "svhn": 0.1, "cifar10": 0.1,
-                                 "mnist_sample": 0.1, "dsprites": 1 / 13, "dsprites_procedural": 1 / 13}
+                                 "mnist_sample": 0.1, "dsprites": 1 / 13, "dsprites_procedural": 1 / 13,
+                                 "images": 0.1}
     assert data.SOURCE_SHAPES["svhn"] == (32, 32, 3) and data.SOURCE_SHAPES["dsprites"] == (64, 64, 1)
     assert data.DSPRITES_DATASETS == ("dsprites", "dsprites_procedural")
     from amr_keras.config import DATASET_ARCHS, DATASET_PRESETS

@@ -1,0 +1,189 @@
+"""A folder of your own images as a dataset (``--dataset images --data-dir DIR``).
+
+Layouts, in the habit of ``keras.utils.image_dataset_from_directory``:
+
+- ``DIR/CLASS/*.png``: one subfolder per class, its name the label (classes in sorted order); the images are
+  split into training, validation and test by a fixed, seeded draw stratified by class (``VAL_SHARE`` and
+  ``TEST_SHARE`` of each class, at least one image each where a class has three or more);
+- ``DIR/train/CLASS/...``, ``DIR/val/CLASS/...``, ``DIR/test/CLASS/...``: the splits as given (``val`` and
+  ``test`` may be left out: validation is then drawn from ``train`` as above, and there is no test split).
+
+Files ending in .png, .jpg, .jpeg, .bmp or .gif (any case) are read, grey, RGB or RGBA, at any size: each is
+decoded in parallel by ``tf.data``, made RGB (grey repeated, alpha dropped), centre-cropped to a square (the
+aspect ratio is kept, the longer side loses its edges) and resized to ``IMAGE_SIZE`` (area-averaged), then held
+in memory as uint8 for training and the post-hoc evaluation. The first pass prints how many images each class
+has. Every problem gets one ``DataError`` line: a missing or empty folder, a folder with one class, images beside
+class subfolders, a class of ``val``/``test`` that ``train`` does not have, and a file that cannot be decoded
+(named, with how many others failed).
+"""
+
+import os
+
+import numpy as np
+
+from amr_keras.sources import SPLIT_SEED, DataError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+IMAGE_SIZE = 32  # the size the acai networks take
+CHANNELS = 3
+SPLIT_FOLDERS = ("train", "val", "test")
+VAL_SHARE = 0.1
+TEST_SHARE = 0.1
+
+
+def _is_image(name):
+    return name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")
+
+
+def _images_in(folder):
+    """Image files directly in ``folder`` (sorted), and the subfolders holding images anywhere below them."""
+    files, classes = [], []
+    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+        if entry.is_file() and _is_image(entry.name):
+            files.append(entry.path)
+        elif entry.is_dir() and not entry.name.startswith("."):
+            classes.append(entry.name)
+    return files, classes
+
+
+def _class_files(folder):
+    """Every image below ``folder`` (its subfolders searched too), sorted."""
+    found = []
+    for root, dirs, names in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        found += [os.path.join(root, n) for n in sorted(names) if _is_image(n)]
+    return found
+
+
+def scan_labelled(folder, class_names=None):
+    """``(paths, labels, class_names)`` of a folder of class subfolders.
+
+    Args:
+        folder: holds one subfolder per class.
+        class_names: the classes of the training split (for ``val`` and ``test``); ``None``: this folder's.
+
+    Raises:
+        DataError: images beside the class subfolders, no class with images, one class only (for the training
+            split), or a class that the training split does not have.
+    """
+    loose, subfolders = _images_in(folder)
+    if loose:
+        raise DataError(f"{folder} holds images ({os.path.basename(loose[0])}, ...) beside class subfolders"
+                        if subfolders else
+                        f"{folder} holds images but no class subfolders: put each class's images in a subfolder "
+                        "named after it (DIR/CLASS/IMAGE); images without labels are not supported yet.")
+    per_class = {name: _class_files(os.path.join(folder, name)) for name in subfolders}
+    per_class = {name: files for name, files in per_class.items() if files}
+    if not per_class:
+        raise DataError(f"{folder} has no images ({', '.join(IMAGE_EXTENSIONS)}) in class subfolders "
+                        "(DIR/CLASS/IMAGE).")
+    if class_names is None:
+        if len(per_class) == 1:
+            raise DataError(f"{folder} has one class ({next(iter(per_class))}): the probe and the evaluation need "
+                            "two or more class subfolders.")
+        class_names = sorted(per_class)
+    unknown = sorted(set(per_class) - set(class_names))
+    if unknown:
+        raise DataError(f"{folder} has classes that train/ does not have: {', '.join(unknown)}.")
+    paths = [p for name in class_names for p in per_class.get(name, [])]
+    labels = [i for i, name in enumerate(class_names) for _ in per_class.get(name, [])]
+    return paths, np.asarray(labels, np.int64), class_names
+
+
+def stratified_split(labels, seed=SPLIT_SEED, val_share=VAL_SHARE, test_share=TEST_SHARE):
+    """Indices ``(train, val, test)`` of a split stratified by class: each class gives ``val_share`` and
+    ``test_share`` of its images (rounded, at least one each when it has three or more), drawn with ``seed``."""
+    rng = np.random.default_rng(seed)
+    parts = ([], [], [])
+    for label in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == label))
+        n = len(members)
+        n_val = max(1, round(val_share * n)) if n >= 3 else 0
+        n_test = max(1, round(test_share * n)) if n >= 3 else 0
+        parts[1].append(members[:n_val])
+        parts[2].append(members[n_val:n_val + n_test])
+        parts[0].append(members[n_val + n_test:])
+    return tuple(np.sort(np.concatenate(p)).astype(np.int64) for p in parts)
+
+
+def decode_images(paths, size=IMAGE_SIZE, channels=CHANNELS):
+    """uint8 images ``len(paths) x size x size x channels``, decoded in parallel, centre-cropped and resized.
+
+    Raises:
+        DataError: a file that cannot be decoded (named, with the count of the others that failed).
+    """
+    import tensorflow as tf
+
+    def load(index, path):
+        image = tf.io.decode_image(tf.io.read_file(path), channels=channels, expand_animations=False)
+        height, width = tf.shape(image)[0], tf.shape(image)[1]
+        side = tf.minimum(height, width)
+        image = tf.image.crop_to_bounding_box(image, (height - side) // 2, (width - side) // 2, side, side)
+        image = tf.image.resize(image, (size, size), method="area", antialias=True)
+        return index, tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+
+    ds = tf.data.Dataset.from_tensor_slices((np.arange(len(paths)), np.asarray(paths)))
+    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).ignore_errors().batch(256)
+    images = np.zeros((len(paths), size, size, channels), np.uint8)
+    seen = np.zeros(len(paths), bool)
+    for index, batch in ds.as_numpy_iterator():
+        images[index], seen[index] = batch, True
+    if not seen.all():
+        bad = [paths[i] for i in np.flatnonzero(~seen)]
+        others = f" (and {len(bad) - 1} other file{'s' if len(bad) > 2 else ''})" if len(bad) > 1 else ""
+        raise DataError(f"cannot decode {bad[0]}{others}: not an image of a supported format "
+                        f"({', '.join(IMAGE_EXTENSIONS)}); remove or replace it.")
+    return images
+
+
+def load_image_folder(data_dir, tfds_data_dir=None, size=IMAGE_SIZE, verbose=True):
+    """The ``load`` of the ``images`` dataset: ``({"train", "val", "test"}: (uint8 images, labels), source)``.
+
+    ``val`` and ``test`` are present when the folder has them or when the split is drawn (see the module's
+    docstring); the source line names the folder, the layout, the classes and the split.
+
+    Raises:
+        DataError: no ``--data-dir``, or a layout or file problem (one line saying which).
+    """
+    if data_dir is None:
+        raise DataError("--dataset images reads your own images: give their folder with --data-dir DIR "
+                        "(DIR/CLASS/IMAGE, or DIR/train/CLASS/IMAGE with val/ and test/ beside it).")
+    if not os.path.isdir(data_dir):
+        raise DataError(f"--data-dir {data_dir!r} does not exist or is not a folder.")
+    given = [name for name in SPLIT_FOLDERS if os.path.isdir(os.path.join(data_dir, name))]
+    if given and "train" not in given:
+        raise DataError(f"{data_dir} has {'/ and '.join(given)}/ but no train/: add train/ (its class subfolders "
+                        "name the classes).")
+    if given:
+        paths, labels, classes = scan_labelled(os.path.join(data_dir, "train"))
+        splits = {"train": (paths, labels)}
+        for name in ("val", "test"):
+            if name in given:
+                split_paths, split_labels, _ = scan_labelled(os.path.join(data_dir, name), classes)
+                splits[name] = (split_paths, split_labels)
+        layout = "train/" + "".join(f", {name}/" for name in ("val", "test") if name in given) + " as given"
+        if "val" not in splits:
+            layout += f"; validation drawn from train/ ({VAL_SHARE:.0%} of each class, seed {SPLIT_SEED})"
+            train, val, _ = stratified_split(labels, val_share=VAL_SHARE, test_share=0.0)
+            splits["train"], splits["val"] = (([paths[i] for i in train], labels[train]),
+                                              ([paths[i] for i in val], labels[val]))
+    else:
+        paths, labels, classes = scan_labelled(data_dir)
+        train, val, test = stratified_split(labels)
+        splits = {name: ([paths[i] for i in idx], labels[idx]) for name, idx in
+                  (("train", train), ("val", val), ("test", test))}
+        layout = (f"class subfolders, split by class with seed {SPLIT_SEED}: {1 - VAL_SHARE - TEST_SHARE:.0%} train, "
+                  f"{VAL_SHARE:.0%} validation, {TEST_SHARE:.0%} test")
+    counts = np.bincount(np.concatenate([lab for _, lab in splits.values()]), minlength=len(classes))
+    if verbose:
+        print(f"images: {int(counts.sum())} in {data_dir} ({layout}); per class: "
+              + ", ".join(f"{name} {int(n)}" for name, n in zip(classes, counts)), flush=True)
+    # One pass over every file (a bad file is named once, with the count of the others), then the splits.
+    decoded = iter(np.split(decode_images([p for split_paths, _ in splits.values() for p in split_paths], size),
+                            np.cumsum([len(split_paths) for split_paths, _ in splits.values()])[:-1]))
+    arrays = {name: (next(decoded), split_labels) for name, (_, split_labels) in splits.items()}
+    arrays = {name: pair for name, pair in arrays.items() if len(pair[0])}
+    if len(arrays["train"][0]) == 0:
+        raise DataError(f"{data_dir}: no training images are left after the split; add images.")
+    source = f"image folder {data_dir} ({layout}; classes: {', '.join(classes)})"
+    return arrays, source
