@@ -37,6 +37,7 @@ class Config:
     dataset: str = "mnist_sample"
     data_dir: str = None
     tfds_data_dir: str = None
+    skip_bad_images: bool = False  # --dataset images: leave out undecodable files (counted) instead of stopping
     train_size: int = None
     preset: str = None  # None: default_preset(dataset)
     mixer: str = "mixup"

@@ -230,6 +230,8 @@ class DatasetSpec:
         tfds_name: its tensorflow-datasets builder, if any.
         factors: labelled by generative factors (dSprites): the FactorVAE metric applies.
         summary: one line for the docs and ``--help``.
+        options: keyword options its ``load`` takes besides the two folders (``load_dataset`` passes them on
+            when set; e.g. ``skip_bad_images`` for ``images``).
     """
 
     name: str
@@ -241,6 +243,7 @@ class DatasetSpec:
     tfds_name: str = None
     factors: bool = False
     summary: str = ""
+    options: tuple = ()
 
 
 _REGISTRY = Registry("dataset")
@@ -321,6 +324,7 @@ for _spec in (
                 summary="dSprites' factor grid rendered in code (not the official pixels); label: the shape factor"),
     DatasetSpec("images", source_shape=(image_folder.IMAGE_SIZE, image_folder.IMAGE_SIZE, image_folder.CHANNELS),
                 val_fraction=image_folder.VAL_SHARE, load=image_folder.load_image_folder,
+                options=("skip_bad_images",),
                 summary="your own images: --data-dir DIR with a subfolder per class (amr_keras.images)"),
 ):
     register_dataset(_spec)
@@ -334,13 +338,24 @@ SOURCE_SHAPES = {name: spec.source_shape for name, spec in _REGISTRY.items()}
 VAL_FRACTION = {name: spec.val_fraction for name, spec in _REGISTRY.items()}
 
 
-def load_arrays(name, data_dir=None, tfds_data_dir=None):
-    """Raw uint8 arrays of ``name`` per split plus a description of the source."""
-    return dataset_spec(name).load(data_dir, tfds_data_dir)
+def load_arrays(name, data_dir=None, tfds_data_dir=None, **options):
+    """Raw uint8 arrays of ``name`` per split plus a description of the source.
+
+    Raises:
+        DataError: an option set (not None or False) that the dataset's ``load`` does not take.
+    """
+    spec = dataset_spec(name)
+    options = {key: value for key, value in options.items() if value not in (None, False)}
+    refused = sorted(set(options) - set(spec.options))
+    if refused:
+        flags = ", ".join("--" + key.replace("_", "-") for key in refused)
+        raise DataError(f"{flags} does not apply to --dataset {name} (it reads a folder of image files: "
+                        "--dataset images).")
+    return spec.load(data_dir, tfds_data_dir, **options)
 
 
 def load_dataset(name, data_dir=None, batch_size=64, seed=0, tfds_data_dir=None, eval_batch_size=None,
-                 train_size=None, subset_seed=None):
+                 train_size=None, subset_seed=None, skip_bad_images=False):
     """Load ``name`` as train / validation / test ``tf.data`` pipelines.
 
     Args:
@@ -358,6 +373,8 @@ def load_dataset(name, data_dir=None, batch_size=64, seed=0, tfds_data_dir=None,
         subset_seed: seed of that subset. None (default) uses the fixed
             ``SUBSET_SEED``, so runs with different ``seed`` train on the same
             images; pass a value to draw another subset. Only with ``train_size``.
+        skip_bad_images: ``images`` only: leave out the files that cannot be decoded (counted in the source
+            line) instead of stopping with an error naming the first.
 
     Returns:
         ``Splits`` with ``train``, ``val``, ``test`` (None without a test split) and ``info``
@@ -373,7 +390,7 @@ def load_dataset(name, data_dir=None, batch_size=64, seed=0, tfds_data_dir=None,
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
     if subset_seed is not None and train_size is None:
         raise DataError(f"subset_seed {subset_seed!r} is only used with train_size: set train_size or drop it.")
-    arrays, source = load_arrays(name, data_dir, tfds_data_dir)
+    arrays, source = load_arrays(name, data_dir, tfds_data_dir, skip_bad_images=skip_bad_images)
     if "val" in arrays:  # a source with a validation split of its own (an image folder's val/)
         (x_tr, y_tr), (x_val, y_val) = arrays["train"], arrays["val"]
     else:

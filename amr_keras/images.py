@@ -14,7 +14,7 @@ aspect ratio is kept, the longer side loses its edges) and resized to ``IMAGE_SI
 in memory as uint8 for training and the post-hoc evaluation. The first pass prints how many images each class
 has. Every problem gets one ``DataError`` line: a missing or empty folder, a folder with one class, images beside
 class subfolders, a class of ``val``/``test`` that ``train`` does not have, and a file that cannot be decoded
-(named, with how many others failed).
+(named, with how many others failed; with ``skip_bad_images`` such files are left out and counted instead).
 """
 
 import os
@@ -106,11 +106,19 @@ def stratified_split(labels, seed=SPLIT_SEED, val_share=VAL_SHARE, test_share=TE
     return tuple(np.sort(np.concatenate(p)).astype(np.int64) for p in parts)
 
 
-def decode_images(paths, size=IMAGE_SIZE, channels=CHANNELS):
+def decode_images(paths, size=IMAGE_SIZE, channels=CHANNELS, skip_bad=False):
     """uint8 images ``len(paths) x size x size x channels``, decoded in parallel, centre-cropped and resized.
 
+    Args:
+        paths: image files.
+        size: height and width of the result.
+        channels: 3 (RGB) or 1 (grey).
+        skip_bad: return ``(images, decoded)`` instead of raising for files that cannot be decoded: the images of
+            the files that could be (in order) and a boolean mask over ``paths``.
+
     Raises:
-        DataError: a file that cannot be decoded (named, with the count of the others that failed).
+        DataError: a file that cannot be decoded (named, with the count of the others that failed), unless
+            ``skip_bad``.
     """
     import tensorflow as tf
 
@@ -128,6 +136,8 @@ def decode_images(paths, size=IMAGE_SIZE, channels=CHANNELS):
     seen = np.zeros(len(paths), bool)
     for index, batch in ds.as_numpy_iterator():
         images[index], seen[index] = batch, True
+    if skip_bad:
+        return images[seen], seen
     if not seen.all():
         bad = [paths[i] for i in np.flatnonzero(~seen)]
         others = f" (and {len(bad) - 1} other file{'s' if len(bad) > 2 else ''})" if len(bad) > 1 else ""
@@ -136,11 +146,19 @@ def decode_images(paths, size=IMAGE_SIZE, channels=CHANNELS):
     return images
 
 
-def load_image_folder(data_dir, tfds_data_dir=None, size=IMAGE_SIZE, verbose=True):
+def load_image_folder(data_dir, tfds_data_dir=None, size=IMAGE_SIZE, verbose=True, skip_bad_images=False):
     """The ``load`` of the ``images`` dataset: ``({"train", "val", "test"}: (uint8 images, labels), source)``.
 
     ``val`` and ``test`` are present when the folder has them or when the split is drawn (see the module's
     docstring); the source line names the folder, the layout, the classes and the split.
+
+    Args:
+        data_dir: the folder.
+        tfds_data_dir: unused (the signature of every dataset's ``load``).
+        size: height and width of the images.
+        verbose: print the count of images per class.
+        skip_bad_images: leave out the files that cannot be decoded, count them and name the first (the source
+            line says how many), instead of stopping at the first.
 
     Raises:
         DataError: no ``--data-dir``, or a layout or file problem (one line saying which).
@@ -179,11 +197,26 @@ def load_image_folder(data_dir, tfds_data_dir=None, size=IMAGE_SIZE, verbose=Tru
         print(f"images: {int(counts.sum())} in {data_dir} ({layout}); per class: "
               + ", ".join(f"{name} {int(n)}" for name, n in zip(classes, counts)), flush=True)
     # One pass over every file (a bad file is named once, with the count of the others), then the splits.
-    decoded = iter(np.split(decode_images([p for split_paths, _ in splits.values() for p in split_paths], size),
-                            np.cumsum([len(split_paths) for split_paths, _ in splits.values()])[:-1]))
-    arrays = {name: (next(decoded), split_labels) for name, (_, split_labels) in splits.items()}
+    every_path = [p for split_paths, _ in splits.values() for p in split_paths]
+    bounds = np.cumsum([len(split_paths) for split_paths, _ in splits.values()])[:-1]
+    skipped = ""
+    if skip_bad_images:
+        images, decoded = decode_images(every_path, size, skip_bad=True)
+        full = np.zeros((len(every_path), *images.shape[1:]), np.uint8)
+        full[decoded] = images
+        keep = np.split(decoded, bounds)
+        bad = [p for p, ok in zip(every_path, decoded) if not ok]
+        if bad:
+            files = f"{len(bad)} file{'s' if len(bad) > 1 else ''} that cannot be decoded"
+            skipped = f"; {files} skipped, the first {bad[0]}"
+            if verbose:
+                print(f"images: skipped {files} (--skip-bad-images), the first {bad[0]}", flush=True)
+    else:
+        full = decode_images(every_path, size)
+        keep = [np.ones(len(split_paths), bool) for split_paths, _ in splits.values()]
+    arrays = {name: (x[ok], y[ok]) for (name, (_, y)), x, ok in zip(splits.items(), np.split(full, bounds), keep)}
     arrays = {name: pair for name, pair in arrays.items() if len(pair[0])}
-    if len(arrays["train"][0]) == 0:
-        raise DataError(f"{data_dir}: no training images are left after the split; add images.")
-    source = f"image folder {data_dir} ({layout}; classes: {', '.join(classes)})"
+    if "train" not in arrays:
+        raise DataError(f"{data_dir}: no training image could be decoded; check the files.")
+    source = f"image folder {data_dir} ({layout}; classes: {', '.join(classes)}{skipped})"
     return arrays, source

@@ -37,6 +37,9 @@ def build_parser(description="Train AMR."):
                         "not the official pixels) are labelled by their shape factor for the probe")
     d.add_argument("--data-dir", help="folder with the official raw files (offline); otherwise tensorflow-datasets")
     d.add_argument("--tfds-data-dir", help="where tensorflow-datasets keeps its data")
+    d.add_argument("--skip-bad-images", action="store_true", default=None,
+                   help="--dataset images: leave out the files that cannot be decoded (counted in results.json's "
+                        "source) instead of stopping with an error that names the first")
     d.add_argument("--train-size", type=int,
                    help="train on a fixed subset of this many training images (drawn once, stratified by class, "
                         "the same for every seed); validation and test unchanged")

@@ -305,7 +305,7 @@ def _train(cfg, strategy, out, argv, signals, resume_hint):
     keras.utils.set_random_seed(cfg.seed)
     splits = load_dataset(cfg.dataset, data_dir=cfg.data_dir, batch_size=cfg.batch_size, seed=cfg.seed,
                           tfds_data_dir=cfg.tfds_data_dir, eval_batch_size=max(cfg.batch_size, 256),
-                          train_size=cfg.train_size)
+                          train_size=cfg.train_size, skip_bad_images=cfg.skip_bad_images)
     # Written once the settings and the data are known to be good, so a failed start leaves no run behind.
     os.makedirs(out, exist_ok=True)
     write_json_atomically(os.path.join(out, "config.json"), dataclasses.asdict(cfg), indent=2)

@@ -180,3 +180,22 @@ def test_fit_trains_on_a_folder_of_images_to_an_export_and_a_figure(tmp_path):
     served = tf.saved_model.load(os.path.join(out, "export"))
     x = np.random.default_rng(0).random((2, 32, 32, 3)).astype("float32")
     assert served.encode(x).shape == (2, 4, 4, 2) and served.classify(x).shape[0] == 2
+
+
+def test_skip_bad_images_leaves_the_bad_files_out_and_counts_them(tmp_path, capsys):
+    folder = class_folder(tmp_path / "shapes", per_class=10)
+    (tmp_path / "shapes" / "red" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    (tmp_path / "shapes" / "blue" / "empty.jpg").write_bytes(b"")
+    splits = load_dataset("images", data_dir=folder, batch_size=4, skip_bad_images=True)
+    assert "images: skipped 2 files that cannot be decoded (--skip-bad-images), the first" in capsys.readouterr().out
+    assert splits.info.num_train + splits.info.num_val + splits.info.num_test == 30  # the 30 good images
+    assert "2 files that cannot be decoded skipped" in splits.info.source
+    with pytest.raises(DataError, match=r"^--skip-bad-images does not apply to --dataset mnist_sample"):
+        load_dataset("mnist_sample", skip_bad_images=True)
+
+
+def test_the_flag_reaches_the_settings():
+    from amr_keras.parser import config_from_args
+
+    assert config_from_args(["--dataset", "images", "--data-dir", ".", "--skip-bad-images"]).skip_bad_images
+    assert not config_from_args(["--dataset", "images", "--data-dir", "."]).skip_bad_images

@@ -126,7 +126,7 @@ def search(cfg, tuner="random", max_trials=10, search_space=(), verbose=None, ob
 
         splits = load_dataset(cfg.dataset, data_dir=cfg.data_dir, batch_size=cfg.batch_size, seed=cfg.seed,
                               tfds_data_dir=cfg.tfds_data_dir, eval_batch_size=max(cfg.batch_size, 256),
-                              train_size=cfg.train_size)
+                              train_size=cfg.train_size, skip_bad_images=cfg.skip_bad_images)
         info = splits.info
         steps = cfg.steps_per_epoch or info.num_train // cfg.batch_size
         hypermodel = AMRHyperModel(cfg, info.colors, info.num_classes, steps, search_space=search_space,
