@@ -113,8 +113,8 @@ def decode_images(paths, size=IMAGE_SIZE, channels=CHANNELS, skip_bad=False):
         paths: image files.
         size: height and width of the result.
         channels: 3 (RGB) or 1 (grey).
-        skip_bad: return ``(images, decoded)`` instead of raising for files that cannot be decoded: the images of
-            the files that could be (in order) and a boolean mask over ``paths``.
+        skip_bad: return ``(images, decoded)`` instead of raising for files that cannot be decoded: ``decoded`` a
+            boolean mask over ``paths``, the images of the files it marks False left black.
 
     Raises:
         DataError: a file that cannot be decoded (named, with the count of the others that failed), unless
@@ -137,7 +137,7 @@ def decode_images(paths, size=IMAGE_SIZE, channels=CHANNELS, skip_bad=False):
     for index, batch in ds.as_numpy_iterator():
         images[index], seen[index] = batch, True
     if skip_bad:
-        return images[seen], seen
+        return images, seen
     if not seen.all():
         bad = [paths[i] for i in np.flatnonzero(~seen)]
         others = f" (and {len(bad) - 1} other file{'s' if len(bad) > 2 else ''})" if len(bad) > 1 else ""
@@ -201,10 +201,7 @@ def load_image_folder(data_dir, tfds_data_dir=None, size=IMAGE_SIZE, verbose=Tru
     bounds = np.cumsum([len(split_paths) for split_paths, _ in splits.values()])[:-1]
     skipped = ""
     if skip_bad_images:
-        images, decoded = decode_images(every_path, size, skip_bad=True)
-        full = np.zeros((len(every_path), *images.shape[1:]), np.uint8)
-        full[decoded] = images
-        keep = np.split(decoded, bounds)
+        full, decoded = decode_images(every_path, size, skip_bad=True)
         bad = [p for p, ok in zip(every_path, decoded) if not ok]
         if bad:
             files = f"{len(bad)} file{'s' if len(bad) > 1 else ''} that cannot be decoded"
@@ -212,9 +209,9 @@ def load_image_folder(data_dir, tfds_data_dir=None, size=IMAGE_SIZE, verbose=Tru
             if verbose:
                 print(f"images: skipped {files} (--skip-bad-images), the first {bad[0]}", flush=True)
     else:
-        full = decode_images(every_path, size)
-        keep = [np.ones(len(split_paths), bool) for split_paths, _ in splits.values()]
-    arrays = {name: (x[ok], y[ok]) for (name, (_, y)), x, ok in zip(splits.items(), np.split(full, bounds), keep)}
+        full, decoded = decode_images(every_path, size), np.ones(len(every_path), bool)
+    arrays = {name: (x[ok], y[ok]) for (name, (_, y)), x, ok
+              in zip(splits.items(), np.split(full, bounds), np.split(decoded, bounds))}
     arrays = {name: pair for name, pair in arrays.items() if len(pair[0])}
     if "train" not in arrays:
         raise DataError(f"{data_dir}: no training image could be decoded; check the files.")
