@@ -17,7 +17,7 @@ from amr_keras.dsprites import RENDERER_VERSION
 from amr_keras.mixers import check_mixer, mixer_names
 from amr_keras.bvae import KL_REDUCTIONS
 from amr_keras.model import ACAI_GAMMA, ACAI_WEIGHT, RECON_LOSSES, check_acai_settings, check_recon_gan
-from amr_keras.networks import ARCHS, BURGESS_CODE, BURGESS_SIZE
+from amr_keras.networks import ARCHS, BURGESS_CODE, BURGESS_SIZE, IMAGE_SIZES, input_size
 from amr_keras.precision import PRECISIONS
 from amr_keras.probe import PROBES
 
@@ -38,6 +38,8 @@ class Config:
     data_dir: str = None
     tfds_data_dir: str = None
     skip_bad_images: bool = False  # --dataset images: leave out undecodable files (counted) instead of stopping
+    image_size: int = None  # --dataset images: side of the images and networks (networks.IMAGE_SIZES; None: 32)
+    channels: int = None  # --dataset images: 3 (RGB) or 1 (grey); None: 3
     train_size: int = None
     preset: str = None  # None: default_preset(dataset)
     mixer: str = "mixup"
@@ -102,6 +104,10 @@ RUN_KEYS = ("dataset", "data_dir", "train_size", "preset", "mixer", "k", "lamb",
 RUN_KEYS = RUN_KEYS + ("arch", "model", "beta_kl")
 # Settings added with the faithful Table 4 (official KL weight, calibrated renderer, the final model scored).
 RUN_KEYS = RUN_KEYS + ("kl_reduction", "adam_beta1", "score_epoch", "data_version")
+# Settings added with image folders at other sizes.
+RUN_KEYS = RUN_KEYS + ("image_size", "channels")
+# Settings a dataset reads as it loads (DatasetSpec.options), and the Config fields that hold them.
+DATA_OPTIONS = ("skip_bad_images", "image_size", "channels")
 MODELS = ("amr", "bvae")
 SCORE_EPOCHS = ("best", "last")
 
@@ -157,6 +163,19 @@ DATASET_ARCHS = {name: dataset_spec(name).arch for name in DATASETS if dataset_s
 def default_arch(dataset):
     """The network family (``networks.ARCHS``) a run on ``dataset`` gets when none is named."""
     return dataset_spec(dataset).arch if dataset in dataset_names() else "acai"
+
+
+def network_size(cfg):
+    """Side of the images the networks of ``cfg`` take: ``cfg.image_size`` when set, else the dataset's (28 and
+    32 give 32, dSprites 64)."""
+    if cfg.image_size is not None:
+        return cfg.image_size
+    return input_size(dataset_spec(cfg.dataset).source_shape[0]) if cfg.dataset in dataset_names() else 32
+
+
+def data_options(cfg):
+    """The settings of ``cfg`` that its dataset reads as it loads (``load_dataset``'s keyword arguments)."""
+    return {name: getattr(cfg, name) for name in DATA_OPTIONS}
 
 
 def default_preset(dataset):
@@ -226,6 +245,7 @@ def validate(cfg):
                           "raise --train-size or lower --batch-size.")
     if cfg.batch_size < cfg.k:
         raise ConfigError(f"batch_size ({cfg.batch_size}) must be at least k ({cfg.k}): mixes pair codes of one batch.")
+    _validate_image_options(cfg)
     if cfg.data_dir is not None and not os.path.isdir(cfg.data_dir):
         raise ConfigError(f"--data-dir {cfg.data_dir!r} does not exist or is not a folder.")
     if cfg.dataset == "mnist_sample" and cfg.data_dir is not None:
@@ -234,13 +254,28 @@ def validate(cfg):
     return cfg
 
 
+def _validate_image_options(cfg):
+    """The checks of --image-size and --channels."""
+    if cfg.image_size is not None and (isinstance(cfg.image_size, bool) or cfg.image_size not in IMAGE_SIZES):
+        raise ConfigError(f"--image-size takes {', '.join(map(str, IMAGE_SIZES))} (pixels a side), got "
+                          f"{cfg.image_size!r}.")
+    if cfg.channels is not None and (isinstance(cfg.channels, bool) or cfg.channels not in (1, 3)):
+        raise ConfigError(f"--channels takes 1 (grey) or 3 (RGB), got {cfg.channels!r}.")
+    taken = dataset_spec(cfg.dataset).options if cfg.dataset in dataset_names() else ()
+    given = [name for name in ("image_size", "channels") if getattr(cfg, name) is not None and name not in taken]
+    if given:
+        flags = " and ".join("--" + name.replace("_", "-") for name in given)
+        raise ConfigError(f"{flags} {'sets' if len(given) == 1 else 'set'} the images of --dataset images; "
+                          f"--dataset {cfg.dataset} has its own size and channels: leave {flags} out.")
+
+
 def _validate_arch_and_model(cfg):
     """The checks of --arch, --model, --beta-kl and the FactorVAE settings."""
     if cfg.arch not in ARCHS:
         raise ConfigError(f"Unknown arch {cfg.arch!r}. Choose one of: {', '.join(ARCHS)}.")
-    if (cfg.arch == "burgess") != (dataset_spec(cfg.dataset).source_shape[:2] == (BURGESS_SIZE, BURGESS_SIZE)):
-        raise ConfigError(f"--arch {cfg.arch} does not fit --dataset {cfg.dataset}: the burgess networks take the "
-                          "64x64 dSprites images, the acai networks 32x32 ones. Leave --arch out to get the "
+    if cfg.arch == "burgess" and network_size(cfg) != BURGESS_SIZE:
+        raise ConfigError(f"--arch burgess does not fit --dataset {cfg.dataset}: the burgess networks take 64x64 "
+                          "images (dSprites, or --dataset images --image-size 64). Leave --arch out to get the "
                           "dataset's own.")
     if cfg.arch == "burgess" and cfg.code_channels != Config.code_channels:
         raise ConfigError(f"--code-channels sets the 4x4 code of --arch acai; the burgess code is flat "
@@ -329,6 +364,10 @@ def default_run_name(cfg, extra=""):
         extra: inserted after the preset, e.g. ``"-e2"`` gives ``mnist-none-k2-lamb10-mnist_full-e2-s0``.
     """
     data = cfg.dataset if cfg.train_size is None else f"{cfg.dataset}-n{cfg.train_size}"
+    if cfg.image_size is not None:  # e.g. images-64px-mixup-k2-..., images-32px-grey-...
+        data += f"-{cfg.image_size}px"
+    if cfg.channels == 1:
+        data += "-grey"
     if cfg.arch not in (None, default_arch(cfg.dataset)):
         data += f"-{cfg.arch}"
     if cfg.model == "bvae":  # e.g. dsprites_procedural-bvae-beta100-dsprites-s0

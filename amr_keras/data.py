@@ -45,7 +45,7 @@ import tensorflow as tf
 
 from amr_keras import dsprites
 from amr_keras import images as image_folder
-from amr_keras.networks import IMAGE_SIZE
+from amr_keras.networks import IMAGE_SIZE, input_size
 from amr_keras.readers import (CIFAR10_ARCHIVE, CIFAR10_BATCHES, CIFAR10_FOLDER, OFFICIAL_MD5,  # noqa: F401
                                 load_raw_folder, load_tfds, read_cifar10, read_cifar10_batch, read_idx, read_npz,
                                 read_svhn_mat)
@@ -72,6 +72,7 @@ class DatasetInfo:
     num_val: int
     num_test: int  # 0 when there is no test split
     train_size: int = None  # None when the whole training part is used
+    class_names: tuple = None  # the names of labels 0, 1, ... where the source has them (an image folder's)
 
     @property
     def colors(self):
@@ -91,17 +92,18 @@ class Splits:
 
 # --------------------------------------------------------------------------- pipelines
 def preprocess(images):
-    """uint8 (or float in [0, 255]) images of any supported size -> float32 32x32 in [-1, 1].
+    """uint8 (or float in [0, 255]) images of any supported size -> float32 network input in [-1, 1].
 
-    28x28 images are zero-padded by 2 pixels on each side (background stays
-    black); 64x64 images (dSprites, for the ``burgess`` networks) keep their
-    size; other sizes are resized.
+    28x28 images are zero-padded by 2 pixels on each side to 32x32 (background
+    stays black); square images of a size the networks take (32, 64 for dSprites
+    and 64x64 image folders, 128: ``networks.IMAGE_SIZES``) keep their size;
+    other sizes are resized to 32x32.
     """
     x = tf.cast(images, tf.float32)
     h, w = x.shape[-3], x.shape[-2]
     if (h, w) == (28, 28):
         x = tf.pad(x, [[0, 0], [2, 2], [2, 2], [0, 0]])
-    elif (h, w) not in ((IMAGE_SIZE, IMAGE_SIZE), (DSPRITES_SIZE, DSPRITES_SIZE)):
+    elif h != w or input_size(h) != h:
         x = tf.image.resize(x, (IMAGE_SIZE, IMAGE_SIZE))
     return x / 127.5 - 1.0
 
@@ -224,7 +226,8 @@ class DatasetSpec:
         val_fraction: the part of the training split carved out (with ``SPLIT_SEED``) for validation.
         load: ``load(data_dir, tfds_data_dir) -> ({"train": (images, labels), "test": ...}, source)``: uint8
             images N x H x W x C, int labels, and a line saying where they came from (``test`` may be absent;
-            a ``val`` split, when given, is used as it is instead of one carved out of ``train``).
+            a ``val`` split, when given, is used as it is instead of one carved out of ``train``; a
+            ``"class_names"`` entry, when given, names the labels 0, 1, ... and sets the number of classes).
         preset: the preset (``amr_keras.config.PRESETS``) a run gets when none is named.
         arch: the network family (``amr_keras.networks.ARCHS``) a run gets when none is named.
         tfds_name: its tensorflow-datasets builder, if any.
@@ -232,6 +235,8 @@ class DatasetSpec:
         summary: one line for the docs and ``--help``.
         options: keyword options its ``load`` takes besides the two folders (``load_dataset`` passes them on
             when set; e.g. ``skip_bad_images`` for ``images``).
+        min_classes: the probe's and the export's classes are at least this many, however few the labels seen
+            (10 for the built-in sets, whose subsets may miss a class); ``images`` has exactly its folder's.
     """
 
     name: str
@@ -244,6 +249,7 @@ class DatasetSpec:
     factors: bool = False
     summary: str = ""
     options: tuple = ()
+    min_classes: int = 10
 
 
 _REGISTRY = Registry("dataset")
@@ -324,7 +330,7 @@ for _spec in (
                 summary="dSprites' factor grid rendered in code (not the official pixels); label: the shape factor"),
     DatasetSpec("images", source_shape=(image_folder.IMAGE_SIZE, image_folder.IMAGE_SIZE, image_folder.CHANNELS),
                 val_fraction=image_folder.VAL_SHARE, load=image_folder.load_image_folder,
-                options=("skip_bad_images",),
+                options=("skip_bad_images", "image_size", "channels"), min_classes=2,
                 summary="your own images: --data-dir DIR with a subfolder per class (amr_keras.images)"),
 ):
     register_dataset(_spec)
@@ -355,7 +361,7 @@ def load_arrays(name, data_dir=None, tfds_data_dir=None, **options):
 
 
 def load_dataset(name, data_dir=None, batch_size=64, seed=0, tfds_data_dir=None, eval_batch_size=None,
-                 train_size=None, subset_seed=None, skip_bad_images=False):
+                 train_size=None, subset_seed=None, skip_bad_images=False, image_size=None, channels=None):
     """Load ``name`` as train / validation / test ``tf.data`` pipelines.
 
     Args:
@@ -375,6 +381,8 @@ def load_dataset(name, data_dir=None, batch_size=64, seed=0, tfds_data_dir=None,
             images; pass a value to draw another subset. Only with ``train_size``.
         skip_bad_images: ``images`` only: leave out the files that cannot be decoded (counted in the source
             line) instead of stopping with an error naming the first.
+        image_size, channels: ``images`` only: side (``networks.IMAGE_SIZES``; None: 32) and channels (3 or 1;
+            None: 3) the images are decoded to.
 
     Returns:
         ``Splits`` with ``train``, ``val``, ``test`` (None without a test split) and ``info``
@@ -390,7 +398,9 @@ def load_dataset(name, data_dir=None, batch_size=64, seed=0, tfds_data_dir=None,
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
     if subset_seed is not None and train_size is None:
         raise DataError(f"subset_seed {subset_seed!r} is only used with train_size: set train_size or drop it.")
-    arrays, source = load_arrays(name, data_dir, tfds_data_dir, skip_bad_images=skip_bad_images)
+    arrays, source = load_arrays(name, data_dir, tfds_data_dir, skip_bad_images=skip_bad_images,
+                                 image_size=image_size, channels=channels)
+    class_names = arrays.pop("class_names", None)
     if "val" in arrays:  # a source with a validation split of its own (an image folder's val/)
         (x_tr, y_tr), (x_val, y_val) = arrays["train"], arrays["val"]
     else:
@@ -406,11 +416,12 @@ def load_dataset(name, data_dir=None, batch_size=64, seed=0, tfds_data_dir=None,
         raise DataError(f"batch_size {batch_size} is larger than the {len(x_tr)} training images: lower --batch-size.")
     test = arrays.get("test")
     eval_bs = eval_batch_size or batch_size
-    classes = int(max(y_tr.max(), y_val.max()) + 1)
+    classes = len(class_names) if class_names else int(max(y_tr.max(), y_val.max()) + 1)
     info = DatasetInfo(
         name=name, source=source, image_shape=tuple(int(s) for s in x_tr.shape[1:]),
-        num_classes=max(classes, 10), num_train=len(x_tr), num_val=len(x_val),
+        num_classes=max(classes, dataset_spec(name).min_classes), num_train=len(x_tr), num_val=len(x_val),
         num_test=0 if test is None else len(test[0]), train_size=train_size,
+        class_names=None if class_names is None else tuple(class_names),
     )
     return Splits(
         train=make_pipeline(x_tr, y_tr, batch_size, shuffle=True, drop_remainder=True, seed=seed),

@@ -9,8 +9,9 @@ Layouts, in the habit of ``keras.utils.image_dataset_from_directory``:
   ``test`` may be left out: validation is then drawn from ``train`` as above, and there is no test split).
 
 Files ending in .png, .jpg, .jpeg, .bmp or .gif (any case) are read, grey, RGB or RGBA, at any size: each is
-decoded in parallel by ``tf.data``, made RGB (grey repeated, alpha dropped), centre-cropped to a square (the
-aspect ratio is kept, the longer side loses its edges) and resized to ``IMAGE_SIZE`` (area-averaged), then held
+decoded in parallel by ``tf.data``, made RGB (grey repeated, alpha dropped; with ``channels=1`` then grey by the
+luma weights of ``tf.image.rgb_to_grayscale``), centre-cropped to a square (the aspect ratio is kept, the longer
+side loses its edges) and resized to ``image_size`` (32, 64 or 128; area-averaged), then held
 in memory as uint8 for training and the post-hoc evaluation. The first pass prints how many images each class
 has. Every problem gets one ``DataError`` line: a missing or empty folder, a folder with one class, images beside
 class subfolders, a class of ``val``/``test`` that ``train`` does not have, and a file that cannot be decoded
@@ -24,7 +25,7 @@ import numpy as np
 from amr_keras.sources import SPLIT_SEED, DataError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
-IMAGE_SIZE = 32  # the size the acai networks take
+IMAGE_SIZE = 32  # the default size (--image-size: 32, 64 or 128)
 CHANNELS = 3
 SPLIT_FOLDERS = ("train", "val", "test")
 VAL_SHARE = 0.1
@@ -123,7 +124,9 @@ def decode_images(paths, size=IMAGE_SIZE, channels=CHANNELS, skip_bad=False):
     import tensorflow as tf
 
     def load(index, path):
-        image = tf.io.decode_image(tf.io.read_file(path), channels=channels, expand_animations=False)
+        image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+        if channels == 1:
+            image = tf.image.rgb_to_grayscale(image)
         height, width = tf.shape(image)[0], tf.shape(image)[1]
         side = tf.minimum(height, width)
         image = tf.image.crop_to_bounding_box(image, (height - side) // 2, (width - side) // 2, side, side)
@@ -146,8 +149,10 @@ def decode_images(paths, size=IMAGE_SIZE, channels=CHANNELS, skip_bad=False):
     return images
 
 
-def load_image_folder(data_dir, tfds_data_dir=None, size=IMAGE_SIZE, verbose=True, skip_bad_images=False):
-    """The ``load`` of the ``images`` dataset: ``({"train", "val", "test"}: (uint8 images, labels), source)``.
+def load_image_folder(data_dir, tfds_data_dir=None, image_size=None, channels=None, verbose=True,
+                      skip_bad_images=False):
+    """The ``load`` of the ``images`` dataset: ``({"train", "val", "test"}: (uint8 images, labels), "class_names":
+    [...]}, source)``.
 
     ``val`` and ``test`` are present when the folder has them or when the split is drawn (see the module's
     docstring); the source line names the folder, the layout, the classes and the split.
@@ -155,7 +160,8 @@ def load_image_folder(data_dir, tfds_data_dir=None, size=IMAGE_SIZE, verbose=Tru
     Args:
         data_dir: the folder.
         tfds_data_dir: unused (the signature of every dataset's ``load``).
-        size: height and width of the images.
+        image_size: height and width of the images (None: ``IMAGE_SIZE``).
+        channels: 3 (RGB) or 1 (grey; colour images averaged by ``tf.image``'s luma weights); None: 3.
         verbose: print the count of images per class.
         skip_bad_images: leave out the files that cannot be decoded, count them and name the first (the source
             line says how many), instead of stopping at the first.
@@ -163,6 +169,7 @@ def load_image_folder(data_dir, tfds_data_dir=None, size=IMAGE_SIZE, verbose=Tru
     Raises:
         DataError: no ``--data-dir``, or a layout or file problem (one line saying which).
     """
+    size, channels = image_size or IMAGE_SIZE, channels or CHANNELS
     if data_dir is None:
         raise DataError("--dataset images reads your own images: give their folder with --data-dir DIR "
                         "(DIR/CLASS/IMAGE, or DIR/train/CLASS/IMAGE with val/ and test/ beside it).")
@@ -201,7 +208,7 @@ def load_image_folder(data_dir, tfds_data_dir=None, size=IMAGE_SIZE, verbose=Tru
     bounds = np.cumsum([len(split_paths) for split_paths, _ in splits.values()])[:-1]
     skipped = ""
     if skip_bad_images:
-        full, decoded = decode_images(every_path, size, skip_bad=True)
+        full, decoded = decode_images(every_path, size, channels, skip_bad=True)
         bad = [p for p, ok in zip(every_path, decoded) if not ok]
         if bad:
             files = f"{len(bad)} file{'s' if len(bad) > 1 else ''} that cannot be decoded"
@@ -209,11 +216,11 @@ def load_image_folder(data_dir, tfds_data_dir=None, size=IMAGE_SIZE, verbose=Tru
             if verbose:
                 print(f"images: skipped {files} (--skip-bad-images), the first {bad[0]}", flush=True)
     else:
-        full, decoded = decode_images(every_path, size), np.ones(len(every_path), bool)
+        full, decoded = decode_images(every_path, size, channels), np.ones(len(every_path), bool)
     arrays = {name: (x[ok], y[ok]) for (name, (_, y)), x, ok
               in zip(splits.items(), np.split(full, bounds), np.split(decoded, bounds))}
     arrays = {name: pair for name, pair in arrays.items() if len(pair[0])}
     if "train" not in arrays:
         raise DataError(f"{data_dir}: no training image could be decoded; check the files.")
     source = f"image folder {data_dir} ({layout}; classes: {', '.join(classes)}{skipped})"
-    return arrays, source
+    return {**arrays, "class_names": list(classes)}, source

@@ -10,6 +10,10 @@ decoder mirrors it with nearest-neighbour upsampling and a linear output. The
 discriminator is the encoder without normalisation, with spectral norm on its
 3x3 convolutions; its output map is averaged to one logit per image.
 
+64x64 and 128x128 images (``image_size``) get one more block per doubling (4 and 5 blocks: 66 -> 33 -> 16 -> 8
+-> 4, 130 -> ... -> 4), so the code stays 4x4xC; a block's width doubles per scale up to ``MAX_WIDTH`` times
+``depth`` (16 x 16 = 256 channels by default).
+
 Reference:
     C. Beckham, S. Honari, V. Verma, A. Lamb, F. Ghadiri, R. D. Hjelm,
     Y. Bengio, C. Pal. On Adversarial Mixup Resynthesis. NeurIPS 2019.
@@ -24,6 +28,10 @@ import tensorflow as tf
 from keras import layers
 
 IMAGE_SIZE = 32
+# Input sizes of the acai networks, and the downsampling blocks each takes to reach a 4x4 code.
+IMAGE_SIZES = (32, 64, 128)
+SCALES = {32: 3, 64: 4, 128: 5}
+MAX_WIDTH = 16  # widest block: depth * MAX_WIDTH channels
 # Network families: "acai" (the 32x32 networks above, a 4x4xC code) and "burgess" (64x64 dSprites, a flat code).
 ARCHS = ("acai", "burgess")
 BURGESS_SIZE = 64
@@ -98,16 +106,29 @@ class LeakyReLU(layers.Layer):
 
 
 def _check(colors, depth, scales, code_channels, image_size):
+    """Validate the settings; return ``scales`` (``SCALES[image_size]`` when None)."""
     if colors not in (1, 3):
         raise ValueError(f"colors must be 1 (grey) or 3 (RGB), got {colors}.")
-    for name, value in (("depth", depth), ("scales", scales), ("code_channels", code_channels)):
+    for name, value in (("depth", depth), ("scales", 1 if scales is None else scales),
+                        ("code_channels", code_channels)):
         if int(value) != value or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-    if image_size != IMAGE_SIZE:
-        raise ValueError(
-            f"The networks take {IMAGE_SIZE}x{IMAGE_SIZE} images, got {image_size}; "
-            "amr_keras.data pads or resizes every dataset to 32x32."
-        )
+    if image_size not in IMAGE_SIZES:
+        raise ValueError(f"The acai networks take images of {', '.join(map(str, IMAGE_SIZES))} pixels a side, got "
+                         f"{image_size!r}.")
+    return SCALES[image_size] if scales is None else scales
+
+
+def input_size(height):
+    """Side of the network input for source images ``height`` pixels high: 28 is padded to 32, the sizes of
+    ``IMAGE_SIZES`` stay, any other is resized to ``IMAGE_SIZE``."""
+    if height == 28:
+        return IMAGE_SIZE
+    return height if height in IMAGE_SIZES else IMAGE_SIZE
+
+
+def _width(depth, scale):
+    return depth * min(2**scale, MAX_WIDTH)
 
 
 def code_size(scales, image_size=IMAGE_SIZE):
@@ -145,24 +166,24 @@ def _encoder_body(inputs, depth, scales, out_channels, norm, spectral, slope):
     x = layers.ZeroPadding2D(1, name="pad")(inputs)
     x = _conv(depth, 1, "stem")(x)
     for s in range(scales):
-        width = depth << s
+        width = _width(depth, s)
         x = _stage(x, width, f"s{s}_a", norm, spectral, slope)
         x = _stage(x, width, f"s{s}_b", norm, spectral, slope)
         x = layers.AveragePooling2D(2, name=f"s{s}_pool")(x)
-    x = _stage(x, depth << scales, "top", norm, spectral, slope)
+    x = _stage(x, _width(depth, scales), "top", norm, spectral, slope)
     return _conv(out_channels, 3, "out", spectral)(x)
 
 
-def build_encoder(colors=1, depth=16, scales=3, code_channels=2, slope=0.2, image_size=IMAGE_SIZE):
+def build_encoder(colors=1, depth=16, scales=None, code_channels=2, slope=0.2, image_size=IMAGE_SIZE):
     """Build the encoder ``f``: image in [-1, 1] -> code map.
 
     Args:
         colors: 1 for grey images, 3 for RGB.
         depth: channels of the first scale; scale ``s`` has ``depth * 2**s``.
-        scales: number of downsampling blocks (3 gives a 4x4 code from 32x32).
+        scales: number of downsampling blocks (None: ``SCALES[image_size]``, a 4x4 code; 3 from 32x32).
         code_channels: feature maps of the code (2 gives 4x4x2 = 32 values).
         slope: negative slope of the LeakyReLU activations.
-        image_size: input height and width (must be 32).
+        image_size: input height and width (``IMAGE_SIZES``).
 
     Returns:
         A functional ``keras.Model`` named ``encoder``.
@@ -172,13 +193,13 @@ def build_encoder(colors=1, depth=16, scales=3, code_channels=2, slope=0.2, imag
         >>> enc.output_shape
         (None, 4, 4, 2)
     """
-    _check(colors, depth, scales, code_channels, image_size)
+    scales = _check(colors, depth, scales, code_channels, image_size)
     inputs = keras.Input((image_size, image_size, colors), name="image")
     code = _encoder_body(inputs, depth, scales, code_channels, True, False, slope)
     return keras.Model(inputs, code, name="encoder")
 
 
-def build_decoder(colors=1, depth=16, scales=3, code_channels=2, slope=0.2, image_size=IMAGE_SIZE):
+def build_decoder(colors=1, depth=16, scales=None, code_channels=2, slope=0.2, image_size=IMAGE_SIZE):
     """Build the decoder ``g``: code map -> image (linear output, trained towards [-1, 1]).
 
     The code map is upsampled ``scales`` times; when that does not give
@@ -187,7 +208,7 @@ def build_decoder(colors=1, depth=16, scales=3, code_channels=2, slope=0.2, imag
     Args:
         colors: 1 or 3 output channels.
         depth: channels of the finest scale (mirrors the encoder).
-        scales: number of upsampling blocks.
+        scales: number of upsampling blocks (None: ``SCALES[image_size]``).
         code_channels: feature maps of the code.
         slope: negative slope of the LeakyReLU activations.
         image_size: output height and width.
@@ -195,12 +216,12 @@ def build_decoder(colors=1, depth=16, scales=3, code_channels=2, slope=0.2, imag
     Returns:
         A functional ``keras.Model`` named ``decoder``.
     """
-    _check(colors, depth, scales, code_channels, image_size)
+    scales = _check(colors, depth, scales, code_channels, image_size)
     side = code_size(scales, image_size)
     inputs = keras.Input((side, side, code_channels), name="code")
     x = inputs
     for s in reversed(range(scales)):
-        width = depth << s
+        width = _width(depth, s)
         x = _stage(x, width, f"s{s}_a", True, False, slope)
         x = _stage(x, width, f"s{s}_b", True, False, slope)
         x = layers.UpSampling2D(2, interpolation="nearest", name=f"s{s}_up")(x)
@@ -211,7 +232,7 @@ def build_decoder(colors=1, depth=16, scales=3, code_channels=2, slope=0.2, imag
     return keras.Model(inputs, outputs, name="decoder")
 
 
-def build_discriminator(colors=1, depth=16, scales=3, code_channels=2, slope=0.2, image_size=IMAGE_SIZE):
+def build_discriminator(colors=1, depth=16, scales=None, code_channels=2, slope=0.2, image_size=IMAGE_SIZE):
     """Build the discriminator ``D``: image -> one logit per image (real vs. generated).
 
     Same body as the encoder without normalisation and with spectral norm on
@@ -225,12 +246,12 @@ def build_discriminator(colors=1, depth=16, scales=3, code_channels=2, slope=0.2
         scales: number of downsampling blocks.
         code_channels: channels of the output map before averaging.
         slope: negative slope of the LeakyReLU activations.
-        image_size: input height and width (must be 32).
+        image_size: input height and width (``IMAGE_SIZES``).
 
     Returns:
         A functional ``keras.Model`` named ``discriminator`` with output shape ``(None,)``.
     """
-    _check(colors, depth, scales, code_channels, image_size)
+    scales = _check(colors, depth, scales, code_channels, image_size)
     inputs = keras.Input((image_size, image_size, colors), name="image")
     x = _encoder_body(inputs, depth, scales, code_channels, False, True, slope)
     # float32 average: under a mixed policy one logit is the mean of 32 bfloat16/float16 values.
@@ -238,9 +259,10 @@ def build_discriminator(colors=1, depth=16, scales=3, code_channels=2, slope=0.2
     return keras.Model(inputs, logit, name="discriminator")
 
 
-def build_networks(colors=1, depth=16, scales=3, code_channels=2, slope=0.2):
+def build_networks(colors=1, depth=16, scales=None, code_channels=2, slope=0.2, image_size=IMAGE_SIZE):
     """Build ``(encoder, decoder, discriminator)`` with matching settings."""
-    kw = dict(colors=colors, depth=depth, scales=scales, code_channels=code_channels, slope=slope)
+    kw = dict(colors=colors, depth=depth, scales=scales, code_channels=code_channels, slope=slope,
+              image_size=image_size)
     return build_encoder(**kw), build_decoder(**kw), build_discriminator(**kw)
 
 
@@ -347,15 +369,19 @@ def build_burgess_discriminator(colors=1, filters=32, slope=0.2, image_size=BURG
     return keras.Model(inputs, logit, name="discriminator")
 
 
-def build_arch(arch="acai", colors=1, depth=16, code_channels=2, slope=0.2):
+def build_arch(arch="acai", colors=1, depth=16, code_channels=2, slope=0.2, image_size=None):
     """``(encoder, decoder, discriminator)`` of a network family (``ARCHS``).
 
-    ``acai``: ``build_networks``. ``burgess``: the 64x64 networks above with ``depth`` filters per convolution
-    and a flat code of ``BURGESS_CODE`` values (``code_channels`` does not apply).
+    ``acai``: ``build_networks`` at ``image_size`` (None: 32). ``burgess``: the 64x64 networks above with
+    ``depth`` filters per convolution and a flat code of ``BURGESS_CODE`` values (``code_channels`` does not
+    apply; ``image_size`` must be None or 64).
     """
     if arch == "acai":
-        return build_networks(colors=colors, depth=depth, code_channels=code_channels, slope=slope)
+        return build_networks(colors=colors, depth=depth, code_channels=code_channels, slope=slope,
+                              image_size=image_size or IMAGE_SIZE)
     if arch == "burgess":
-        return (build_burgess_encoder(colors, depth), build_burgess_decoder(colors, depth),
-                build_burgess_discriminator(colors, depth, slope))
+        size = image_size or BURGESS_SIZE
+        return (build_burgess_encoder(colors, depth, image_size=size),
+                build_burgess_decoder(colors, depth, image_size=size),
+                build_burgess_discriminator(colors, depth, slope, image_size=size))
     raise ValueError(f"Unknown arch {arch!r}. Choose one of: {', '.join(ARCHS)}.")

@@ -13,7 +13,7 @@ from amr_keras.config import (MODELS, PRESETS, SCHEDULES, SCORE_EPOCHS, STRATEGI
 from amr_keras.data import dataset_names
 from amr_keras.losses import ACAI_GAMMA, ACAI_WEIGHT, RECON_LOSSES
 from amr_keras.mixers import mixer_names
-from amr_keras.networks import ARCHS
+from amr_keras.networks import ARCHS, IMAGE_SIZES
 from amr_keras.precision import PRECISIONS
 from amr_keras.probe import PROBES
 
@@ -40,6 +40,11 @@ def build_parser(description="Train AMR."):
     d.add_argument("--skip-bad-images", action="store_true", default=None,
                    help="--dataset images: leave out the files that cannot be decoded (counted in results.json's "
                         "source) instead of stopping with an error that names the first")
+    d.add_argument("--image-size", type=int, choices=IMAGE_SIZES,
+                   help="--dataset images: side the images are resized to (after a centre crop to a square), and "
+                        "the networks take (default 32; 64 and 128 add one downsampling block per doubling)")
+    d.add_argument("--channels", type=int, choices=(1, 3),
+                   help="--dataset images: 3 (RGB, default) or 1 (grey)")
     d.add_argument("--train-size", type=int,
                    help="train on a fixed subset of this many training images (drawn once, stratified by class, "
                         "the same for every seed); validation and test unchanged")

@@ -284,9 +284,12 @@ def make_figures(saved_model_dir, dataset=None, data_dir=None, pairs=6, out=None
     dataset = dataset or meta.get("dataset")
     if not dataset:
         raise ValueError(f"{saved_model_dir}/metadata.json names no dataset: pass one (--dataset NAME).")
-    arrays, _ = data.load_arrays(dataset, data_dir)
-    images = arrays["test" if "test" in arrays else "train"][0]
     expected = tuple(meta["image_shape"])
+    # A dataset decoded at a size of one's choosing (an image folder) is decoded at the export's.
+    taken = data.dataset_spec(dataset).options if dataset in data.dataset_names() else ()
+    options = dict(image_size=expected[0], channels=expected[2]) if "image_size" in taken else {}
+    arrays, _ = data.load_arrays(dataset, data_dir, **options)
+    images = arrays["test" if "test" in arrays else "train"][0]
     if tuple(images.shape[1:]) != expected:
         raise ValueError(
             f"The export takes {expected} images but {dataset!r} has {tuple(images.shape[1:])}: "

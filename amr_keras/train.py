@@ -19,7 +19,7 @@ import tensorflow as tf
 
 import amr_keras.bvae  # noqa: F401  (registers BVAE, so that --resume can load its checkpoints)
 from amr_keras import callbacks as cbs
-from amr_keras.config import ConfigError, resolve, settings_diff, upgrade_run_settings
+from amr_keras.config import ConfigError, data_options, network_size, resolve, settings_diff, upgrade_run_settings
 from amr_keras.data import dataset_spec, load_dataset, train_pipeline
 from amr_keras.metrics import score_run
 from amr_keras.model import AMR, _multi_worker, default_optimizer
@@ -107,7 +107,7 @@ def build_model(cfg, colors, num_classes, steps_per_epoch):
         model.compile(ae_optimizer=ae, probe_optimizer=probe, jit_compile=cfg.jit_compile)
         return model
     enc, dec, disc = build_arch(cfg.arch, colors=colors, depth=cfg.depth, code_channels=cfg.code_channels,
-                                slope=cfg.slope)
+                                slope=cfg.slope, image_size=network_size(cfg))
     model = AMR(enc, dec, disc, num_classes=num_classes, mixer=cfg.mixer, k=cfg.k, lamb=cfg.lamb, beta=cfg.beta,
                 recon=cfg.recon, update_g_every=cfg.update_g_every, seed=cfg.seed, acai_gamma=cfg.acai_gamma,
                 acai_weight=cfg.acai_weight, probe=cfg.probe, recon_gan=cfg.recon_gan)
@@ -305,7 +305,7 @@ def _train(cfg, strategy, out, argv, signals, resume_hint):
     keras.utils.set_random_seed(cfg.seed)
     splits = load_dataset(cfg.dataset, data_dir=cfg.data_dir, batch_size=cfg.batch_size, seed=cfg.seed,
                           tfds_data_dir=cfg.tfds_data_dir, eval_batch_size=max(cfg.batch_size, 256),
-                          train_size=cfg.train_size, skip_bad_images=cfg.skip_bad_images)
+                          train_size=cfg.train_size, **data_options(cfg))
     # Written once the settings and the data are known to be good, so a failed start leaves no run behind.
     os.makedirs(out, exist_ok=True)
     write_json_atomically(os.path.join(out, "config.json"), dataclasses.asdict(cfg), indent=2)
@@ -389,7 +389,9 @@ def _train(cfg, strategy, out, argv, signals, resume_hint):
         results = {
             "dataset": cfg.dataset,
             "source": info.source,
-            "image_shape": list(info.image_shape),
+            "image_shape": list(info.image_shape), "num_classes": info.num_classes,
+            **({"class_names": list(info.class_names)} if info.class_names else {}),
+            "image_size": cfg.image_size, "channels": cfg.channels,
             "num_train": info.num_train, "num_val": info.num_val, "num_test": info.num_test,
             "train_size": cfg.train_size, "code_channels": cfg.code_channels, "steps_per_epoch": steps,
             "mixer": cfg.mixer, "k": cfg.k, "lamb": cfg.lamb, "acai_gamma": cfg.acai_gamma,

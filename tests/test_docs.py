@@ -820,6 +820,7 @@ PROSE_NOT_RESULTS = {
     r"to 8 epochs": "a run not among the committed results (docs/table1.md says so)",
     r"\d\.\dx–\d\.\dx the PyTorch reference step on a\s+2-core": "speed, from docs/performance.md (bench.py)",
     r"exit \d+ / \d+": "exit statuses",
+    r"32, 64 or 128 pixels": "the image sizes --image-size takes",
     r"2-core AMD EPYC \(AVX2, float32\) it took \d+ min \d+ s in all\s+\(\d+ s of training, \d+ epochs\) and ended "
     r"with [\d.]+% \(online probe\) and [\d.]+% \(post-hoc\)": "one timed run of fit.py's default (no results file)",
 }

@@ -43,6 +43,7 @@ def class_folder(root, per_class=10, classes=COLOURS):
 def test_a_folder_of_class_subfolders_splits_by_class_and_decodes_every_format(tmp_path, capsys):
     folder = class_folder(tmp_path / "shapes")
     arrays, source = load_image_folder(folder)
+    assert arrays.pop("class_names") == ["blue", "green", "red"]
     assert "blue 10, green 10, red 10" in capsys.readouterr().out
     # 10 images a class: 1 to validation, 1 to test, 8 to training, the same draw every time.
     assert {name: np.bincount(labels).tolist() for name, (_, labels) in arrays.items()} == {
@@ -87,11 +88,12 @@ def test_train_val_test_folders_are_used_as_given(tmp_path):
     assert (splits.info.num_train, splits.info.num_val, splits.info.num_test) == (12, 4, 3)
     assert splits.info.image_shape == (32, 32, 3)
     assert set(splits.arrays["test"][1].tolist()) == {1}  # labels follow train/'s classes: b is 1
+    assert splits.info.class_names == ("a", "b") and splits.info.num_classes == 2
     # Without val/, validation is drawn from train/ by class; without test/, there is none.
     root2 = tmp_path / "train_only"
     class_folder(root2 / "train", per_class=10, classes={"a": (255, 0, 0), "b": (0, 0, 255)})
     arrays, source = load_image_folder(str(root2), verbose=False)
-    assert sorted(arrays) == ["train", "val"] and len(arrays["val"][0]) == 2 and "drawn from train/" in source
+    assert sorted(arrays) == ["class_names", "train", "val"] and len(arrays["val"][0]) == 2 and "drawn from train/" in source
 
 
 def test_the_split_is_stratified_and_seeded():

@@ -9,7 +9,7 @@ import sys
 import keras
 
 from amr_keras.callbacks import NonFiniteLossGuard
-from amr_keras.config import ConfigError, resolve
+from amr_keras.config import ConfigError, data_options, resolve
 from amr_keras.data import load_dataset, train_pipeline
 from amr_keras.precision import op_determinism_restored, resolve_precision
 from amr_keras.runfolder import FolderLock
@@ -126,7 +126,7 @@ def search(cfg, tuner="random", max_trials=10, search_space=(), verbose=None, ob
 
         splits = load_dataset(cfg.dataset, data_dir=cfg.data_dir, batch_size=cfg.batch_size, seed=cfg.seed,
                               tfds_data_dir=cfg.tfds_data_dir, eval_batch_size=max(cfg.batch_size, 256),
-                              train_size=cfg.train_size, skip_bad_images=cfg.skip_bad_images)
+                              train_size=cfg.train_size, **data_options(cfg))
         info = splits.info
         steps = cfg.steps_per_epoch or info.num_train // cfg.batch_size
         hypermodel = AMRHyperModel(cfg, info.colors, info.num_classes, steps, search_space=search_space,

@@ -1,0 +1,120 @@
+"""--image-size 32|64|128 and --channels 1|3: one more downsampling block per doubling (the code stays 4x4xC), the
+settings refused where they do not apply, and a folder of 64x64 images trained end to end to an export that serves
+at that size."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from amr_keras.config import Config, ConfigError, network_size, resolve
+from amr_keras.data import load_dataset, preprocess
+from amr_keras.networks import IMAGE_SIZES, build_arch, build_networks
+from test_images import class_folder
+
+
+@pytest.mark.parametrize("size", IMAGE_SIZES)
+@pytest.mark.parametrize("colors", (1, 3))
+def test_every_size_gives_a_4x4_code_and_images_of_its_size(size, colors):
+    enc, dec, disc = build_networks(colors=colors, depth=4, code_channels=3, image_size=size)
+    assert enc.input_shape == (None, size, size, colors) and enc.output_shape == (None, 4, 4, 3)
+    assert dec.output_shape == (None, size, size, colors) and disc.output_shape == (None,)
+    # One block per doubling: 3 pooling stages at 32, 4 at 64, 5 at 128 (and as many upsamplings).
+    blocks = {32: 3, 64: 4, 128: 5}[size]
+    assert sum(layer.name.endswith("_pool") for layer in enc.layers) == blocks
+    assert sum(layer.name.endswith("_up") for layer in dec.layers) == blocks
+    assert sum(layer.name.endswith("_pool") for layer in disc.layers) == blocks
+
+
+def test_widths_double_per_block_up_to_16_times_depth_and_32_is_unchanged():
+    enc, _, _ = build_networks(depth=4, image_size=128)
+    widths = [enc.get_layer(f"s{s}_a").filters for s in range(5)] + [enc.get_layer("top").filters]
+    assert widths == [4, 8, 16, 32, 64, 64]
+    # The 32x32 networks keep the parameter counts they always had (the PyTorch reference's too).
+    enc, dec, disc = build_networks()
+    assert (enc.count_params(), dec.count_params()) == (150_850, 75_745)
+    # The encoders' sizes that docs/own_images.md gives (RGB, depth 16).
+    counts = [build_networks(colors=3, image_size=size)[0].count_params() for size in IMAGE_SIZES]
+    assert counts == [150_882, 596_706, 1_777_890]
+
+
+def test_other_sizes_are_refused_with_the_sizes_taken():
+    with pytest.raises(ValueError, match="take images of 32, 64, 128 pixels a side, got 48"):
+        build_networks(image_size=48)
+    with pytest.raises(ValueError, match="burgess networks take 64x64"):
+        build_arch("burgess", image_size=32)
+
+
+def test_preprocess_keeps_the_sizes_the_networks_take():
+    for size in IMAGE_SIZES:
+        assert preprocess(np.zeros((1, size, size, 3), np.uint8)).shape == (1, size, size, 3)
+    assert preprocess(np.zeros((1, 28, 28, 1), np.uint8)).shape == (1, 32, 32, 1)  # padded, as always
+    assert preprocess(np.zeros((1, 48, 48, 3), np.uint8)).shape == (1, 32, 32, 3)  # resized, as always
+
+
+def test_the_settings_reach_the_data_and_the_networks(tmp_path):
+    folder = class_folder(tmp_path / "shapes", per_class=4)
+    cfg = resolve(Config(dataset="images", data_dir=folder, image_size=64, channels=1))
+    assert network_size(cfg) == 64 and os.path.basename(cfg.out).startswith("images-64px-grey-mixup-k2-")
+    splits = load_dataset("images", data_dir=folder, batch_size=4, image_size=64, channels=1)
+    x, _ = next(iter(splits.train))
+    assert x.shape == (4, 64, 64, 1) and splits.info.image_shape == (64, 64, 1)
+    # Grey is the luma of the colour: the red square (255, 0, 0) is 0.299 * 255 grey.
+    red = splits.arrays["train"][0][splits.arrays["train"][1] == 2]
+    assert abs(int(np.median(red[:, 32, 32, 0])) - round(0.299 * 255)) <= 2
+    assert network_size(resolve(Config(dataset="images", data_dir=folder))) == 32
+    assert network_size(resolve(Config(dataset="dsprites_procedural"))) == 64
+    assert network_size(resolve(Config(dataset="mnist_sample"))) == 32
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(dataset="mnist_sample", image_size=64), r"^--image-size sets the images of --dataset images; "
+                                                  r"--dataset mnist_sample has its own size"),
+    (dict(dataset="svhn", image_size=64, channels=1), r"^--image-size and --channels set the images"),
+    (dict(dataset="images", data_dir=".", image_size=96), r"^--image-size takes 32, 64, 128"),
+    (dict(dataset="images", data_dir=".", channels=2), r"^--channels takes 1 \(grey\) or 3 \(RGB\), got 2"),
+    (dict(dataset="images", data_dir=".", arch="burgess"), r"^--arch burgess does not fit --dataset images"),
+])
+def test_settings_that_do_not_apply_get_one_line(changes, message):
+    with pytest.raises(ConfigError, match=message):
+        resolve(Config(**changes))
+
+
+def test_the_burgess_networks_take_a_64_pixel_image_folder():
+    cfg = resolve(Config(dataset="images", data_dir=".", image_size=64, arch="burgess"))
+    assert cfg.arch == "burgess" and network_size(cfg) == 64
+
+
+def test_the_flags_parse():
+    from amr_keras.parser import config_from_args
+
+    cfg = config_from_args(["--dataset", "images", "--data-dir", ".", "--image-size", "128", "--channels", "1"])
+    assert (cfg.image_size, cfg.channels) == (128, 1)
+    with pytest.raises(SystemExit):
+        config_from_args(["--dataset", "images", "--data-dir", ".", "--image-size", "100"])
+
+
+def test_fit_trains_a_64_pixel_folder_to_an_export_that_serves_at_64(tmp_path):
+    import tensorflow as tf
+    from test_fit import load_script
+
+    folder = class_folder(tmp_path / "shapes", per_class=6)
+    out = str(tmp_path / "run")
+    args = ["--dataset", "images", "--data-dir", folder, "--image-size", "64", "--depth", "4", "--batch-size", "4",
+            "--epochs", "1", "--steps-per-epoch", "2", "--no-jit-compile", "--precision", "float32", "--out", out,
+            "--verbose", "0"]
+    assert load_script("fit").main(args) == 0
+    with open(os.path.join(out, "results.json")) as f:
+        results = json.load(f)
+    assert results["image_shape"] == [64, 64, 3] and results["image_size"] == 64
+    assert results["num_classes"] == 3 and results["class_names"] == ["blue", "green", "red"]
+    assert 0.0 <= results["linear_eval_test_accuracy"] <= 1.0
+    assert os.path.exists(os.path.join(out, "interpolations.png"))
+    served = tf.saved_model.load(os.path.join(out, "export"))
+    x = np.random.default_rng(0).random((2, 64, 64, 3)).astype("float32")
+    assert served.encode(x).shape == (2, 4, 4, 2) and served.reconstruct(x).shape == (2, 64, 64, 3)
+    assert served.classify(x).shape == (2, 3)
+    from amr_keras.export import load_metadata
+
+    assert load_metadata(os.path.join(out, "export"))["class_names"] == ["blue", "green", "red"]
