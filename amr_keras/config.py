@@ -40,6 +40,7 @@ class Config:
     skip_bad_images: bool = False  # --dataset images: leave out undecodable files (counted) instead of stopping
     image_size: int = None  # --dataset images: side of the images and networks (networks.IMAGE_SIZES; None: 32)
     channels: int = None  # --dataset images: 3 (RGB) or 1 (grey); None: 3
+    cache: bool = None  # --dataset images: hold the decoded images in memory (True) or read the files (False)
     train_size: int = None
     preset: str = None  # None: default_preset(dataset)
     mixer: str = "mixup"
@@ -107,7 +108,7 @@ RUN_KEYS = RUN_KEYS + ("kl_reduction", "adam_beta1", "score_epoch", "data_versio
 # Settings added with image folders at other sizes.
 RUN_KEYS = RUN_KEYS + ("image_size", "channels")
 # Settings a dataset reads as it loads (DatasetSpec.options), and the Config fields that hold them.
-DATA_OPTIONS = ("skip_bad_images", "image_size", "channels")
+DATA_OPTIONS = ("skip_bad_images", "image_size", "channels", "cache")
 MODELS = ("amr", "bvae")
 SCORE_EPOCHS = ("best", "last")
 
@@ -263,6 +264,9 @@ def _validate_image_options(cfg):
         raise ConfigError(f"--channels takes 1 (grey) or 3 (RGB), got {cfg.channels!r}.")
     taken = dataset_spec(cfg.dataset).options if cfg.dataset in dataset_names() else ()
     given = [name for name in ("image_size", "channels") if getattr(cfg, name) is not None and name not in taken]
+    if cfg.cache is not None and "cache" not in taken:
+        raise ConfigError(f"--{'' if cfg.cache else 'no-'}cache applies to --dataset images (the built-in datasets "
+                          "are held in memory): leave it out.")
     if given:
         flags = " and ".join("--" + name.replace("_", "-") for name in given)
         raise ConfigError(f"{flags} {'sets' if len(given) == 1 else 'set'} the images of --dataset images; "

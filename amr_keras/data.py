@@ -45,6 +45,7 @@ import tensorflow as tf
 
 from amr_keras import dsprites
 from amr_keras import images as image_folder
+from amr_keras.images import ImageFiles, decode_file
 from amr_keras.networks import IMAGE_SIZE, input_size
 from amr_keras.readers import (CIFAR10_ARCHIVE, CIFAR10_BATCHES, CIFAR10_FOLDER, OFFICIAL_MD5,  # noqa: F401
                                 load_raw_folder, load_tfds, read_cifar10, read_cifar10_batch, read_idx, read_npz,
@@ -113,9 +114,16 @@ def make_pipeline(images, labels, batch_size, shuffle, drop_remainder, seed=0):
 
     Preprocessing runs once per batch (vectorised), after batching.
     """
-    ds = tf.data.Dataset.from_tensor_slices((images, labels.astype(np.int32)))
-    if shuffle:
-        ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
+    if isinstance(images, ImageFiles):  # read from the files as the pipeline goes
+        ds = tf.data.Dataset.from_tensor_slices((images.paths, labels.astype(np.int32)))
+        if shuffle:
+            ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
+        ds = ds.map(lambda path, y: (decode_file(path, images.size, images.channels), y),
+                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    else:
+        ds = tf.data.Dataset.from_tensor_slices((images, labels.astype(np.int32)))
+        if shuffle:
+            ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     ds = ds.map(lambda x, y: (preprocess(x), y), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
@@ -137,9 +145,10 @@ def train_pipeline(images, labels, batch_size, seed=0, start_epoch=0, start_step
         start_step: first step when epochs are not passes (``--steps-per-epoch``):
             ``initial_epoch * steps_per_epoch``; overrides ``start_epoch``.
     """
-    images = tf.constant(images)
+    files = images if isinstance(images, ImageFiles) else None
+    n = len(images)
+    images = tf.constant(files.paths if files else images)
     labels = tf.constant(labels.astype(np.int32))
-    n = int(images.shape[0])
     per_pass = n // batch_size
     if per_pass < 1:
         raise DataError(f"batch_size {batch_size} is larger than the {n} training images: lower --batch-size.")
@@ -152,8 +161,13 @@ def train_pipeline(images, labels, batch_size, seed=0, start_epoch=0, start_step
         return tf.data.Dataset.from_tensor_slices(order).batch(batch_size, drop_remainder=True)
 
     ds = tf.data.Dataset.range(start_epoch, 2**62).flat_map(one_pass).skip(skip)
-    ds = ds.map(lambda idx: (preprocess(tf.gather(images, idx)), tf.gather(labels, idx)),
-                num_parallel_calls=tf.data.AUTOTUNE)
+    if files:  # the same batches, each image read from its file (in parallel) as the batch is made
+        ds = ds.unbatch().map(lambda i: (decode_file(images[i], files.size, files.channels), labels[i]),
+                              num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = ds.batch(batch_size, drop_remainder=True).map(lambda x, y: (preprocess(x), y))
+    else:
+        ds = ds.map(lambda idx: (preprocess(tf.gather(images, idx)), tf.gather(labels, idx)),
+                    num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
@@ -330,7 +344,7 @@ for _spec in (
                 summary="dSprites' factor grid rendered in code (not the official pixels); label: the shape factor"),
     DatasetSpec("images", source_shape=(image_folder.IMAGE_SIZE, image_folder.IMAGE_SIZE, image_folder.CHANNELS),
                 val_fraction=image_folder.VAL_SHARE, load=image_folder.load_image_folder,
-                options=("skip_bad_images", "image_size", "channels"), min_classes=2,
+                options=("skip_bad_images", "image_size", "channels", "cache"), min_classes=2,
                 summary="your own images: --data-dir DIR with a subfolder per class (amr_keras.images)"),
 ):
     register_dataset(_spec)
@@ -351,7 +365,7 @@ def load_arrays(name, data_dir=None, tfds_data_dir=None, **options):
         DataError: an option set (not None or False) that the dataset's ``load`` does not take.
     """
     spec = dataset_spec(name)
-    options = {key: value for key, value in options.items() if value not in (None, False)}
+    options = {key: value for key, value in options.items() if value is not None}
     refused = sorted(set(options) - set(spec.options))
     if refused:
         flags = ", ".join("--" + key.replace("_", "-") for key in refused)
@@ -361,7 +375,8 @@ def load_arrays(name, data_dir=None, tfds_data_dir=None, **options):
 
 
 def load_dataset(name, data_dir=None, batch_size=64, seed=0, tfds_data_dir=None, eval_batch_size=None,
-                 train_size=None, subset_seed=None, skip_bad_images=False, image_size=None, channels=None):
+                 train_size=None, subset_seed=None, skip_bad_images=False, image_size=None, channels=None,
+                 cache=None):
     """Load ``name`` as train / validation / test ``tf.data`` pipelines.
 
     Args:
@@ -383,6 +398,8 @@ def load_dataset(name, data_dir=None, batch_size=64, seed=0, tfds_data_dir=None,
             line) instead of stopping with an error naming the first.
         image_size, channels: ``images`` only: side (``networks.IMAGE_SIZES``; None: 32) and channels (3 or 1;
             None: 3) the images are decoded to.
+        cache: ``images`` only: True holds the decoded images in memory, False reads them from their files every
+            epoch (``images.ImageFiles``), None decides by their size (``images.CACHE_LIMIT``).
 
     Returns:
         ``Splits`` with ``train``, ``val``, ``test`` (None without a test split) and ``info``
@@ -398,8 +415,8 @@ def load_dataset(name, data_dir=None, batch_size=64, seed=0, tfds_data_dir=None,
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
     if subset_seed is not None and train_size is None:
         raise DataError(f"subset_seed {subset_seed!r} is only used with train_size: set train_size or drop it.")
-    arrays, source = load_arrays(name, data_dir, tfds_data_dir, skip_bad_images=skip_bad_images,
-                                 image_size=image_size, channels=channels)
+    arrays, source = load_arrays(name, data_dir, tfds_data_dir, skip_bad_images=skip_bad_images or None,
+                                 image_size=image_size, channels=channels, cache=cache)
     class_names = arrays.pop("class_names", None)
     if "val" in arrays:  # a source with a validation split of its own (an image folder's val/)
         (x_tr, y_tr), (x_val, y_val) = arrays["train"], arrays["val"]

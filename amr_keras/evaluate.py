@@ -83,7 +83,8 @@ def encode_arrays(encode_fn, images_uint8, batch_size=512, preprocess_fn=preproc
         >>> codes.shape
         (1000, 32)
     """
-    images = np.asarray(images_uint8)
+    # An array, or an array-like that reads its images as they are used (images.ImageFiles: kept lazy).
+    images = images_uint8 if hasattr(images_uint8, "batches") else np.asarray(images_uint8)
     if images.ndim != 4:
         raise ValueError(
             f"encode_arrays expects a batch of images (N, H, W, C), got an array of shape {images.shape}."
@@ -91,8 +92,10 @@ def encode_arrays(encode_fn, images_uint8, batch_size=512, preprocess_fn=preproc
     if int(batch_size) != batch_size or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
     chunks = []
-    for start in range(0, len(images), int(batch_size)):
-        codes = _to_numpy(encode_fn(preprocess_fn(images[start : start + batch_size])))
+    batches = (images.batches(int(batch_size)) if hasattr(images, "batches") else
+               (images[start : start + batch_size] for start in range(0, len(images), int(batch_size))))
+    for batch in batches:
+        codes = _to_numpy(encode_fn(preprocess_fn(batch)))
         chunks.append(codes.reshape(len(codes), -1).astype(np.float32))
     if not chunks:
         raise ValueError("encode_arrays got no images (N = 0).")

@@ -11,11 +11,15 @@ Layouts, in the habit of ``keras.utils.image_dataset_from_directory``:
 Files ending in .png, .jpg, .jpeg, .bmp or .gif (any case) are read, grey, RGB or RGBA, at any size: each is
 decoded in parallel by ``tf.data``, made RGB (grey repeated, alpha dropped; with ``channels=1`` then grey by the
 luma weights of ``tf.image.rgb_to_grayscale``), centre-cropped to a square (the aspect ratio is kept, the longer
-side loses its edges) and resized to ``image_size`` (32, 64 or 128; area-averaged), then held
-in memory as uint8 for training and the post-hoc evaluation. The first pass prints how many images each class
-has. Every problem gets one ``DataError`` line: a missing or empty folder, a folder with one class, images beside
-class subfolders, a class of ``val``/``test`` that ``train`` does not have, and a file that cannot be decoded
-(named, with how many others failed; with ``skip_bad_images`` such files are left out and counted instead).
+side loses its edges) and resized to ``image_size`` (32, 64 or 128; area-averaged). Every file is decoded once
+before training (a bad file is named before the first step); the decoded images are then held in memory as
+uint8 when they take at most ``CACHE_LIMIT`` bytes (or with ``cache=True``), and otherwise (or with
+``cache=False``) read from their files again each time they are used (``ImageFiles``: ``tf.data`` decodes them
+in parallel as the batches are made, the same batches as held images give). The first pass prints how many
+images each class has. Every problem gets one ``DataError`` line: a missing or empty folder, a folder with one
+class, images beside class subfolders, a class of ``val``/``test`` that ``train`` does not have, and a file that
+cannot be decoded (named, with how many others failed; with ``skip_bad_images`` such files are left out and
+counted instead).
 """
 
 import os
@@ -30,6 +34,12 @@ CHANNELS = 3
 SPLIT_FOLDERS = ("train", "val", "test")
 VAL_SHARE = 0.1
 TEST_SHARE = 0.1
+# Decoded images up to this many bytes are held in memory (load_image_folder's cache=None); above, read from disk.
+CACHE_LIMIT = 2**30
+
+
+def _mib(nbytes):
+    return f"{nbytes / 2**20:.1f} MiB" if nbytes < 2**30 else f"{nbytes / 2**30:.3g} GiB"
 
 
 def _is_image(name):
@@ -107,7 +117,30 @@ def stratified_split(labels, seed=SPLIT_SEED, val_share=VAL_SHARE, test_share=TE
     return tuple(np.sort(np.concatenate(p)).astype(np.int64) for p in parts)
 
 
-def decode_images(paths, size=IMAGE_SIZE, channels=CHANNELS, skip_bad=False):
+def decode_file(path, size=IMAGE_SIZE, channels=CHANNELS):
+    """One image file -> uint8 ``size x size x channels`` tensor (TensorFlow ops, for ``tf.data``'s ``map``):
+    decoded as RGB, made grey when ``channels`` is 1, centre-cropped to a square and area-resized."""
+    import tensorflow as tf
+
+    image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+    if channels == 1:
+        image = tf.image.rgb_to_grayscale(image)
+    height, width = tf.shape(image)[0], tf.shape(image)[1]
+    side = tf.minimum(height, width)
+    image = tf.image.crop_to_bounding_box(image, (height - side) // 2, (width - side) // 2, side, side)
+    image = tf.image.resize(image, (size, size), method="area", antialias=True)
+    image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+    return tf.ensure_shape(image, (size, size, channels))
+
+
+def _bad_files_error(paths, decoded):
+    bad = [paths[i] for i in np.flatnonzero(~decoded)]
+    others = f" (and {len(bad) - 1} other file{'s' if len(bad) > 2 else ''})" if len(bad) > 1 else ""
+    return DataError(f"cannot decode {bad[0]}{others}: not an image of a supported format "
+                     f"({', '.join(IMAGE_EXTENSIONS)}); remove or replace it.")
+
+
+def decode_images(paths, size=IMAGE_SIZE, channels=CHANNELS, skip_bad=False, keep=True):
     """uint8 images ``len(paths) x size x size x channels``, decoded in parallel, centre-cropped and resized.
 
     Args:
@@ -116,6 +149,8 @@ def decode_images(paths, size=IMAGE_SIZE, channels=CHANNELS, skip_bad=False):
         channels: 3 (RGB) or 1 (grey).
         skip_bad: return ``(images, decoded)`` instead of raising for files that cannot be decoded: ``decoded`` a
             boolean mask over ``paths``, the images of the files it marks False left black.
+        keep: False: decode every file once to check it, keep no pixels, and return ``decoded`` alone (memory
+            of one batch whatever the number of files).
 
     Raises:
         DataError: a file that cannot be decoded (named, with the count of the others that failed), unless
@@ -124,33 +159,84 @@ def decode_images(paths, size=IMAGE_SIZE, channels=CHANNELS, skip_bad=False):
     import tensorflow as tf
 
     def load(index, path):
-        image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-        if channels == 1:
-            image = tf.image.rgb_to_grayscale(image)
-        height, width = tf.shape(image)[0], tf.shape(image)[1]
-        side = tf.minimum(height, width)
-        image = tf.image.crop_to_bounding_box(image, (height - side) // 2, (width - side) // 2, side, side)
-        image = tf.image.resize(image, (size, size), method="area", antialias=True)
-        return index, tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+        return index, decode_file(path, size, channels)
 
-    ds = tf.data.Dataset.from_tensor_slices((np.arange(len(paths)), np.asarray(paths)))
+    ds = tf.data.Dataset.from_tensor_slices((np.arange(len(paths)), np.asarray(paths, dtype=str)))
     ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).ignore_errors().batch(256)
-    images = np.zeros((len(paths), size, size, channels), np.uint8)
+    images = np.zeros((len(paths) if keep else 0, size, size, channels), np.uint8)
     seen = np.zeros(len(paths), bool)
     for index, batch in ds.as_numpy_iterator():
-        images[index], seen[index] = batch, True
-    if skip_bad:
-        return images, seen
-    if not seen.all():
-        bad = [paths[i] for i in np.flatnonzero(~seen)]
-        others = f" (and {len(bad) - 1} other file{'s' if len(bad) > 2 else ''})" if len(bad) > 1 else ""
-        raise DataError(f"cannot decode {bad[0]}{others}: not an image of a supported format "
-                        f"({', '.join(IMAGE_EXTENSIONS)}); remove or replace it.")
-    return images
+        seen[index] = True
+        if keep:
+            images[index] = batch
+    if not skip_bad and not seen.all():
+        raise _bad_files_error(paths, seen)
+    if not keep:
+        return seen
+    return (images, seen) if skip_bad else images
+
+
+class ImageFiles:
+    """Images read from their files when used: a uint8 array ``N x size x size x channels`` that is never held
+    in memory whole.
+
+    It has what the package uses of an array: ``len``, ``shape``, ``dtype`` and ``ndim``; indexing by a slice, an
+    index array or a mask gives another ``ImageFiles`` (nothing is read); ``np.asarray`` reads its images (keep
+    that to small selections, e.g. the pairs of a figure). ``amr_keras.data``'s pipelines read the files in
+    parallel with ``tf.data`` as they go, and ``batches`` does for code that loops over them.
+
+    Args:
+        paths: the image files, in order.
+        size, channels: what each file is decoded to (see ``decode_file``).
+    """
+
+    dtype = np.dtype(np.uint8)
+    ndim = 4
+
+    def __init__(self, paths, size=IMAGE_SIZE, channels=CHANNELS):
+        self.paths = np.asarray(paths, dtype=str)
+        self.size, self.channels = int(size), int(channels)
+
+    @property
+    def shape(self):
+        return (len(self.paths), self.size, self.size, self.channels)
+
+    @property
+    def nbytes(self):
+        return int(np.prod(self.shape))
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __repr__(self):
+        return f"ImageFiles({len(self)} files, {self.size}x{self.size}x{self.channels})"
+
+    def __getitem__(self, index):
+        if isinstance(index, (int, np.integer)):
+            return np.asarray(self[[int(index)]])[0]
+        return ImageFiles(self.paths[index], self.size, self.channels)
+
+    def __array__(self, dtype=None, copy=None):
+        images = decode_images(list(self.paths), self.size, self.channels)
+        return images if dtype is None else images.astype(dtype)
+
+    def dataset(self):
+        """``tf.data.Dataset`` of the decoded images (uint8, in order, read in parallel)."""
+        import tensorflow as tf
+
+        return tf.data.Dataset.from_tensor_slices(self.paths).map(
+            lambda path: decode_file(path, self.size, self.channels), num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True)
+
+    def batches(self, batch_size):
+        """The images as uint8 numpy batches of ``batch_size`` (the last may be smaller), read ahead."""
+        import tensorflow as tf
+
+        return self.dataset().batch(int(batch_size)).prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
 
 
 def load_image_folder(data_dir, tfds_data_dir=None, image_size=None, channels=None, verbose=True,
-                      skip_bad_images=False):
+                      skip_bad_images=False, cache=None):
     """The ``load`` of the ``images`` dataset: ``({"train", "val", "test"}: (uint8 images, labels), "class_names":
     [...]}, source)``.
 
@@ -165,6 +251,10 @@ def load_image_folder(data_dir, tfds_data_dir=None, image_size=None, channels=No
         verbose: print the count of images per class.
         skip_bad_images: leave out the files that cannot be decoded, count them and name the first (the source
             line says how many), instead of stopping at the first.
+        cache: True: the decoded images are held in memory (uint8 arrays); False: they are read from their files
+            every time they are used (``ImageFiles``: memory of a few batches, whatever the folder's size); None
+            (default): held when they take at most ``CACHE_LIMIT`` bytes, read from the files otherwise. Every
+            file is decoded once before training either way, so a bad file is named before the first step.
 
     Raises:
         DataError: no ``--data-dir``, or a layout or file problem (one line saying which).
@@ -206,19 +296,30 @@ def load_image_folder(data_dir, tfds_data_dir=None, image_size=None, channels=No
     # One pass over every file (a bad file is named once, with the count of the others), then the splits.
     every_path = [p for split_paths, _ in splits.values() for p in split_paths]
     bounds = np.cumsum([len(split_paths) for split_paths, _ in splits.values()])[:-1]
-    skipped = ""
-    if skip_bad_images:
+    decoded_bytes = len(every_path) * size * size * channels
+    in_memory = cache if cache is not None else decoded_bytes <= CACHE_LIMIT
+    if in_memory:
         full, decoded = decode_images(every_path, size, channels, skip_bad=True)
-        bad = [p for p, ok in zip(every_path, decoded) if not ok]
-        if bad:
-            files = f"{len(bad)} file{'s' if len(bad) > 1 else ''} that cannot be decoded"
-            skipped = f"; {files} skipped, the first {bad[0]}"
-            if verbose:
-                print(f"images: skipped {files} (--skip-bad-images), the first {bad[0]}", flush=True)
     else:
-        full, decoded = decode_images(every_path, size, channels), np.ones(len(every_path), bool)
+        decoded = decode_images(every_path, size, channels, skip_bad=True, keep=False)
+        full = ImageFiles(every_path, size, channels)
+    skipped = ""
+    bad = [p for p, ok in zip(every_path, decoded) if not ok]
+    if bad and not skip_bad_images:
+        raise _bad_files_error(every_path, decoded)
+    if bad:
+        files = f"{len(bad)} file{'s' if len(bad) > 1 else ''} that cannot be decoded"
+        skipped = f"; {files} skipped, the first {bad[0]}"
+        if verbose:
+            print(f"images: skipped {files} (--skip-bad-images), the first {bad[0]}", flush=True)
+    if verbose:
+        why = ("--cache" if cache else "--no-cache") if cache is not None else (
+            f"{'within' if in_memory else 'over'} the {_mib(CACHE_LIMIT)} held by default")
+        print(f"images: {_mib(decoded_bytes)} decoded, " + ("held in memory" if in_memory else
+              "read from the files every epoch") + f" ({why})", flush=True)
+    parts = [full[a:b] for a, b in zip([0, *bounds], [*bounds, len(every_path)])]
     arrays = {name: (x[ok], y[ok]) for (name, (_, y)), x, ok
-              in zip(splits.items(), np.split(full, bounds), np.split(decoded, bounds))}
+              in zip(splits.items(), parts, np.split(decoded, bounds))}
     arrays = {name: pair for name, pair in arrays.items() if len(pair[0])}
     if "train" not in arrays:
         raise DataError(f"{data_dir}: no training image could be decoded; check the files.")

@@ -45,6 +45,9 @@ def build_parser(description="Train AMR."):
                         "the networks take (default 32; 64 and 128 add one downsampling block per doubling)")
     d.add_argument("--channels", type=int, choices=(1, 3),
                    help="--dataset images: 3 (RGB, default) or 1 (grey)")
+    d.add_argument("--cache", action=argparse.BooleanOptionalAction, default=None,
+                   help="--dataset images: hold the decoded images in memory (--cache) or read them from their files "
+                        "every epoch (--no-cache); default: in memory when they take at most 1 GiB")
     d.add_argument("--train-size", type=int,
                    help="train on a fixed subset of this many training images (drawn once, stratified by class, "
                         "the same for every seed); validation and test unchanged")

@@ -262,7 +262,7 @@ def pick_pairs(images, pairs, seed=0):
     if len(images) < 2 * pairs:
         raise ValueError(f"{pairs} pairs need {2 * pairs} images; only {len(images)} given.")
     idx = np.random.default_rng(seed).choice(len(images), 2 * pairs, replace=False)
-    x = np.asarray(images)[idx].astype(np.float32) / 255.0
+    x = np.asarray(images[idx]).astype(np.float32) / 255.0  # images[idx] first: an ImageFiles reads those alone
     return x[:pairs], x[pairs:]
 
 

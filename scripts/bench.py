@@ -21,6 +21,8 @@ Examples:
     python scripts/bench.py --batch-sizes 16 --jit off --update-g-every 1 --probe whiten batchnorm   # probe cost
     python scripts/bench.py --arch burgess --batch-sizes 64 --jit off --update-g-every 1   # the 64x64 dSprites step
     python scripts/bench.py --arch burgess --model bvae --batch-sizes 64 --jit off --update-g-every 1  # beta-VAE
+    python scripts/bench.py --image-size 64 --channels 3 --batch-sizes 64 --jit off --update-g-every 1 \
+        --image-folder DIR                        # the 64x64 RGB step of an image folder, and its input pipeline
 
 ``--arch burgess`` times the Table 4 step: the 64x64 networks of Burgess et al. (``--depth`` filters, 32 by
 default), a flat 10-value code, the reconstruction summed over pixels (bce) and lamb 1 on 64x64x1 images;
@@ -120,8 +122,37 @@ def summarize_profile(logdir, top=12, wall_seconds=None):
     }
 
 
+def bench_pipeline(folder, image_size, channels, batch_size, cache, batches=40, repeats=3):
+    """Images/second of the training input pipeline of ``--dataset images`` alone (``cache=False``: every image
+    read and decoded from its file as the batches are made; True: gathered from the decoded images in memory)."""
+    import amr_keras  # noqa: F401  (before tensorflow, as in bench_keras)
+    from amr_keras.data import load_dataset, train_pipeline
+    from amr_keras.precision import cpu_info
+
+    t0 = time.perf_counter()
+    splits = load_dataset("images", data_dir=folder, batch_size=batch_size, image_size=image_size,
+                          channels=channels, cache=cache)
+    load_s = time.perf_counter() - t0
+    iterator = iter(train_pipeline(*splits.arrays["train"], batch_size, seed=0))
+    for _ in range(3):  # warm-up: the pipeline's threads and its first read-ahead
+        next(iterator)
+    rates = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(batches):
+            x, _ = next(iterator)
+        float(x[0, 0, 0, 0])
+        rates.append(batches * batch_size / (time.perf_counter() - t0))
+    return {"impl": "input_pipeline", "images_per_second": round(statistics.median(rates), 1),
+            "images_per_second_repeats": [round(r, 1) for r in rates], "cache": cache, "batch_size": batch_size,
+            "image_size": image_size, "channels": channels, "num_train": splits.info.num_train,
+            "load_seconds": round(load_s, 1), "cpu": cpu_info()["model"], "cpu_flags": cpu_info()["flags"],
+            "cpu_count": os.cpu_count()}
+
+
 def bench_keras(batch_size, jit, update_g_every, steps, warmup, repeats, depth, mixer, precision="auto",
-                profile=None, probe="whiten", arch="acai", model="amr", deterministic=False):
+                profile=None, probe="whiten", arch="acai", model="amr", deterministic=False, image_size=None,
+                colors=1):
     import amr_keras  # before tensorflow: it turns on the oneDNN CPU kernels unless TF_ENABLE_ONEDNN_OPTS is set
     import keras
     import tensorflow as tf
@@ -143,14 +174,14 @@ def bench_keras(batch_size, jit, update_g_every, steps, warmup, repeats, depth, 
         else:
             # The dSprites recipe on the burgess networks: lamb 1, bce summed over pixels (the dsprites preset).
             recipe = dict(lamb=1.0, recon="bce") if burgess else {}
-            model = AMR(*build_arch(arch, depth=depth), mixer=mixer, update_g_every=update_g_every, probe=probe,
-                        **recipe)
+            model = AMR(*build_arch(arch, colors=colors, depth=depth, image_size=image_size), mixer=mixer,
+                        update_g_every=update_g_every, probe=probe, **recipe)
         model.compile(jit_compile=jit)
-    size = BURGESS_SIZE if burgess else IMAGE_SIZE
+    size = image_size or (BURGESS_SIZE if burgess else IMAGE_SIZE)
     # A few fixed batches, cycled, so that data creation is not timed.
     rng = tf.random.Generator.from_seed(0)
-    pool = [(rng.uniform((batch_size, size, size, 1), -1, 1), rng.uniform((batch_size,), 0, 10, dtype=tf.int32))
-            for _ in range(8)]
+    pool = [(rng.uniform((batch_size, size, size, colors), -1, 1),
+             rng.uniform((batch_size,), 0, 10, dtype=tf.int32)) for _ in range(8)]
     data = tf.data.Dataset.from_tensors(pool[0]).concatenate(
         tf.data.Dataset.from_tensor_slices(tuple(tf.stack(t) for t in zip(*pool[1:])))).repeat()
     iterator = iter(data.prefetch(2))
@@ -216,7 +247,8 @@ def bench_keras(batch_size, jit, update_g_every, steps, warmup, repeats, depth, 
         "jit_compile": jit, "update_g_every": update_g_every, "precision": precision, "deterministic": deterministic,
         "compute_dtype": compute_dtype(model),
         "mixer": model.mixer, "probe": model.probe_kind, "depth": depth, "arch": arch,
-        "model": "bvae" if isinstance(model, BVAE) else "amr", "image_size": size, "steps": steps, "warmup": warmup,
+        "model": "bvae" if isinstance(model, BVAE) else "amr", "image_size": size, "colors": colors, "steps": steps,
+        "warmup": warmup,
         "warmup_seconds": round(warmup_s, 1),
         "repeats": repeats, "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "other_processes_cores": other, "device": tf.config.list_logical_devices()[-1].device_type,
@@ -266,6 +298,14 @@ def main(argv=None):
                    help="acai: the 32x32 step (default); burgess: the 64x64 dSprites step of Table 4")
     p.add_argument("--model", choices=("amr", "bvae"), default="amr",
                    help="amr (default) or bvae, the beta-VAE baseline (--arch burgess only)")
+    p.add_argument("--image-size", type=int, choices=(32, 64, 128),
+                   help="--arch acai: side of the images and networks (default 32; 64 and 128: the networks of "
+                        "fit.py --dataset images --image-size)")
+    p.add_argument("--channels", type=int, choices=(1, 3), default=1, help="channels of the images (default 1)")
+    p.add_argument("--image-folder", metavar="DIR",
+                   help="also time the input pipeline of fit.py --dataset images --data-dir DIR alone at --image-size "
+                        "and --channels, read from the files (--no-cache) and held in memory (--cache), --steps "
+                        "batches --repeats times, and print each step's ratio to it")
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--repeats", type=int, default=3)
@@ -291,6 +331,8 @@ def main(argv=None):
         p.error("--model bvae runs on the 64x64 networks: add --arch burgess")
     if args.depth is None:
         args.depth = 32 if args.arch == "burgess" else 16
+    if args.image_size not in (None, 32) and args.arch != "acai":
+        p.error("--image-size sets the acai networks' size (the burgess networks take 64x64): leave it out")
     if args.setting_json:
         print(json.dumps({**bench_keras(**json.loads(args.setting_json)), "peak_rss_scope": "setting"}), flush=True)
         return
@@ -306,6 +348,14 @@ def main(argv=None):
                         "benchmarks/torch_ref.py; --torch-ref alone uses it)")
         except ImportError:
             print(json.dumps({"impl": "torch_ref", "skipped": "torch is not installed"}))
+    pipelines = {}
+    if args.image_folder:
+        for bs in args.batch_sizes:
+            for cache in (False, True):
+                res = bench_pipeline(args.image_folder, args.image_size or 32, args.channels, bs, cache,
+                                     batches=args.steps, repeats=args.repeats)
+                pipelines[bs, cache] = res["images_per_second"]
+                print(json.dumps(res), flush=True)
     for bs in args.batch_sizes:
         for every in args.update_g_every:
             ref = None
@@ -318,11 +368,15 @@ def main(argv=None):
                 setting = dict(batch_size=bs, jit=jit, update_g_every=every, steps=args.steps, warmup=args.warmup,
                                repeats=args.repeats, depth=args.depth, mixer=args.mixer, precision=precision,
                                profile=args.profile, probe=probe, arch=args.arch, model=args.model,
-                               deterministic=det)
+                               deterministic=det, image_size=args.image_size, colors=args.channels)
                 if args.one_setting_per_process:
                     res = bench_keras_in_subprocess(setting)
                 else:
                     res = {**bench_keras(**setting), "peak_rss_scope": "process"}
+                if (bs, False) in pipelines and "images_per_second" in res:
+                    # How many times faster the files are read than the step consumes them (> 1: never waited on).
+                    res["pipeline_read_images_per_second"] = pipelines[bs, False]
+                    res["pipeline_read_to_step_ratio"] = round(pipelines[bs, False] / res["images_per_second"], 1)
                 if ref and "images_per_second" in ref:
                     res["torch_ref_images_per_second"] = ref["images_per_second"]
                     res["ratio_vs_torch_ref"] = round(res["images_per_second"] / ref["images_per_second"], 2)

@@ -183,7 +183,6 @@ def test_dsprites_settings_resolve_to_the_table4_recipe():
 
 @pytest.mark.parametrize("changes, message", [
     (dict(dataset="mnist_sample", arch="burgess"), "does not fit"),
-    (dict(dataset="dsprites_procedural", arch="acai"), "does not fit"),
     (dict(dataset="dsprites_procedural", model="bvae"), "needs --beta-kl"),
     (dict(dataset="dsprites_procedural", beta_kl=4.0), "add --model bvae"),
     (dict(dataset="dsprites_procedural", kl_reduction="sum"), "add --model bvae"),

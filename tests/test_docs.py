@@ -258,7 +258,7 @@ STARTS = {
     "export": {("script", "export_run"): _stop, ("script", "add_linear_head"): _stop},
     "interpolate": {("script", "make_figures"): _stop},
     "bench": {("script", "bench_keras_in_subprocess"): _stop, ("script", "bench_keras"): _stop,
-              ("script", "bench_torch"): _stop},
+              ("script", "bench_torch"): _stop, ("script", "bench_pipeline"): _stop},
     "multiworker_demo": {("script", "launch"): _launch_fit},
 }
 

@@ -81,9 +81,12 @@ def test_settings_that_do_not_apply_get_one_line(changes, message):
         resolve(Config(**changes))
 
 
-def test_the_burgess_networks_take_a_64_pixel_image_folder():
+def test_the_burgess_networks_take_a_64_pixel_image_folder_and_the_acai_networks_dsprites():
     cfg = resolve(Config(dataset="images", data_dir=".", image_size=64, arch="burgess"))
     assert cfg.arch == "burgess" and network_size(cfg) == 64
+    # dSprites on the acai networks: 64x64 in, a 4x4xC code (the Table 4 recipe keeps the burgess networks).
+    cfg = resolve(Config(dataset="dsprites_procedural", arch="acai"))
+    assert network_size(cfg) == 64 and os.path.basename(cfg.out).startswith("dsprites_procedural-acai-")
 
 
 def test_the_flags_parse():
@@ -118,3 +121,104 @@ def test_fit_trains_a_64_pixel_folder_to_an_export_that_serves_at_64(tmp_path):
     from amr_keras.export import load_metadata
 
     assert load_metadata(os.path.join(out, "export"))["class_names"] == ["blue", "green", "red"]
+
+
+# --------------------------------------------------------------------------- read from the files (--no-cache)
+def test_read_from_the_files_the_pipelines_give_the_batches_held_images_give(tmp_path):
+    from amr_keras.data import train_pipeline
+    from amr_keras.evaluate import encode_arrays
+    from amr_keras.images import ImageFiles
+
+    folder = class_folder(tmp_path / "shapes", per_class=10)
+    held = load_dataset("images", data_dir=folder, batch_size=4, image_size=64, cache=True)
+    read = load_dataset("images", data_dir=folder, batch_size=4, image_size=64, cache=False)
+    assert isinstance(read.arrays["train"][0], ImageFiles) and isinstance(held.arrays["train"][0], np.ndarray)
+    assert read.info == held.info
+    for split in ("train", "val", "test"):
+        a, b = getattr(held, split), getattr(read, split)
+        for (xa, ya), (xb, yb) in zip(a.take(3), b.take(3)):
+            np.testing.assert_array_equal(xa.numpy(), xb.numpy())
+            np.testing.assert_array_equal(ya.numpy(), yb.numpy())
+    # The endless training pipeline, resumed mid-pass: the same batches too.
+    a = train_pipeline(*held.arrays["train"], 4, seed=3, start_step=5)
+    b = train_pipeline(*read.arrays["train"], 4, seed=3, start_step=5)
+    for (xa, ya), (xb, yb) in zip(a.take(8), b.take(8)):
+        np.testing.assert_array_equal(xa.numpy(), xb.numpy())
+        np.testing.assert_array_equal(ya.numpy(), yb.numpy())
+
+    def encode(x):
+        return np.asarray(x)[:, ::8, ::8, :].reshape(len(x), -1)
+
+    np.testing.assert_array_equal(encode_arrays(encode, held.arrays["train"][0], batch_size=7),
+                                  encode_arrays(encode, read.arrays["train"][0], batch_size=7))
+    np.testing.assert_array_equal(np.asarray(read.arrays["val"][0]), held.arrays["val"][0])
+
+
+def test_a_folder_larger_than_the_cache_is_never_read_whole(tmp_path, monkeypatch, capsys):
+    from amr_keras import images
+    from amr_keras.data import train_pipeline
+    from amr_keras.evaluate import evaluate_codes
+    from amr_keras.plots import pick_pairs
+
+    folder = class_folder(tmp_path / "shapes", per_class=10)
+    monkeypatch.setattr(images, "CACHE_LIMIT", 20_000)  # 30 images of 32x32x3 take 92,160 bytes
+    splits = load_dataset("images", data_dir=folder, batch_size=4)
+    assert "images: 0.1 MiB decoded, read from the files every epoch (over the 0.0 MiB held by default)" \
+        in capsys.readouterr().out
+    reads = []
+
+    def read(self, dtype=None, copy=None):
+        reads.append(len(self))
+        assert len(self) <= 8, f"{len(self)} images read at once"
+        return decode(self, dtype)
+
+    decode = images.ImageFiles.__array__
+    monkeypatch.setattr(images.ImageFiles, "__array__", read)
+    for _ in train_pipeline(*splits.arrays["train"], 4, seed=0).take(12):  # two passes
+        pass
+    for _ in splits.val:
+        pass
+    scores = evaluate_codes(lambda x: np.asarray(x)[:, ::4, ::4, :], splits.arrays, batch_size=5)
+    assert scores["linear_eval_test_accuracy"] == 1.0  # three colours: a linear readout of the pixels
+    a, b = pick_pairs(splits.arrays["train"][0], 3, seed=0)  # a figure reads its six images alone
+    assert a.shape == (3, 32, 32, 3) and reads == [6]
+
+
+def test_the_cache_flags_reach_the_loader_and_are_refused_elsewhere(tmp_path):
+    from amr_keras.parser import config_from_args
+
+    assert config_from_args(["--dataset", "images", "--data-dir", ".", "--no-cache"]).cache is False
+    assert config_from_args(["--dataset", "images", "--data-dir", ".", "--cache"]).cache is True
+    assert config_from_args(["--dataset", "images", "--data-dir", "."]).cache is None
+    with pytest.raises(ConfigError, match=r"^--no-cache applies to --dataset images"):
+        resolve(Config(dataset="mnist_sample", cache=False))
+    from amr_keras.data import DataError
+
+    with pytest.raises(DataError, match=r"^--cache does not apply to --dataset mnist_sample"):
+        load_dataset("mnist_sample", cache=True)
+
+
+def test_bench_times_the_input_pipeline_alone(tmp_path):
+    from test_fit import load_script
+
+    folder = class_folder(tmp_path / "shapes", per_class=6)
+    res = load_script("bench").bench_pipeline(folder, 64, 1, batch_size=4, cache=False, batches=2, repeats=1)
+    assert (res["impl"], res["cache"], res["image_size"], res["channels"]) == ("input_pipeline", False, 64, 1)
+    assert res["images_per_second"] > 0 and res["num_train"] == 12
+
+
+@pytest.mark.slow
+def test_bench_times_the_128_pixel_step_and_the_input_pipeline_beside_it(tmp_path, capsys):
+    from test_fit import load_script
+
+    folder = class_folder(tmp_path / "shapes", per_class=6)
+    bench = load_script("bench")
+    bench.main(["--image-size", "128", "--channels", "3", "--batch-sizes", "4", "--jit", "off", "--update-g-every",
+                "1", "--depth", "4", "--steps", "1", "--warmup", "1", "--repeats", "1", "--precision", "float32",
+                "--same-process", "--image-folder", folder])
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    read, held, step = lines
+    assert (read["impl"], read["cache"], held["cache"]) == ("input_pipeline", False, True)
+    assert read["images_per_second"] > 0 and read["image_size"] == 128 and read["num_train"] == 12
+    assert (step["image_size"], step["colors"]) == (128, 3) and step["images_per_second"] > 0
+    assert step["pipeline_read_to_step_ratio"] == round(read["images_per_second"] / step["images_per_second"], 1)
