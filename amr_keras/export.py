@@ -223,17 +223,24 @@ class Endpoints:
         self.num_classes = int(model.num_classes)
         self.linear_head = linear_head
         self.names = ENDPOINTS + ((LINEAR_ENDPOINT,) if linear_head is not None else ())
+        # The networks each traced once, as functions the endpoints call (an export traces every endpoint; each
+        # would otherwise trace the encoder or the decoder anew: three times as long to write).
+        side, colors = int(model.encoder.input_shape[1]), int(model.encoder.input_shape[-1])
+        self._encoder = tf.function(model.encode, input_signature=[
+            tf.TensorSpec((None, side, side, colors), tf.float32)], autograph=False)
+        self._decoder = tf.function(model.decode, input_signature=[
+            tf.TensorSpec((None, *self.code_shape), tf.float32)], autograph=False)
 
     def _out(self, images):
         return from_model_output(images, self.source_shape)
 
     def encode(self, images):
         """Codes ``(batch, *code_shape)`` of images in [0, 1]."""
-        return tf.cast(self.model.encode(to_model_input(images)), tf.float32)
+        return tf.cast(self._encoder(to_model_input(images)), tf.float32)
 
     def decode(self, codes):
         """Images in [0, 1] at the source size from codes."""
-        return self._out(self.model.decode(codes))
+        return self._out(self._decoder(tf.cast(codes, tf.float32)))
 
     def reconstruct(self, images):
         """``decode(encode(images))``."""
