@@ -41,6 +41,7 @@ class Config:
     image_size: int = None  # --dataset images: side of the images and networks (networks.IMAGE_SIZES; None: 32)
     channels: int = None  # --dataset images: 3 (RGB) or 1 (grey); None: 3
     cache: bool = None  # --dataset images: hold the decoded images in memory (True) or read the files (False)
+    attributes: str = None  # --dataset images: table of the images' attributes (None: the folder's own, if any)
     train_size: int = None
     preset: str = None  # None: default_preset(dataset)
     mixer: str = "mixup"
@@ -108,7 +109,7 @@ RUN_KEYS = RUN_KEYS + ("kl_reduction", "adam_beta1", "score_epoch", "data_versio
 # Settings added with image folders at other sizes.
 RUN_KEYS = RUN_KEYS + ("image_size", "channels")
 # Settings a dataset reads as it loads (DatasetSpec.options), and the Config fields that hold them.
-DATA_OPTIONS = ("skip_bad_images", "image_size", "channels", "cache")
+DATA_OPTIONS = ("skip_bad_images", "image_size", "channels", "cache", "attributes")
 MODELS = ("amr", "bvae")
 SCORE_EPOCHS = ("best", "last")
 
@@ -267,6 +268,11 @@ def _validate_image_options(cfg):
     if cfg.cache is not None and "cache" not in taken:
         raise ConfigError(f"--{'' if cfg.cache else 'no-'}cache applies to --dataset images (the built-in datasets "
                           "are held in memory): leave it out.")
+    if cfg.attributes is not None and "attributes" not in taken:
+        raise ConfigError(f"--attributes applies to --dataset images (--dataset {cfg.dataset} has attributes of its "
+                          "own: its factors or its class): leave it out.")
+    if cfg.attributes is not None and not os.path.isfile(cfg.attributes):
+        raise ConfigError(f"--attributes {cfg.attributes!r} does not exist or is not a file.")
     if given:
         flags = " and ".join("--" + name.replace("_", "-") for name in given)
         raise ConfigError(f"{flags} {'sets' if len(given) == 1 else 'set'} the images of --dataset images; "

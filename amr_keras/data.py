@@ -45,6 +45,7 @@ import tensorflow as tf
 
 from amr_keras import dsprites
 from amr_keras import images as image_folder
+from amr_keras.attributes import AttributeGroups, class_attributes
 from amr_keras.images import ImageFiles, decode_file
 from amr_keras.networks import IMAGE_SIZE, input_size
 from amr_keras.readers import (CIFAR10_ARCHIVE, CIFAR10_BATCHES, CIFAR10_FOLDER, OFFICIAL_MD5,  # noqa: F401
@@ -74,6 +75,7 @@ class DatasetInfo:
     num_test: int  # 0 when there is no test split
     train_size: int = None  # None when the whole training part is used
     class_names: tuple = None  # the names of labels 0, 1, ... where the source has them (an image folder's)
+    attributes: AttributeGroups = None  # the attribute groups of Splits.attributes (amr_keras.attributes)
 
     @property
     def colors(self):
@@ -89,6 +91,8 @@ class Splits:
     test: tf.data.Dataset
     info: DatasetInfo
     arrays: dict = dataclasses.field(repr=False, default_factory=dict)
+    # {split: int64 N x G}: each image's value of each attribute group (info.attributes), in arrays' order.
+    attributes: dict = dataclasses.field(repr=False, default_factory=dict)
 
 
 # --------------------------------------------------------------------------- pipelines
@@ -171,18 +175,20 @@ def train_pipeline(images, labels, batch_size, seed=0, start_epoch=0, start_step
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def split_train_val(images, labels, val_fraction, seed=SPLIT_SEED):
-    """Carve a validation set out of a training split with a fixed permutation."""
+def split_train_val(images, labels, val_fraction, seed=SPLIT_SEED, return_index=False):
+    """Carve a validation set out of a training split with a fixed permutation (``return_index``: also the
+    indices ``(train, val)`` of the two parts)."""
     n = len(images)
     n_val = round(n * val_fraction)
     if n_val < 1 or n_val >= n:
         raise DataError(f"Cannot carve a validation set ({val_fraction:.0%}) out of {n} training images.")
     perm = np.random.default_rng(seed).permutation(n)
     val, train = perm[:n_val], perm[n_val:]
-    return (images[train], labels[train]), (images[val], labels[val])
+    parts = (images[train], labels[train]), (images[val], labels[val])
+    return (*parts, (train, val)) if return_index else parts
 
 
-def subset_train(images, labels, size, seed=SUBSET_SEED):
+def subset_train(images, labels, size, seed=SUBSET_SEED, return_index=False):
     """Draw a fixed training subset of ``size`` images, stratified by class (the paper's Table 2).
 
     Each class gets ``size * (its share of the images)``, rounded by largest
@@ -224,7 +230,7 @@ def subset_train(images, labels, size, seed=SUBSET_SEED):
     quota[order[: size - int(quota.sum())]] += 1
     chosen = [rng.permutation(np.flatnonzero(inverse == c))[:q] for c, q in enumerate(quota)]
     index = np.sort(np.concatenate(chosen))
-    return images[index], labels[index]
+    return (images[index], labels[index], index) if return_index else (images[index], labels[index])
 
 
 # --------------------------------------------------------------------------- the registry
@@ -241,7 +247,9 @@ class DatasetSpec:
         load: ``load(data_dir, tfds_data_dir) -> ({"train": (images, labels), "test": ...}, source)``: uint8
             images N x H x W x C, int labels, and a line saying where they came from (``test`` may be absent;
             a ``val`` split, when given, is used as it is instead of one carved out of ``train``; a
-            ``"class_names"`` entry, when given, names the labels 0, 1, ... and sets the number of classes).
+            ``"class_names"`` entry, when given, names the labels 0, 1, ... and sets the number of classes; an
+            ``"attributes"`` entry, ``(AttributeGroups, {split: int codes N x G})``, gives the images'
+            attributes, which are otherwise the class as one group).
         preset: the preset (``amr_keras.config.PRESETS``) a run gets when none is named.
         arch: the network family (``amr_keras.networks.ARCHS``) a run gets when none is named.
         tfds_name: its tensorflow-datasets builder, if any.
@@ -344,7 +352,7 @@ for _spec in (
                 summary="dSprites' factor grid rendered in code (not the official pixels); label: the shape factor"),
     DatasetSpec("images", source_shape=(image_folder.IMAGE_SIZE, image_folder.IMAGE_SIZE, image_folder.CHANNELS),
                 val_fraction=image_folder.VAL_SHARE, load=image_folder.load_image_folder,
-                options=("skip_bad_images", "image_size", "channels", "cache"), min_classes=2,
+                options=("skip_bad_images", "image_size", "channels", "cache", "attributes"), min_classes=2,
                 summary="your own images: --data-dir DIR with a subfolder per class (amr_keras.images)"),
 ):
     register_dataset(_spec)
@@ -376,7 +384,7 @@ def load_arrays(name, data_dir=None, tfds_data_dir=None, **options):
 
 def load_dataset(name, data_dir=None, batch_size=64, seed=0, tfds_data_dir=None, eval_batch_size=None,
                  train_size=None, subset_seed=None, skip_bad_images=False, image_size=None, channels=None,
-                 cache=None):
+                 cache=None, attributes=None):
     """Load ``name`` as train / validation / test ``tf.data`` pipelines.
 
     Args:
@@ -400,6 +408,7 @@ def load_dataset(name, data_dir=None, batch_size=64, seed=0, tfds_data_dir=None,
             None: 3) the images are decoded to.
         cache: ``images`` only: True holds the decoded images in memory, False reads them from their files every
             epoch (``images.ImageFiles``), None decides by their size (``images.CACHE_LIMIT``).
+        attributes: ``images`` only: the table of the images' attributes (None: the folder's own, if any).
 
     Returns:
         ``Splits`` with ``train``, ``val``, ``test`` (None without a test split) and ``info``
@@ -416,14 +425,24 @@ def load_dataset(name, data_dir=None, batch_size=64, seed=0, tfds_data_dir=None,
     if subset_seed is not None and train_size is None:
         raise DataError(f"subset_seed {subset_seed!r} is only used with train_size: set train_size or drop it.")
     arrays, source = load_arrays(name, data_dir, tfds_data_dir, skip_bad_images=skip_bad_images or None,
-                                 image_size=image_size, channels=channels, cache=cache)
+                                 image_size=image_size, channels=channels, cache=cache, attributes=attributes)
     class_names = arrays.pop("class_names", None)
+    groups, codes = arrays.pop("attributes", (None, None))
+    if groups is None:  # the class as one attribute group
+        names = class_names or [str(c) for c in range(int(max(y.max() for _, y in arrays.values())) + 1)]
+        groups = class_attributes([], names)[0]
+        codes = {split: class_attributes(y, names)[1] for split, (_, y) in arrays.items()}
     if "val" in arrays:  # a source with a validation split of its own (an image folder's val/)
         (x_tr, y_tr), (x_val, y_val) = arrays["train"], arrays["val"]
+        a_tr, a_val = codes["train"], codes["val"]
     else:
-        (x_tr, y_tr), (x_val, y_val) = split_train_val(*arrays["train"], dataset_spec(name).val_fraction)
+        (x_tr, y_tr), (x_val, y_val), (train, val) = split_train_val(
+            *arrays["train"], dataset_spec(name).val_fraction, return_index=True)
+        a_tr, a_val = codes["train"][train], codes["train"][val]
     if train_size is not None:
-        x_tr, y_tr = subset_train(x_tr, y_tr, train_size, SUBSET_SEED if subset_seed is None else subset_seed)
+        x_tr, y_tr, index = subset_train(x_tr, y_tr, train_size, SUBSET_SEED if subset_seed is None else subset_seed,
+                                         return_index=True)
+        a_tr = a_tr[index]
         train_size = len(x_tr)
         if train_size < batch_size:
             raise DataError(f"train_size {train_size} is smaller than one batch ({batch_size} images, and training "
@@ -438,7 +457,7 @@ def load_dataset(name, data_dir=None, batch_size=64, seed=0, tfds_data_dir=None,
         name=name, source=source, image_shape=tuple(int(s) for s in x_tr.shape[1:]),
         num_classes=max(classes, dataset_spec(name).min_classes), num_train=len(x_tr), num_val=len(x_val),
         num_test=0 if test is None else len(test[0]), train_size=train_size,
-        class_names=None if class_names is None else tuple(class_names),
+        class_names=None if class_names is None else tuple(class_names), attributes=groups,
     )
     return Splits(
         train=make_pipeline(x_tr, y_tr, batch_size, shuffle=True, drop_remainder=True, seed=seed),
@@ -446,6 +465,7 @@ def load_dataset(name, data_dir=None, batch_size=64, seed=0, tfds_data_dir=None,
         test=None if test is None else make_pipeline(*test, eval_bs, shuffle=False, drop_remainder=False),
         info=info,
         arrays={"train": (x_tr, y_tr), "val": (x_val, y_val), **({"test": test} if test is not None else {})},
+        attributes={"train": a_tr, "val": a_val, **({"test": codes["test"]} if test is not None else {})},
     )
 
 

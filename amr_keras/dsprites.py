@@ -44,6 +44,7 @@ import zlib
 
 import numpy as np
 
+from amr_keras.attributes import DSPRITES_GROUPS, dsprites_attributes
 from amr_keras import sources
 from amr_keras.sources import DataError
 
@@ -330,9 +331,10 @@ def load_arrays(name, data_dir=None, tfds_data_dir=None, seed=None):
     """``amr_keras.data``'s arrays of a dSprites dataset: the fixed draw of ``split_cells``.
 
     Returns:
-        ``({"train": (images, labels), "test": (images, labels)}, source)``: "train" holds the training and
-        validation cells (``amr_keras.data`` carves validation out of it, ``VAL_FRACTION``), images uint8
-        ``(N, 64, 64, 1)`` of 0 and 255, labels the shape factor.
+        ``({"train": (images, labels), "test": (images, labels), "attributes": (DSPRITES_GROUPS, {split:
+        codes})}, source)``: "train" holds the training and validation cells (``amr_keras.data`` carves
+        validation out of it, ``VAL_FRACTION``), images uint8 ``(N, 64, 64, 1)`` of 0 and 255, labels the shape
+        factor, the attributes the coarse factors of ``amr_keras.attributes``.
     """
 
     src, source = factor_source(name, data_dir, tfds_data_dir)
@@ -340,8 +342,9 @@ def load_arrays(name, data_dir=None, tfds_data_dir=None, seed=None):
     cells = split_cells(sources.SPLIT_SEED if seed is None else seed, src.cells if partial else None)
     if partial:
         source += f" (only {len(src.cells):,} of the {NUM_IMAGES:,} images)"
-    out = {}
+    out, codes = {}, {}
     for split, index in (("train", np.sort(np.concatenate([cells["train"], cells["val"]]))), ("test", cells["test"])):
         classes = classes_of(index)
         out[split] = (src.images(classes), classes[:, 0].astype(np.int64))
-    return out, source
+        codes[split] = dsprites_attributes(classes)
+    return {**out, "attributes": (DSPRITES_GROUPS, codes)}, source

@@ -34,6 +34,8 @@ CHANNELS = 3
 SPLIT_FOLDERS = ("train", "val", "test")
 VAL_SHARE = 0.1
 TEST_SHARE = 0.1
+# Attribute tables found in the folder when none is named (amr_keras.attributes): a CSV, or CelebA's own file.
+ATTRIBUTE_FILES = ("attributes.csv", "list_attr_celeba.txt")
 # Decoded images up to this many bytes are held in memory (load_image_folder's cache=None); above, read from disk.
 CACHE_LIMIT = 2**30
 
@@ -235,8 +237,106 @@ class ImageFiles:
         return self.dataset().batch(int(batch_size)).prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
 
 
+def _value_order(values):
+    """Distinct values of an attribute column, numbers in numeric order (``-1`` before ``1``), else sorted."""
+    distinct = sorted(set(values))
+    try:
+        return sorted(distinct, key=float)
+    except ValueError:
+        return distinct
+
+
+def read_attribute_table(path):
+    """``(column names, {file name: [values]})`` of an attribute table.
+
+    Two layouts: a CSV whose header names the file column and then each attribute (``file,smiling,hat``), and
+    CelebA's ``list_attr_celeba.txt`` (a line with the number of images, a line of attribute names, then one
+    line per image: its file name and a value per attribute, separated by spaces).
+
+    Raises:
+        DataError: an empty table, a row with another number of values than the header's names, an empty value,
+            a file named twice.
+    """
+    import csv
+
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        lines = f.read().splitlines()
+    if not lines or not lines[0].strip():
+        raise DataError(f"{path} is empty: give a header (file, then one name per attribute) and a row per image.")
+    if lines[0].strip().isdigit():  # CelebA's layout
+        names, rows, first = lines[1].split(), [line.split() for line in lines[2:]], 3
+    else:
+        table = list(csv.reader(lines))
+        names, rows, first = [n.strip() for n in table[0][1:]], table[1:], 2
+    if not names:
+        raise DataError(f"{path} names no attribute: its header is the file column, then one name per attribute.")
+    out = {}
+    for number, row in enumerate(rows, first):
+        if not row or not any(cell.strip() for cell in row):
+            continue
+        if len(row) != len(names) + 1 or any(not cell.strip() for cell in row):
+            empty = " with an empty one" if len(row) == len(names) + 1 else ""
+            raise DataError(f"{path}:{number}: expected a file name and {len(names)} values "
+                            f"({', '.join(names)}), got {len(row)} field(s){empty}.")
+        key = row[0].strip()
+        if key in out:
+            raise DataError(f"{path}:{number}: {key} has a row already.")
+        out[key] = [cell.strip() for cell in row[1:]]
+    if not out:
+        raise DataError(f"{path} has a header but no row.")
+    return names, out
+
+
+def attributes_of_files(path, data_dir, files):
+    """``(AttributeGroups, int64 codes N x G)`` of ``files`` (paths below ``data_dir``) from the table at ``path``.
+
+    A file's row is found by its path relative to ``data_dir`` (``cats/1.png``; ``train/cats/1.png`` in a
+    split layout), else relative to its split folder, else by its name alone when no other file has that name.
+    Each column becomes a group whose values are the column's distinct values (numbers in numeric order).
+
+    Raises:
+        DataError: images without a row (how many, and the first), a column with one value.
+    """
+    from amr_keras.attributes import AttributeGroups
+
+    names, rows = read_attribute_table(path)
+    base_counts = {}
+    for file in files:
+        base_counts[os.path.basename(file)] = base_counts.get(os.path.basename(file), 0) + 1
+    found, missing = [], []
+    for file in files:
+        rel = os.path.relpath(file, data_dir).replace(os.sep, "/")
+        keys = [rel, rel.partition("/")[2] if rel.split("/")[0] in SPLIT_FOLDERS else None,
+                os.path.basename(file) if base_counts[os.path.basename(file)] == 1 else None]
+        row = next((rows[k] for k in keys if k is not None and k in rows), None)
+        if row is None:
+            missing.append(rel)
+        found.append(row)
+    if missing:
+        raise DataError(f"{path} has no row for {len(missing)} of the {len(files)} images (the first: {missing[0]}): "
+                        "add a row per image (its path below the folder, or its name), or remove those images.")
+    columns = list(zip(*found))
+    values = [_value_order(column) for column in columns]
+    for name, column_values in zip(names, values):
+        if len(column_values) < 2:
+            raise DataError(f"{path}: attribute {name!r} has one value ({column_values[0]}) for every image: "
+                            "drop the column.")
+    groups = AttributeGroups.of(**{name: tuple(v) for name, v in zip(names, values)})
+    index = [{value: i for i, value in enumerate(v)} for v in values]
+    codes = np.array([[index[g][row[g]] for g in range(len(names))] for row in found], np.int64)
+    return groups, codes.reshape(len(files), len(names))
+
+
+def find_attribute_table(data_dir):
+    """The attribute table in ``data_dir`` (``ATTRIBUTE_FILES``, the first found), or None."""
+    for name in ATTRIBUTE_FILES:
+        if os.path.isfile(os.path.join(data_dir, name)):
+            return os.path.join(data_dir, name)
+    return None
+
+
 def load_image_folder(data_dir, tfds_data_dir=None, image_size=None, channels=None, verbose=True,
-                      skip_bad_images=False, cache=None):
+                      skip_bad_images=False, cache=None, attributes=None):
     """The ``load`` of the ``images`` dataset: ``({"train", "val", "test"}: (uint8 images, labels), "class_names":
     [...]}, source)``.
 
@@ -255,6 +355,8 @@ def load_image_folder(data_dir, tfds_data_dir=None, image_size=None, channels=No
             every time they are used (``ImageFiles``: memory of a few batches, whatever the folder's size); None
             (default): held when they take at most ``CACHE_LIMIT`` bytes, read from the files otherwise. Every
             file is decoded once before training either way, so a bad file is named before the first step.
+        attributes: a table of the images' attributes (``read_attribute_table``); None: ``DIR/attributes.csv``
+            or ``DIR/list_attr_celeba.txt`` when there is one. Without a table the class is the one attribute.
 
     Raises:
         DataError: no ``--data-dir``, or a layout or file problem (one line saying which).
@@ -296,6 +398,14 @@ def load_image_folder(data_dir, tfds_data_dir=None, image_size=None, channels=No
     # One pass over every file (a bad file is named once, with the count of the others), then the splits.
     every_path = [p for split_paths, _ in splits.values() for p in split_paths]
     bounds = np.cumsum([len(split_paths) for split_paths, _ in splits.values()])[:-1]
+    if attributes is not None and not os.path.isfile(attributes):
+        raise DataError(f"--attributes {attributes!r} does not exist or is not a file.")
+    table = attributes or find_attribute_table(data_dir)
+    groups = codes = None
+    if table:
+        groups, codes = attributes_of_files(table, data_dir, every_path)
+        if verbose:
+            print(f"images: attributes from {table}: {groups.describe()}", flush=True)
     decoded_bytes = len(every_path) * size * size * channels
     in_memory = cache if cache is not None else decoded_bytes <= CACHE_LIMIT
     if in_memory:
@@ -320,8 +430,14 @@ def load_image_folder(data_dir, tfds_data_dir=None, image_size=None, channels=No
     parts = [full[a:b] for a, b in zip([0, *bounds], [*bounds, len(every_path)])]
     arrays = {name: (x[ok], y[ok]) for (name, (_, y)), x, ok
               in zip(splits.items(), parts, np.split(decoded, bounds))}
-    arrays = {name: pair for name, pair in arrays.items() if len(pair[0])}
+    kept = {name: ok for name, ok in zip(splits, np.split(decoded, bounds)) if ok.any()}
+    arrays = {name: pair for name, pair in arrays.items() if name in kept}
     if "train" not in arrays:
         raise DataError(f"{data_dir}: no training image could be decoded; check the files.")
-    source = f"image folder {data_dir} ({layout}; classes: {', '.join(classes)}{skipped})"
-    return {**arrays, "class_names": list(classes)}, source
+    source = f"image folder {data_dir} ({layout}; classes: {', '.join(classes)}{skipped}"
+    extra = {"class_names": list(classes)}
+    if table:
+        source += f"; attributes from {table}: {groups.describe()}"
+        extra["attributes"] = (groups, {name: part[kept[name]] for name, part
+                                        in zip(splits, np.split(codes, bounds)) if name in kept})
+    return {**arrays, **extra}, source + ")"

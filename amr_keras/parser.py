@@ -45,6 +45,10 @@ def build_parser(description="Train AMR."):
                         "the networks take (default 32; 64 and 128 add one downsampling block per doubling)")
     d.add_argument("--channels", type=int, choices=(1, 3),
                    help="--dataset images: 3 (RGB, default) or 1 (grey)")
+    d.add_argument("--attributes", metavar="FILE",
+                   help="--dataset images: a table of the images' attributes (a CSV: file, then one column per "
+                        "attribute; or CelebA's list_attr_celeba.txt); default: DIR/attributes.csv or "
+                        "DIR/list_attr_celeba.txt when there is one")
     d.add_argument("--cache", action=argparse.BooleanOptionalAction, default=None,
                    help="--dataset images: hold the decoded images in memory (--cache) or read them from their files "
                         "every epoch (--no-cache); default: in memory when they take at most 1 GiB")

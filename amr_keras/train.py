@@ -392,6 +392,7 @@ def _train(cfg, strategy, out, argv, signals, resume_hint):
             "image_shape": list(info.image_shape), "num_classes": info.num_classes,
             **({"class_names": list(info.class_names)} if info.class_names else {}),
             "image_size": cfg.image_size, "channels": cfg.channels,
+            "attribute_groups": info.attributes.to_json() if info.attributes else None,
             "num_train": info.num_train, "num_val": info.num_val, "num_test": info.num_test,
             "train_size": cfg.train_size, "code_channels": cfg.code_channels, "steps_per_epoch": steps,
             "mixer": cfg.mixer, "k": cfg.k, "lamb": cfg.lamb, "acai_gamma": cfg.acai_gamma,

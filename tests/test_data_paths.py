@@ -156,11 +156,16 @@ def test_official_dsprites_pixels_and_shape_labels_come_through_unchanged(offici
     assert "only 280 of the 737,280" in source
     by_image = {image.tobytes(): i for i, image in enumerate(images)}
     seen = []
+    groups, codes = arrays.pop("attributes")
+    assert groups.names == ("shape", "scale", "x", "y")
     for name, (x, y) in arrays.items():
-        for image, label in zip(x, y):
+        for image, label, code in zip(x, y, codes[name]):
             i = by_image.get(image.tobytes())
             assert i is not None, f"{name}: an image that is none of the file's"
             assert label == shape[i], f"{name}: image of cell {classes[i]} labelled {label}, its shape is {shape[i]}"
+            # Its attributes are its own cell's coarse factors: shape, scale, x and y in halves.
+            cell = classes[i]
+            assert code.tolist() == [cell[0], cell[1] // 3, cell[3] // 16, cell[4] // 16], name
             seen.append(i)
     assert sorted(seen) == list(range(len(images)))
     # Through load_dataset: the same images and labels, served at 64x64 in {-1, 1}.

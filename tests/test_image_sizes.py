@@ -112,6 +112,7 @@ def test_fit_trains_a_64_pixel_folder_to_an_export_that_serves_at_64(tmp_path):
         results = json.load(f)
     assert results["image_shape"] == [64, 64, 3] and results["image_size"] == 64
     assert results["num_classes"] == 3 and results["class_names"] == ["blue", "green", "red"]
+    assert results["attribute_groups"] == [{"name": "class", "values": ["blue", "green", "red"]}]
     assert 0.0 <= results["linear_eval_test_accuracy"] <= 1.0
     assert os.path.exists(os.path.join(out, "interpolations.png"))
     served = tf.saved_model.load(os.path.join(out, "export"))
