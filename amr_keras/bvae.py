@@ -149,7 +149,7 @@ class BVAE(AMR):
         return [self.recon_tracker, self.kl_tracker, self.loss_tracker, self.probe_loss_tracker,
                 self.probe_acc_tracker]
 
-    def _forward(self, x, training):
+    def _forward(self, x, training, attrs=None):
         """Posterior, a reparameterised draw (the mean when not training), its decoding, and the losses."""
         mean, log_var = self.posterior(x, training=training)
         z = mean
@@ -168,7 +168,7 @@ class BVAE(AMR):
         return keras.Model.make_train_function(self, force)
 
     def train_step(self, data):
-        x, y = self._unpack(data)
+        x, y, _ = self._unpack(data)
         replicas = _replicas()
         with tf.GradientTape(persistent=True) as tape:
             # Encode to a mean and a log-variance, decode a reparameterised draw, and the losses (``_forward``);

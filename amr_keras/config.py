@@ -16,6 +16,7 @@ from amr_keras.data import DATASETS, dataset_names, dataset_spec
 from amr_keras.dsprites import RENDERER_VERSION
 from amr_keras.mixers import check_mixer, mixer_names
 from amr_keras.bvae import KL_REDUCTIONS
+from amr_keras.classmix import MASK_PRIOR, check_class_mixing
 from amr_keras.model import ACAI_GAMMA, ACAI_WEIGHT, RECON_LOSSES, check_acai_settings, check_recon_gan
 from amr_keras.networks import ARCHS, BURGESS_CODE, BURGESS_SIZE, IMAGE_SIZES, input_size
 from amr_keras.precision import PRECISIONS
@@ -52,6 +53,11 @@ class Config:
     acai_gamma: float = ACAI_GAMMA
     acai_weight: float = ACAI_WEIGHT
     recon_gan: bool = True
+    # Class-conditional mixing (amr_keras.classmix): weight of the attribute losses (0: off), the mixer, and the
+    # weight of the mask prior.
+    cls: float = 0.0
+    class_mixer: str = "informed"
+    mask_prior: float = MASK_PRIOR
     lr: float = None
     d_lr: float = None
     probe_lr: float = None
@@ -106,8 +112,8 @@ RUN_KEYS = ("dataset", "data_dir", "train_size", "preset", "mixer", "k", "lamb",
 RUN_KEYS = RUN_KEYS + ("arch", "model", "beta_kl")
 # Settings added with the faithful Table 4 (official KL weight, calibrated renderer, the final model scored).
 RUN_KEYS = RUN_KEYS + ("kl_reduction", "adam_beta1", "score_epoch", "data_version")
-# Settings added with image folders at other sizes.
-RUN_KEYS = RUN_KEYS + ("image_size", "channels")
+# Settings added with image folders at other sizes, and with class-conditional mixing.
+RUN_KEYS = RUN_KEYS + ("image_size", "channels", "cls", "class_mixer", "mask_prior")
 # Settings a dataset reads as it loads (DatasetSpec.options), and the Config fields that hold them.
 DATA_OPTIONS = ("skip_bad_images", "image_size", "channels", "cache", "attributes")
 MODELS = ("amr", "bvae")
@@ -248,6 +254,13 @@ def validate(cfg):
     if cfg.batch_size < cfg.k:
         raise ConfigError(f"batch_size ({cfg.batch_size}) must be at least k ({cfg.k}): mixes pair codes of one batch.")
     _validate_image_options(cfg)
+    try:
+        check_class_mixing(cfg.cls, cfg.class_mixer, cfg.mask_prior)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+    if cfg.cls > 0 and (cfg.mixer == "acai" or cfg.model != "amr"):
+        raise ConfigError("--cls trains class-conditional mixes beside an AMR's own: use it with --model amr and a "
+                          "mixer other than acai.")
     if cfg.data_dir is not None and not os.path.isdir(cfg.data_dir):
         raise ConfigError(f"--data-dir {cfg.data_dir!r} does not exist or is not a folder.")
     if cfg.dataset == "mnist_sample" and cfg.data_dir is not None:
@@ -392,6 +405,9 @@ def default_run_name(cfg, extra=""):
     probe = "" if cfg.probe == Config.probe else f"-{cfg.probe}"
     if not cfg.recon_gan:
         mixer += "-norecgan"
+    if cfg.cls > 0:  # e.g. dsprites_procedural-mixup-cls1-informed-k2-...
+        mixer += f"-cls{cfg.cls:g}-{cfg.class_mixer}" + (f"-mp{cfg.mask_prior:g}" if cfg.mask_prior != MASK_PRIOR
+                                                         else "")
     return f"{data}-{mixer}-k{cfg.k}{code}-lamb{cfg.lamb:g}-{cfg.preset}{probe}{extra}-s{cfg.seed}"
 
 

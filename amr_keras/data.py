@@ -113,27 +113,29 @@ def preprocess(images):
     return x / 127.5 - 1.0
 
 
-def make_pipeline(images, labels, batch_size, shuffle, drop_remainder, seed=0):
-    """Batched, prefetched ``tf.data`` pipeline from uint8 arrays.
+def make_pipeline(images, labels, batch_size, shuffle, drop_remainder, seed=0, attributes=None):
+    """Batched, prefetched ``tf.data`` pipeline from uint8 arrays: ``(images, labels)`` batches, or ``(images,
+    labels, attributes)`` with ``attributes`` (int codes N x G, ``amr_keras.attributes``).
 
     Preprocessing runs once per batch (vectorised), after batching.
     """
+    extra = () if attributes is None else (np.asarray(attributes, np.int64),)
     if isinstance(images, ImageFiles):  # read from the files as the pipeline goes
-        ds = tf.data.Dataset.from_tensor_slices((images.paths, labels.astype(np.int32)))
+        ds = tf.data.Dataset.from_tensor_slices((images.paths, labels.astype(np.int32), *extra))
         if shuffle:
             ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
-        ds = ds.map(lambda path, y: (decode_file(path, images.size, images.channels), y),
+        ds = ds.map(lambda path, *rest: (decode_file(path, images.size, images.channels), *rest),
                     num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     else:
-        ds = tf.data.Dataset.from_tensor_slices((images, labels.astype(np.int32)))
+        ds = tf.data.Dataset.from_tensor_slices((images, labels.astype(np.int32), *extra))
         if shuffle:
             ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
-    ds = ds.map(lambda x, y: (preprocess(x), y), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.map(lambda x, *rest: (preprocess(x), *rest), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def train_pipeline(images, labels, batch_size, seed=0, start_epoch=0, start_step=None):
+def train_pipeline(images, labels, batch_size, seed=0, start_epoch=0, start_step=None, attributes=None):
     """Endless training pipeline: pass ``p`` over the images is a shuffle seeded by ``(seed, p)``.
 
     Every pass is ``len(images) // batch_size`` full batches (its remainder is
@@ -148,8 +150,11 @@ def train_pipeline(images, labels, batch_size, seed=0, start_epoch=0, start_step
             (``steps_per_epoch = len(images) // batch_size``).
         start_step: first step when epochs are not passes (``--steps-per-epoch``):
             ``initial_epoch * steps_per_epoch``; overrides ``start_epoch``.
+        attributes: int codes N x G of the images (``amr_keras.attributes``): batches are then ``(images, labels,
+            attributes)``.
     """
     files = images if isinstance(images, ImageFiles) else None
+    extra = () if attributes is None else (tf.constant(np.asarray(attributes, np.int64)),)
     n = len(images)
     images = tf.constant(files.paths if files else images)
     labels = tf.constant(labels.astype(np.int32))
@@ -166,11 +171,13 @@ def train_pipeline(images, labels, batch_size, seed=0, start_epoch=0, start_step
 
     ds = tf.data.Dataset.range(start_epoch, 2**62).flat_map(one_pass).skip(skip)
     if files:  # the same batches, each image read from its file (in parallel) as the batch is made
-        ds = ds.unbatch().map(lambda i: (decode_file(images[i], files.size, files.channels), labels[i]),
+        ds = ds.unbatch().map(lambda i: (decode_file(images[i], files.size, files.channels), labels[i],
+                                         *(a[i] for a in extra)),
                               num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        ds = ds.batch(batch_size, drop_remainder=True).map(lambda x, y: (preprocess(x), y))
+        ds = ds.batch(batch_size, drop_remainder=True).map(lambda x, *rest: (preprocess(x), *rest))
     else:
-        ds = ds.map(lambda idx: (preprocess(tf.gather(images, idx)), tf.gather(labels, idx)),
+        ds = ds.map(lambda idx: (preprocess(tf.gather(images, idx)), tf.gather(labels, idx),
+                                 *(tf.gather(a, idx) for a in extra)),
                     num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
 
@@ -384,7 +391,7 @@ def load_arrays(name, data_dir=None, tfds_data_dir=None, **options):
 
 def load_dataset(name, data_dir=None, batch_size=64, seed=0, tfds_data_dir=None, eval_batch_size=None,
                  train_size=None, subset_seed=None, skip_bad_images=False, image_size=None, channels=None,
-                 cache=None, attributes=None):
+                 cache=None, attributes=None, with_attributes=False):
     """Load ``name`` as train / validation / test ``tf.data`` pipelines.
 
     Args:
@@ -409,6 +416,7 @@ def load_dataset(name, data_dir=None, batch_size=64, seed=0, tfds_data_dir=None,
         cache: ``images`` only: True holds the decoded images in memory, False reads them from their files every
             epoch (``images.ImageFiles``), None decides by their size (``images.CACHE_LIMIT``).
         attributes: ``images`` only: the table of the images' attributes (None: the folder's own, if any).
+        with_attributes: the pipelines yield ``(images, labels, attributes)`` batches (class-conditional mixing).
 
     Returns:
         ``Splits`` with ``train``, ``val``, ``test`` (None without a test split) and ``info``
@@ -459,10 +467,15 @@ def load_dataset(name, data_dir=None, batch_size=64, seed=0, tfds_data_dir=None,
         num_test=0 if test is None else len(test[0]), train_size=train_size,
         class_names=None if class_names is None else tuple(class_names), attributes=groups,
     )
+    def attrs(codes):
+        return codes if with_attributes else None
+
     return Splits(
-        train=make_pipeline(x_tr, y_tr, batch_size, shuffle=True, drop_remainder=True, seed=seed),
-        val=make_pipeline(x_val, y_val, eval_bs, shuffle=False, drop_remainder=False),
-        test=None if test is None else make_pipeline(*test, eval_bs, shuffle=False, drop_remainder=False),
+        train=make_pipeline(x_tr, y_tr, batch_size, shuffle=True, drop_remainder=True, seed=seed,
+                            attributes=attrs(a_tr)),
+        val=make_pipeline(x_val, y_val, eval_bs, shuffle=False, drop_remainder=False, attributes=attrs(a_val)),
+        test=None if test is None else make_pipeline(*test, eval_bs, shuffle=False, drop_remainder=False,
+                                                     attributes=attrs(codes["test"])),
         info=info,
         arrays={"train": (x_tr, y_tr), "val": (x_val, y_val), **({"test": test} if test is not None else {})},
         attributes={"train": a_tr, "val": a_val, **({"test": codes["test"]} if test is not None else {})},

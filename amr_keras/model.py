@@ -18,6 +18,7 @@ from keras import layers, ops
 from amr_keras.losses import (ACAI_GAMMA, ACAI_WEIGHT, RECON_GAN_OPTIONAL_MIXERS, RECON_LOSSES,  # noqa: F401
                               _bce_with_logits, acai_critic_target, acai_losses, check_acai_settings,
                               check_recon_gan, recon_loss)
+from amr_keras.classmix import MASK_PRIOR, ClassMixing, check_class_mixing
 from amr_keras.mixers import check_mixer, mix_codes, mix_pair
 from amr_keras.networks import code_dim
 from amr_keras.probe import RunningWhitening, check_probe, update_average
@@ -54,7 +55,7 @@ def _descend(tape, loss, optimizer, variables):
 
 
 @keras.saving.register_keras_serializable(package="amr_keras")
-class AMR(keras.Model):
+class AMR(ClassMixing, keras.Model):
     """Adversarial Mixup Resynthesis with an online linear probe.
 
     Each training step:
@@ -145,9 +146,14 @@ class AMR(keras.Model):
         acai_weight=ACAI_WEIGHT,
         probe="whiten",
         recon_gan=True,
+        cls_weight=0.0,
+        class_mixer="informed",
+        mask_prior=MASK_PRIOR,
+        attribute_groups=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        check_class_mixing(cls_weight, class_mixer, mask_prior)
         check_mixer(mixer, k)
         check_probe(probe)
         check_acai_settings(mixer, acai_gamma, acai_weight)
@@ -200,6 +206,7 @@ class AMR(keras.Model):
         if self.probe_average is not None:
             for average, var in zip(self.probe_average.weights, self.probe.weights):
                 average.assign(var)
+        self._init_class_mixing(cls_weight, class_mixer, mask_prior, attribute_groups)
         self.recon_tracker = keras.metrics.Mean(name="recon_loss")
         self.d_tracker = keras.metrics.Mean(name="d_loss")
         self.g_tracker = keras.metrics.Mean(name="g_loss")
@@ -253,7 +260,7 @@ class AMR(keras.Model):
         self.ae_optimizer, self.d_optimizer, self.probe_optimizer = opts
         # Build now: variables cannot be created inside the traced step's branches.
         self.ae_optimizer.build(self.ae_variables)
-        self.d_optimizer.build(self.discriminator.trainable_variables)
+        self.d_optimizer.build(self.d_variables)
         self.probe_optimizer.build(self.probe.trainable_variables)
         self._amr_compile_args = {k: v for k, v in kwargs.items() if k in ("jit_compile", "steps_per_execution")}
 
@@ -293,6 +300,10 @@ class AMR(keras.Model):
             acai_weight=self.acai_weight,
             probe=self.probe_kind,
             recon_gan=self.recon_gan,
+            cls_weight=self.cls_weight,
+            class_mixer=self.class_mixer_kind,
+            mask_prior=self.mask_prior,
+            attribute_groups=None if self.attribute_groups is None else self.attribute_groups.to_json(),
         )
         return config
 
@@ -311,11 +322,19 @@ class AMR(keras.Model):
     # ----------------------------------------------------------------- parts
     @property
     def ae_variables(self):
-        return self.encoder.trainable_variables + self.decoder.trainable_variables
+        mixer = self.class_mixer.trainable_variables if self.cls_weight > 0 else []
+        return self.encoder.trainable_variables + self.decoder.trainable_variables + mixer
+
+    @property
+    def d_variables(self):
+        """The discriminator's weights, and its attribute head's when class-conditional mixing trains."""
+        head = self.attribute_head.trainable_variables if self.cls_weight > 0 else []
+        return self.discriminator.trainable_variables + head
 
     @property
     def metrics(self):
-        return [self.recon_tracker, self.d_tracker, self.g_tracker, self.probe_loss_tracker, self.probe_acc_tracker]
+        return [self.recon_tracker, self.d_tracker, self.g_tracker, self.probe_loss_tracker, self.probe_acc_tracker,
+                *self.class_mix_trackers]
 
     def _image(self, decoded):
         """Decoder output -> image in [-1, 1]: itself, or ``tanh(logits / 2) = 2 sigmoid(logits) - 1`` for bce."""
@@ -358,11 +377,12 @@ class AMR(keras.Model):
     def _recon_loss(self, x, decoded):
         return recon_loss(self.recon, x, decoded)
 
-    def _forward(self, x, training):
+    def _forward(self, x, training, attrs=None):
         """Shared forward pass: codes, reconstructions, mixes, one discriminator pass, and the losses.
 
         The discriminator sees ``[x, x_rec, x_mix]`` (ACAI with ``acai_gamma > 0``: the
-        blends in place of ``x_rec``; mixer ``"none"``: no ``x_mix``).
+        blends in place of ``x_rec``; mixer ``"none"``: no ``x_mix``), and the class-conditional mixes
+        when ``cls > 0`` (``attrs``: the batch's attribute codes; ``amr_keras.classmix``).
 
         Returns:
             dict of the code and the losses ``recon_loss``, ``d_loss``, ``g_loss`` (float32 scalars).
@@ -381,6 +401,10 @@ class AMR(keras.Model):
         if z_mix is not None:
             x_mix = self._image(self.decoder(z_mix, training=training))
             fakes.append(x_mix)
+        cmix = None
+        if self.cls_weight > 0:
+            cmix = self._class_mix(code, attrs, training)
+            fakes.append(cmix["image"])
         # One discriminator pass serves both players: their losses take its logits at the current weights.
         logits = ops.cast(self.discriminator(ops.concatenate([x] + fakes, axis=0), training=training), "float32")
         real_logits, fake_logits = logits[:batch], logits[batch:]
@@ -399,7 +423,13 @@ class AMR(keras.Model):
         if self.beta > 0 and z_mix is not None:
             consistency = ops.mean(ops.abs(ops.cast(self.encoder(x_mix, training=training) - z_mix, "float32")))
             g_loss = g_loss + self.beta * consistency
-        return dict(code=code, recon_loss=recon, d_loss=d_loss, g_loss=g_loss)
+        out = dict(code=code, recon_loss=recon, d_loss=d_loss, g_loss=g_loss)
+        if cmix is not None:
+            out.update(self._class_mix_losses(x, attrs, cmix, training))
+            out["d_loss"] = out["d_loss"] + self.cls_weight * out["attr_real_loss"]
+            out["g_loss"] = (out["g_loss"] + self.cls_weight * out["attr_mix_loss"]
+                             + self.mask_prior * out["mask_prior_loss"])
+        return out
 
     def _probe_loss(self, code, y, training):
         """Probe logits and loss; a training step of a whitening probe first updates its statistics and
@@ -420,6 +450,8 @@ class AMR(keras.Model):
     def _update_metrics(self, out, y, probe_logits, probe_loss):
         for key, tracker in self._loss_trackers():
             tracker.update_state(out[key])
+        for tracker in self.class_mix_trackers:
+            tracker.update_state(out[tracker.name])
         self.probe_loss_tracker.update_state(probe_loss)
         self.probe_acc_tracker.update_state(y, probe_logits)
         results = {m.name: m.result() for m in self.metrics}
@@ -429,14 +461,16 @@ class AMR(keras.Model):
             results = {name: ops.reshape(value, (1,)) for name, value in results.items()}
         return results
 
-    @staticmethod
-    def _unpack(data):
+    def _unpack(self, data):
         if not isinstance(data, (tuple, list)) or len(data) < 2:
             raise ValueError(
                 "AMR trains on (images, labels) batches: labels feed only the linear probe. "
                 "Got a dataset without labels."
             )
-        return data[0], data[1]
+        if self.cls_weight > 0 and len(data) < 3:
+            raise ValueError("AMR with cls > 0 trains on (images, labels, attributes) batches (the attributes: "
+                             "int codes, batch x groups; amr_keras.data pipelines with attributes=...).")
+        return data[0], data[1], (data[2] if self.cls_weight > 0 else None)
 
     # ----------------------------------------------------------------- steps
     def make_train_function(self, force=False):
@@ -485,12 +519,12 @@ class AMR(keras.Model):
         ``ae_update`` None decides in the graph whether the autoencoder trains at this step; True or False fixes
         it when the step is traced (``make_train_function``: two step functions, for tf.distribute and XLA).
         """
-        x, y = self._unpack(data)
+        x, y, attrs = self._unpack(data)
         replicas = _replicas()
         with tf.GradientTape(persistent=True) as tape:
             # Encode x, decode the codes and their mixes, one discriminator pass over [x, reconstructions,
             # decoded mixes], and every loss (``_forward``); the probe reads the code through a stop-gradient.
-            out = self._forward(x, training=True)
+            out = self._forward(x, training=True, attrs=attrs)
             probe_logits, out["probe_loss"] = self._probe_loss(out["code"], y, training=True)
             # Per-replica means over the replica count (the all-reduced gradients are the global batch's), scaled
             # by each optimizer (loss scaling under float16).
@@ -503,7 +537,7 @@ class AMR(keras.Model):
         self._every_update_g_every(ae_update, lambda: _descend(tape, g_loss, self.ae_optimizer, self.ae_variables))
         # The discriminator descends its loss on real images against reconstructions and mixes (ACAI: the
         # critic's regression of the mixing weight).
-        _descend(tape, d_loss, self.d_optimizer, self.discriminator.trainable_variables)
+        _descend(tape, d_loss, self.d_optimizer, self.d_variables)
         # The linear probe descends its cross-entropy.
         self._train_probe(tape, probe_loss)
         return self._update_metrics(out, y, probe_logits, out["probe_loss"])
@@ -523,8 +557,8 @@ class AMR(keras.Model):
             update_average(self.probe_average.weights, self.probe.trainable_variables, self.probe_optimizer.iterations)
 
     def test_step(self, data):
-        x, y = self._unpack(data)
-        out = self._forward(x, training=False)
+        x, y, attrs = self._unpack(data)
+        out = self._forward(x, training=False, attrs=attrs)
         probe_logits, probe_loss = self._probe_loss(out["code"], y, training=False)
         return self._update_metrics(out, y, probe_logits, probe_loss)
 

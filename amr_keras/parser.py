@@ -8,6 +8,7 @@ be told from an absent one).
 import argparse
 
 from amr_keras.bvae import KL_REDUCTIONS
+from amr_keras.classmix import CLASS_MIXERS, MASK_PRIOR
 from amr_keras.config import (MODELS, PRESETS, SCHEDULES, SCORE_EPOCHS, STRATEGIES, Config, load_config_file,
                               resolve)
 from amr_keras.data import dataset_names
@@ -59,6 +60,15 @@ def build_parser(description="Train AMR."):
     m.add_argument("--preset", choices=tuple(PRESETS),
                    help="base settings: fast, official, or mnist_full (fast with lamb 5, 4 epochs); "
                         "default mnist_full for --dataset mnist (the 50,000-image split), fast otherwise")
+    m.add_argument("--cls", type=float,
+                   help="weight of the class-conditional mixing's attribute losses (default 0: off); mixes that "
+                        "take each attribute group from one image or the other, judged by an attribute head on "
+                        "the discriminator (amr_keras.classmix)")
+    m.add_argument("--class-mixer", choices=CLASS_MIXERS,
+                   help="informed (default: the mask sees which image supplies each group and both images' "
+                        "attributes) or official (the released ClassMixer: the mask sees the asked attributes)")
+    m.add_argument("--mask-prior", type=float,
+                   help=f"weight of the mask prior mean((sum(mask) - C/2)^2) (default {MASK_PRIOR:g})")
     m.add_argument("--mixer", choices=mixer_names(),
                    help="how codes are mixed (default mixup); acai: mixup of pairs judged by ACAI's critic")
     m.add_argument("--k", type=int, help="codes per mix (default 2; acai: 2 only)")

@@ -94,9 +94,9 @@ def make_optimizers(cfg, steps_per_epoch):
     return ae, d, probe
 
 
-def build_model(cfg, colors, num_classes, steps_per_epoch):
+def build_model(cfg, colors, num_classes, steps_per_epoch, attribute_groups=None):
     """Networks + AMR (or the beta-VAE of ``--model bvae``) + optimizers for ``cfg``, compiled (call inside the
-    strategy's scope)."""
+    strategy's scope). ``attribute_groups``: the data's (``DatasetInfo.attributes``), for ``cfg.cls > 0``."""
     if cfg.model == "bvae":
         from amr_keras.bvae import BVAE
 
@@ -110,7 +110,9 @@ def build_model(cfg, colors, num_classes, steps_per_epoch):
                                 slope=cfg.slope, image_size=network_size(cfg))
     model = AMR(enc, dec, disc, num_classes=num_classes, mixer=cfg.mixer, k=cfg.k, lamb=cfg.lamb, beta=cfg.beta,
                 recon=cfg.recon, update_g_every=cfg.update_g_every, seed=cfg.seed, acai_gamma=cfg.acai_gamma,
-                acai_weight=cfg.acai_weight, probe=cfg.probe, recon_gan=cfg.recon_gan)
+                acai_weight=cfg.acai_weight, probe=cfg.probe, recon_gan=cfg.recon_gan, cls_weight=cfg.cls,
+                class_mixer=cfg.class_mixer, mask_prior=cfg.mask_prior,
+                attribute_groups=attribute_groups if cfg.cls > 0 else None)
     ae, d, probe = make_optimizers(cfg, steps_per_epoch)
     model.compile(ae_optimizer=ae, d_optimizer=d, probe_optimizer=probe, jit_compile=cfg.jit_compile)
     return model
@@ -305,7 +307,7 @@ def _train(cfg, strategy, out, argv, signals, resume_hint):
     keras.utils.set_random_seed(cfg.seed)
     splits = load_dataset(cfg.dataset, data_dir=cfg.data_dir, batch_size=cfg.batch_size, seed=cfg.seed,
                           tfds_data_dir=cfg.tfds_data_dir, eval_batch_size=max(cfg.batch_size, 256),
-                          train_size=cfg.train_size, **data_options(cfg))
+                          train_size=cfg.train_size, with_attributes=cfg.cls > 0, **data_options(cfg))
     # Written once the settings and the data are known to be good, so a failed start leaves no run behind.
     os.makedirs(out, exist_ok=True)
     write_json_atomically(os.path.join(out, "config.json"), dataclasses.asdict(cfg), indent=2)
@@ -321,7 +323,7 @@ def _train(cfg, strategy, out, argv, signals, resume_hint):
             if model is not None:
                 model.jit_compile = cfg.jit_compile  # the checkpoint's own setting otherwise
             else:
-                model = build_model(cfg, info.colors, info.num_classes, steps)
+                model = build_model(cfg, info.colors, info.num_classes, steps, attribute_groups=info.attributes)
         if cfg.resume and initial_epoch == 0:
             print(f"--resume: no finished epoch in {ckpt_dir}; starting from the beginning.")
         if cfg.resume:
@@ -365,7 +367,8 @@ def _train(cfg, strategy, out, argv, signals, resume_hint):
             # A resumed mid-epoch checkpoint: first the rest of its epoch, then the other epochs in a second fit.
             end = initial_epoch + 1 if steps_done else cfg.epochs
             train_ds = train_pipeline(*splits.arrays["train"], cfg.batch_size, seed=cfg.seed,
-                                      start_step=initial_epoch * steps + steps_done)
+                                      start_step=initial_epoch * steps + steps_done,
+                                      attributes=splits.attributes["train"] if cfg.cls > 0 else None)
             stopper = GracefulStop(signals, ckpt, steps, first_step=steps_done, checkpoint_every=every,
                                    resume_hint=resume_hint)
             fit_callbacks = [keras.callbacks.CSVLogger(log_path, append=os.path.exists(log_path)) if c is None else c
@@ -393,6 +396,7 @@ def _train(cfg, strategy, out, argv, signals, resume_hint):
             **({"class_names": list(info.class_names)} if info.class_names else {}),
             "image_size": cfg.image_size, "channels": cfg.channels,
             "attribute_groups": info.attributes.to_json() if info.attributes else None,
+            "cls": cfg.cls, "class_mixer": cfg.class_mixer, "mask_prior": cfg.mask_prior,
             "num_train": info.num_train, "num_val": info.num_val, "num_test": info.num_test,
             "train_size": cfg.train_size, "code_channels": cfg.code_channels, "steps_per_epoch": steps,
             "mixer": cfg.mixer, "k": cfg.k, "lamb": cfg.lamb, "acai_gamma": cfg.acai_gamma,
