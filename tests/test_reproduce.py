@@ -610,3 +610,17 @@ def test_only_sizes_trains_the_chosen_subsets_and_tabulates_them_all(dirs, monke
     assert "--only-sizes" not in md  # the table's command makes the whole table
     assert script_main(table_args(dirs, *args, "--only-sizes", "20000", table="2")) == 0
     assert [(c.mixer, c.train_size) for c in fake.calls[4:]] == [("none", 20000), ("mixup", 20000)]
+
+
+def test_a_ledger_line_written_before_a_setting_existed_still_records_its_run():
+    """A setting added since a line was written (absent from it) is the same when the run has its default or none
+    for it: rebuilding a table does not record every run again; a value that differs does."""
+    from amr_keras.tables.ledger import same_record
+
+    old = {"run": "r", "settings": {"dataset": "mnist", "lamb": 5.0}, "results": {"acc": 0.9}}
+    for new_settings in ({"cls": 0.0, "class_mixer": "informed"}, {"cls": None, "image_size": None}):
+        assert same_record(old, {**old, "settings": {**old["settings"], **new_settings}})
+    assert not same_record(old, {**old, "settings": {**old["settings"], "cls": 1.0}})
+    assert not same_record(old, {**old, "settings": {**old["settings"], "lamb": 10.0}})
+    assert not same_record(old, {**old, "results": {"acc": 0.8}})
+    assert not same_record(None, old)

@@ -9,7 +9,7 @@ import dataclasses
 import json
 import os
 
-from amr_keras.config import RUN_KEYS, ConfigError
+from amr_keras.config import RUN_KEYS, Config, ConfigError
 from amr_keras.metrics import result_keys
 from amr_keras.runfolder import append_line
 
@@ -78,6 +78,21 @@ def ledger_entry(name, settings, results):
             "results": {key: results[key] for key in ledger_result_keys() if key in results}}
 
 
+def same_record(recorded, entry):
+    """Whether ``recorded`` (a ledger line, or None) records ``entry``: the same results and settings, a setting
+    added after the line was written counting as the same when ``entry`` has its default (or none) for it."""
+    if recorded is None or recorded["run"] != entry["run"] or recorded["results"] != entry["results"]:
+        return False
+    old, new = recorded["settings"], entry["settings"]
+    for key in set(old) | set(new):
+        if key in old and key in new:
+            if old[key] != new[key]:
+                return False
+        elif new.get(key, old.get(key)) not in (None, getattr(Config, key, None)):
+            return False
+    return True
+
+
 def record_finished(runs, out_dir):
     """Append to ``OUT/finished_runs.jsonl`` every run of ``runs`` finished on disk and not recorded as it is.
 
@@ -97,7 +112,7 @@ def record_finished(runs, out_dir):
         else:
             settings = dataclasses.asdict(run.cfg)
         entry = ledger_entry(run.name, settings, run.results())
-        if ledger.get(run.name) != entry:
+        if not same_record(ledger.get(run.name), entry):
             lines.append(json.dumps(entry, ensure_ascii=False) + "\n")
             names.append(run.name)
     if lines:
