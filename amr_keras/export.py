@@ -79,6 +79,8 @@ from amr_keras.networks import IMAGE_SIZE
 
 ENDPOINTS = ("encode", "decode", "reconstruct", "mix", "mix_alpha", "classify")
 LINEAR_ENDPOINT = "classify_linear"  # exported when a post-hoc classifier is given
+# Exported for a model trained with class-conditional mixing (cls > 0; amr_keras.classmix).
+CLASS_MIX_ENDPOINTS = ("attributes", "mix_attributes")
 METADATA_FILE = "metadata.json"
 # data.preprocess zero-pads exactly this source size by PAD pixels on each side.
 PADDED_SOURCE = (28, 28)
@@ -222,7 +224,9 @@ class Endpoints:
         self.code_shape = tuple(int(s) for s in model.encoder.output_shape[1:])
         self.num_classes = int(model.num_classes)
         self.linear_head = linear_head
-        self.names = ENDPOINTS + ((LINEAR_ENDPOINT,) if linear_head is not None else ())
+        self.groups = getattr(model, "attribute_groups", None) if getattr(model, "cls_weight", 0) > 0 else None
+        self.names = (ENDPOINTS + ((LINEAR_ENDPOINT,) if linear_head is not None else ())
+                      + (CLASS_MIX_ENDPOINTS if self.groups is not None else ()))
         # The networks each traced once, as functions the endpoints call (an export traces every endpoint; each
         # would otherwise trace the encoder or the decoder anew: three times as long to write).
         side, colors = int(model.encoder.input_shape[1]), int(model.encoder.input_shape[-1])
@@ -262,6 +266,39 @@ class Endpoints:
         """Post-hoc classifier probabilities ``(batch, num_classes)`` of the codes; rows sum to 1."""
         return self.linear_head(self.encode(images))
 
+    def attributes(self, images):
+        """The attribute head's probabilities ``(batch, sum of the groups' sizes)``: one softmax per group, side
+        by side in the order of metadata's ``attribute_groups`` (models trained with ``--cls``)."""
+        logits = self.model.attribute_logits(to_model_input(images))
+        parts, offset = [], 0
+        for size in self.groups.sizes:
+            parts.append(tf.nn.softmax(logits[:, offset:offset + size]))
+            offset += size
+        return tf.concat(parts, axis=-1)
+
+    def mix_attributes(self, images_a, images_b, take_from_a):
+        """Decode the class-conditional mix of ``a`` and ``b``: ``take_from_a`` ``(batch, groups)`` says, group by
+        group, whether the attribute comes from ``a`` (1) or ``b`` (0). The images' own attributes, which the
+        mixer reads, are the attribute head's most probable values."""
+        from amr_keras.classmix import ClassMixer, apply_mask, one_hot_groups
+
+        xa, xb = to_model_input(images_a), to_model_input(images_b)
+        own = [self._attribute_codes(x) for x in (xa, xb)]
+        take = tf.cast(take_from_a, tf.float32)
+        asked = tf.where(take > 0.5, own[0], own[1])
+        sizes = self.groups.sizes
+        mask = self.model.class_mixer(ClassMixer.inputs(self.model.class_mixer_kind, take,
+                                                        one_hot_groups(own[0], sizes), one_hot_groups(own[1], sizes),
+                                                        one_hot_groups(asked, sizes)))
+        return self.decode(apply_mask(mask, self._encoder(xa), self._encoder(xb)))
+
+    def _attribute_codes(self, model_input):
+        logits, codes, offset = self.model.attribute_logits(model_input), [], 0
+        for size in self.groups.sizes:
+            codes.append(tf.argmax(logits[:, offset:offset + size], axis=-1))
+            offset += size
+        return tf.stack(codes, axis=1)
+
     def input_signatures(self):
         """``{endpoint: [tf.TensorSpec, ...]}``: the fixed inputs of each endpoint (batch dimension free)."""
         image = tf.TensorSpec((None, *self.source_shape), tf.float32, name="images")
@@ -276,6 +313,8 @@ class Endpoints:
             "mix_alpha": [a, b, tf.TensorSpec((None,), tf.float32, name="alpha")],
             "classify": [image],
             LINEAR_ENDPOINT: [image],
+            **({"attributes": [image], "mix_attributes": [a, b, tf.TensorSpec(
+                (None, len(self.groups)), tf.float32, name="take_from_a")]} if self.groups is not None else {}),
         }
 
 
@@ -365,6 +404,8 @@ def export_model(model, path, source_shape, metadata=None, linear_head=None):
         endpoints=list(endpoints.names),
         inputs={name: [_spec_json(s) for s in signatures[name]] for name in endpoints.names},
         heads=_heads(meta, head is not None),
+        **({"attribute_groups": endpoints.groups.to_json(), "class_mixer": model.class_mixer_kind}
+           if endpoints.groups is not None else {}),
         tensorflow_version=tf.__version__,
         keras_version=keras.__version__,
     )

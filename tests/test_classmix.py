@@ -184,3 +184,32 @@ def test_fit_trains_a_class_conditional_model(tmp_path):
     with open(os.path.join(out, "log.csv")) as f:
         header = f.readline().strip().split(",")
     assert {"attr_mix_accuracy", "attr_real_loss", "mask_prior_loss", "val_attr_mix_accuracy"} <= set(header)
+
+
+def test_the_export_serves_mix_attributes_and_names_the_groups(tmp_path):
+    from amr_keras.export import Endpoints, export_model, load_metadata
+
+    model = AMR(*build_networks(depth=4, code_channels=3), cls_weight=1.0, attribute_groups=GROUPS)
+    model.compile()
+    # A mixer whose mask is all ones takes every feature map from a: the mix is a's reconstruction.
+    last = model.class_mixer.body[-1]
+    last.kernel.assign(np.zeros(last.kernel.shape, np.float32))
+    last.bias.assign(np.full(last.bias.shape, 50.0, np.float32))
+    path = export_model(model, str(tmp_path / "export"), (28, 28, 1))
+    served = tf.saved_model.load(path)
+    rng = np.random.default_rng(0)
+    a, b = rng.random((3, 28, 28, 1)).astype("float32"), rng.random((3, 28, 28, 1)).astype("float32")
+    take = np.array([[1, 0], [0, 1], [0, 0]], np.float32)
+    mixed = served.mix_attributes(a, b, take).numpy()
+    np.testing.assert_allclose(mixed, served.reconstruct(a).numpy(), atol=1e-5)
+    np.testing.assert_allclose(mixed, Endpoints(model, (28, 28, 1)).mix_attributes(a, b, take).numpy(), atol=1e-5)
+    probs = served.attributes(a).numpy()
+    assert probs.shape == (3, 5)
+    np.testing.assert_allclose(probs[:, :3].sum(axis=1), 1.0, rtol=1e-5)  # one softmax per group
+    np.testing.assert_allclose(probs[:, 3:].sum(axis=1), 1.0, rtol=1e-5)
+    meta = load_metadata(path)
+    assert meta["attribute_groups"] == GROUPS.to_json() and meta["class_mixer"] == "informed"
+    assert meta["inputs"]["mix_attributes"][2] == {"name": "take_from_a", "shape": [None, 2], "dtype": "float32"}
+    # A model without class-conditional mixing has neither endpoint.
+    plain = AMR(*build_networks(depth=4))
+    assert "mix_attributes" not in Endpoints(plain, (28, 28, 1)).names
