@@ -76,6 +76,7 @@ class DatasetInfo:
     train_size: int = None  # None when the whole training part is used
     class_names: tuple = None  # the names of labels 0, 1, ... where the source has them (an image folder's)
     attributes: AttributeGroups = None  # the attribute groups of Splits.attributes (amr_keras.attributes)
+    labelled: bool = True  # False: every label is 0 (a folder of images without class subfolders)
 
     @property
     def colors(self):
@@ -254,7 +255,8 @@ class DatasetSpec:
         load: ``load(data_dir, tfds_data_dir) -> ({"train": (images, labels), "test": ...}, source)``: uint8
             images N x H x W x C, int labels, and a line saying where they came from (``test`` may be absent;
             a ``val`` split, when given, is used as it is instead of one carved out of ``train``; a
-            ``"class_names"`` entry, when given, names the labels 0, 1, ... and sets the number of classes; an
+            ``"class_names"`` entry, when given, names the labels 0, 1, ... and sets the number of classes;
+            ``"labelled": False`` says the labels are all 0 and mean nothing; an
             ``"attributes"`` entry, ``(AttributeGroups, {split: int codes N x G})``, gives the images'
             attributes, which are otherwise the class as one group).
         preset: the preset (``amr_keras.config.PRESETS``) a run gets when none is named.
@@ -435,8 +437,11 @@ def load_dataset(name, data_dir=None, batch_size=64, seed=0, tfds_data_dir=None,
     arrays, source = load_arrays(name, data_dir, tfds_data_dir, skip_bad_images=skip_bad_images or None,
                                  image_size=image_size, channels=channels, cache=cache, attributes=attributes)
     class_names = arrays.pop("class_names", None)
+    labelled = arrays.pop("labelled", True)
     groups, codes = arrays.pop("attributes", (None, None))
-    if groups is None:  # the class as one attribute group
+    if groups is None and not labelled:  # no attribute at all (an unlabelled folder without a table)
+        codes = {split: np.zeros((len(y), 0), np.int64) for split, (_, y) in arrays.items()}
+    elif groups is None:  # the class as one attribute group
         names = class_names or [str(c) for c in range(int(max(y.max() for _, y in arrays.values())) + 1)]
         groups = class_attributes([], names)[0]
         codes = {split: class_attributes(y, names)[1] for split, (_, y) in arrays.items()}
@@ -465,7 +470,7 @@ def load_dataset(name, data_dir=None, batch_size=64, seed=0, tfds_data_dir=None,
         name=name, source=source, image_shape=tuple(int(s) for s in x_tr.shape[1:]),
         num_classes=max(classes, dataset_spec(name).min_classes), num_train=len(x_tr), num_val=len(x_val),
         num_test=0 if test is None else len(test[0]), train_size=train_size,
-        class_names=None if class_names is None else tuple(class_names), attributes=groups,
+        class_names=None if class_names is None else tuple(class_names), attributes=groups, labelled=labelled,
     )
     def attrs(codes):
         return codes if with_attributes else None

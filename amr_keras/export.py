@@ -218,14 +218,15 @@ class Endpoints:
         TensorShape([4, 28, 28, 1])
     """
 
-    def __init__(self, model, source_shape, linear_head=None):
+    def __init__(self, model, source_shape, linear_head=None, classify=True):
         self.model = model
         self.source_shape = check_source_shape(model, source_shape)
         self.code_shape = tuple(int(s) for s in model.encoder.output_shape[1:])
         self.num_classes = int(model.num_classes)
         self.linear_head = linear_head
         self.groups = getattr(model, "attribute_groups", None) if getattr(model, "cls_weight", 0) > 0 else None
-        self.names = (ENDPOINTS + ((LINEAR_ENDPOINT,) if linear_head is not None else ())
+        self.names = (tuple(n for n in ENDPOINTS if classify or n != "classify")
+                      + ((LINEAR_ENDPOINT,) if linear_head is not None else ())
                       + (CLASS_MIX_ENDPOINTS if self.groups is not None else ()))
         # The networks each traced once, as functions the endpoints call (an export traces every endpoint; each
         # would otherwise trace the encoder or the decoder anew: three times as long to write).
@@ -382,7 +383,8 @@ def export_model(model, path, source_shape, metadata=None, linear_head=None):
     """
     path = os.fspath(path)
     head = None if linear_head is None else LinearHead.from_classifier(linear_head, int(model.num_classes))
-    endpoints = Endpoints(model, source_shape, head)
+    # A model trained without labels (an unlabelled image folder) has no classifier to serve.
+    endpoints = Endpoints(model, source_shape, head, classify=(metadata or {}).get("labelled", True))
     signatures = endpoints.input_signatures()
     archive = keras.export.ExportArchive()
     archive.track(model)
@@ -403,7 +405,8 @@ def export_model(model, path, source_shape, metadata=None, linear_head=None):
         value_range=[0.0, 1.0],
         endpoints=list(endpoints.names),
         inputs={name: [_spec_json(s) for s in signatures[name]] for name in endpoints.names},
-        heads=_heads(meta, head is not None),
+        heads=_heads(meta, head is not None) if meta.get("labelled", True) else {
+            "classify": {"head": None, "note": "trained without labels: no classifier"}},
         **({"attribute_groups": endpoints.groups.to_json(), "class_mixer": model.class_mixer_kind}
            if endpoints.groups is not None else {}),
         tensorflow_version=tf.__version__,

@@ -5,6 +5,8 @@ Layouts, in the habit of ``keras.utils.image_dataset_from_directory``:
 - ``DIR/CLASS/*.png``: one subfolder per class, its name the label (classes in sorted order); the images are
   split into training, validation and test by a fixed, seeded draw stratified by class (``VAL_SHARE`` and
   ``TEST_SHARE`` of each class, at least one image each where a class has three or more);
+- ``DIR/*.png``: images without class subfolders, unlabelled (every label 0; the loader says ``"labelled":
+  False``), split the same way; ``DIR/train/*.png`` and the like too;
 - ``DIR/train/CLASS/...``, ``DIR/val/CLASS/...``, ``DIR/test/CLASS/...``: the splits as given (``val`` and
   ``test`` may be left out: validation is then drawn from ``train`` as above, and there is no test split).
 
@@ -69,22 +71,27 @@ def _class_files(folder):
 
 
 def scan_labelled(folder, class_names=None):
-    """``(paths, labels, class_names)`` of a folder of class subfolders.
+    """``(paths, labels, class_names)`` of a folder of class subfolders; of a folder of images alone (no
+    subfolder): ``(paths, zeros, None)``, unlabelled.
 
     Args:
-        folder: holds one subfolder per class.
-        class_names: the classes of the training split (for ``val`` and ``test``); ``None``: this folder's.
+        folder: holds one subfolder per class, or the images themselves.
+        class_names: the classes of the training split (for ``val`` and ``test``); ``None``: this folder's (an
+            unlabelled ``train`` gives ``()`` for the other splits, which must be unlabelled too).
 
     Raises:
         DataError: images beside the class subfolders, no class with images, one class only (for the training
             split), or a class that the training split does not have.
     """
     loose, subfolders = _images_in(folder)
+    if loose and subfolders:
+        raise DataError(f"{folder} holds images ({os.path.basename(loose[0])}, ...) beside class subfolders: move "
+                        "them into a class subfolder, or out of the folder (a folder of images alone is unlabelled)")
     if loose:
-        raise DataError(f"{folder} holds images ({os.path.basename(loose[0])}, ...) beside class subfolders"
-                        if subfolders else
-                        f"{folder} holds images but no class subfolders: put each class's images in a subfolder "
-                        "named after it (DIR/CLASS/IMAGE); images without labels are not supported yet.")
+        if class_names:
+            raise DataError(f"{folder} holds images without class subfolders, but train/ has classes: give "
+                            f"{os.path.basename(folder)}/ the same class subfolders.")
+        return loose, np.zeros(len(loose), np.int64), None
     per_class = {name: _class_files(os.path.join(folder, name)) for name in subfolders}
     per_class = {name: files for name, files in per_class.items() if files}
     if not per_class:
@@ -376,7 +383,8 @@ def load_image_folder(data_dir, tfds_data_dir=None, image_size=None, channels=No
         splits = {"train": (paths, labels)}
         for name in ("val", "test"):
             if name in given:
-                split_paths, split_labels, _ = scan_labelled(os.path.join(data_dir, name), classes)
+                split_paths, split_labels, _ = scan_labelled(os.path.join(data_dir, name),
+                                                             () if classes is None else classes)
                 splits[name] = (split_paths, split_labels)
         layout = "train/" + "".join(f", {name}/" for name in ("val", "test") if name in given) + " as given"
         if "val" not in splits:
@@ -389,12 +397,15 @@ def load_image_folder(data_dir, tfds_data_dir=None, image_size=None, channels=No
         train, val, test = stratified_split(labels)
         splits = {name: ([paths[i] for i in idx], labels[idx]) for name, idx in
                   (("train", train), ("val", val), ("test", test))}
-        layout = (f"class subfolders, split by class with seed {SPLIT_SEED}: {1 - VAL_SHARE - TEST_SHARE:.0%} train, "
-                  f"{VAL_SHARE:.0%} validation, {TEST_SHARE:.0%} test")
-    counts = np.bincount(np.concatenate([lab for _, lab in splits.values()]), minlength=len(classes))
+        layout = (f"{'class subfolders, split by class' if classes else 'split'} with seed {SPLIT_SEED}: "
+                  f"{1 - VAL_SHARE - TEST_SHARE:.0%} train, {VAL_SHARE:.0%} validation, {TEST_SHARE:.0%} test")
+    labelled = classes is not None
+    counts = np.bincount(np.concatenate([lab for _, lab in splits.values()]), minlength=len(classes or [0]))
     if verbose:
-        print(f"images: {int(counts.sum())} in {data_dir} ({layout}); per class: "
-              + ", ".join(f"{name} {int(n)}" for name, n in zip(classes, counts)), flush=True)
+        print(f"images: {int(counts.sum())} in {data_dir} ({layout}); " + (
+            "per class: " + ", ".join(f"{name} {int(n)}" for name, n in zip(classes, counts)) if labelled else
+            "no class subfolders: unlabelled (the online probe and the post-hoc evaluation are skipped; "
+            "reconstruction, mixing, interpolations and the export go on)"), flush=True)
     # One pass over every file (a bad file is named once, with the count of the others), then the splits.
     every_path = [p for split_paths, _ in splits.values() for p in split_paths]
     bounds = np.cumsum([len(split_paths) for split_paths, _ in splits.values()])[:-1]
@@ -434,8 +445,9 @@ def load_image_folder(data_dir, tfds_data_dir=None, image_size=None, channels=No
     arrays = {name: pair for name, pair in arrays.items() if name in kept}
     if "train" not in arrays:
         raise DataError(f"{data_dir}: no training image could be decoded; check the files.")
-    source = f"image folder {data_dir} ({layout}; classes: {', '.join(classes)}{skipped}"
-    extra = {"class_names": list(classes)}
+    source = f"image folder {data_dir} ({layout}; " + (f"classes: {', '.join(classes)}" if labelled else
+                                                        "unlabelled") + skipped
+    extra = {"class_names": list(classes)} if labelled else {"labelled": False}
     if table:
         source += f"; attributes from {table}: {groups.describe()}"
         extra["attributes"] = (groups, {name: part[kept[name]] for name, part

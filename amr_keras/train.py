@@ -382,12 +382,12 @@ def _train(cfg, strategy, out, argv, signals, resume_hint):
         # Score the best-validation epoch (or, with score_epoch "last", the final model); the test split is used
         # once, here.
         rows = read_log(log_path)
-        if cfg.score_epoch == "last":
+        if cfg.score_epoch == "last" or not info.labelled:  # unlabelled: no validation accuracy to pick by
             scored_epoch = len(rows)  # the model fit left, or the last checkpoint's when resumed after the end
         else:
             scored_epoch = _load_best(model, best_ckpt, best_path, rows)
         test_acc = None
-        if splits.test is not None:
+        if splits.test is not None and info.labelled:
             test_acc = float(model.evaluate(splits.test, verbose=0, return_dict=True)["probe_accuracy"])
         results = {
             "dataset": cfg.dataset,
@@ -410,7 +410,8 @@ def _train(cfg, strategy, out, argv, signals, resume_hint):
             "epochs": len(rows),
             "score_epoch": cfg.score_epoch,
             "best_epoch": scored_epoch,  # the epoch whose model every score below is taken on
-            "best_val_probe_accuracy": rows[scored_epoch - 1]["val_probe_accuracy"],
+            "best_val_probe_accuracy": rows[scored_epoch - 1]["val_probe_accuracy"] if info.labelled else None,
+            "labelled": info.labelled,
             "test_probe_accuracy": test_acc,
             "train_seconds": round(sum(r.get("epoch_seconds", 0.0) for r in rows), 2),
             "images_per_second": round(steps * cfg.batch_size * len(rows)
@@ -423,7 +424,9 @@ def _train(cfg, strategy, out, argv, signals, resume_hint):
         }
         # Post-hoc metrics (amr_keras.metrics: the linear evaluation, FactorVAE on dSprites, any registered one);
         # without the linear evaluation the export has no classify_linear.
-        scores, context = score_run(cfg, model, splits)
+        # Without labels there is nothing for the post-hoc classifiers to learn.
+        scores, context = score_run(cfg if info.labelled else dataclasses.replace(cfg, linear_eval=False), model,
+                                    splits)
         results.update(scores)
         classifier = context.get("classifier")
         if cfg.export:

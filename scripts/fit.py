@@ -34,8 +34,12 @@ def main(argv=None):
         return e.exit_code
     test = results["test_probe_accuracy"]
     which = "last epoch" if results.get("score_epoch") == "last" else "best epoch"
-    print(f"\n{which} {results['best_epoch']}: validation probe accuracy {results['best_val_probe_accuracy']:.4f}, "
-          f"test probe accuracy {'n/a (no test split)' if test is None else f'{test:.4f}'}")
+    if results.get("labelled", True):
+        print(f"\n{which} {results['best_epoch']}: validation probe accuracy "
+              f"{results['best_val_probe_accuracy']:.4f}, test probe accuracy "
+              f"{'n/a (no test split)' if test is None else f'{test:.4f}'}")
+    else:
+        print(f"\nlast epoch {results['best_epoch']} (unlabelled images: no probe accuracy, no post-hoc evaluation)")
     if "factorvae_score" in results:
         print(f"FactorVAE score {results['factorvae_score']:.3f} ({results['factorvae_active_dims']} of "
               f"{results['factorvae_code_dims']} code values kept); the official code's function "

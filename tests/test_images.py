@@ -121,7 +121,8 @@ def _problem(tmp_path, make):
     (lambda f: None, "has no images (.png, .jpg, .jpeg, .bmp, .gif) in class subfolders"),
     (lambda f: (f / "empty_class").mkdir(), "has no images"),
     (lambda f: class_folder(f, 3, {"only": (255, 0, 0)}), "has one class (only): the probe and the evaluation need"),
-    (lambda f: write_image(str(f / "loose.png"), (255, 0, 0)), "holds images but no class subfolders"),
+    (lambda f: (class_folder(f / "train", 3), write_image(str(f / "val" / "loose.png"), (255, 0, 0))),
+     "val holds images without class subfolders, but train/ has classes"),
     (lambda f: (class_folder(f, 3), write_image(str(f / "loose.png"), (255, 0, 0))),
      "holds images (loose.png, ...) beside class subfolders"),
     (lambda f: class_folder(f / "val", 3), "has val/ but no train/"),
@@ -201,3 +202,49 @@ def test_the_flag_reaches_the_settings():
 
     assert config_from_args(["--dataset", "images", "--data-dir", ".", "--skip-bad-images"]).skip_bad_images
     assert not config_from_args(["--dataset", "images", "--data-dir", "."]).skip_bad_images
+
+
+def test_a_folder_of_images_alone_trains_unlabelled(tmp_path, capsys):
+    from amr_keras.export import Endpoints
+    from amr_keras.model import AMR
+    from amr_keras.networks import build_networks
+
+    for i in range(20):
+        write_image(str(tmp_path / "faces" / f"{i}.png"), (10 * i, 100, 200), size=(30 + i, 30))
+    splits = load_dataset("images", data_dir=str(tmp_path / "faces"), batch_size=4)
+    assert "no class subfolders: unlabelled (the online probe and the post-hoc evaluation are skipped" \
+        in capsys.readouterr().out
+    info = splits.info
+    assert not info.labelled and info.class_names is None and info.attributes is None
+    assert (info.num_train, info.num_val, info.num_test) == (16, 2, 2) and "unlabelled" in info.source
+    assert all(not y.any() for _, y in splits.arrays.values())
+    # Its export serves no classifier.
+    names = Endpoints(AMR(*build_networks(colors=3, depth=4)), (32, 32, 3), classify=False).names
+    assert "classify" not in names and "reconstruct" in names and "mix" in names
+    # An attribute table still gives it attributes.
+    (tmp_path / "faces" / "attributes.csv").write_text("file,smiling\n" + "".join(
+        f"{i}.png,{'yes' if i % 2 else 'no'}\n" for i in range(20)))
+    splits = load_dataset("images", data_dir=str(tmp_path / "faces"), batch_size=4)
+    assert not splits.info.labelled and splits.info.attributes.describe() == "smiling (2)"
+
+
+@pytest.mark.slow
+def test_fit_trains_an_unlabelled_folder_to_an_export_without_a_classifier(tmp_path):
+    import json
+
+    from test_fit import load_script
+
+    for i in range(24):
+        write_image(str(tmp_path / "faces" / f"{i}.png"), (10 * i, 100, 200), size=(30 + i, 30))
+    out = str(tmp_path / "run")
+    args = ["--dataset", "images", "--data-dir", str(tmp_path / "faces"), "--depth", "4", "--batch-size", "8",
+            "--epochs", "1", "--precision", "float32", "--out", out, "--verbose", "0"]
+    assert load_script("fit").main(args) == 0
+    with open(os.path.join(out, "results.json")) as f:
+        results = json.load(f)
+    assert results["labelled"] is False and results["best_val_probe_accuracy"] is None
+    assert results["test_probe_accuracy"] is None and "linear_eval_test_accuracy" not in results
+    with open(os.path.join(out, "export", "metadata.json")) as f:
+        meta = json.load(f)
+    assert "classify" not in meta["endpoints"] and meta["heads"]["classify"]["head"] is None
+    assert os.path.exists(os.path.join(out, "interpolations.png"))
