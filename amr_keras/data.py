@@ -43,7 +43,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from amr_keras import dsprites
+from amr_keras import celeba, dsprites
 from amr_keras import images as image_folder
 from amr_keras.attributes import AttributeGroups, class_attributes
 from amr_keras.images import ImageFiles, decode_file
@@ -363,6 +363,9 @@ for _spec in (
                 val_fraction=image_folder.VAL_SHARE, load=image_folder.load_image_folder,
                 options=("skip_bad_images", "image_size", "channels", "cache", "attributes"), min_classes=2,
                 summary="your own images: --data-dir DIR with a subfolder per class (amr_keras.images)"),
+    DatasetSpec("celeb_a", source_shape=(celeba.IMAGE_SIZE, celeba.IMAGE_SIZE, 3), val_fraction=0.1,
+                load=celeba.load_celeba, tfds_name=celeba.TFDS_NAME, options=("image_size",), min_classes=2,
+                summary="CelebA faces from tensorflow-datasets, 64x64, unlabelled, its 40 attributes as groups"),
 ):
     register_dataset(_spec)
 

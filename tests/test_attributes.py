@@ -136,3 +136,53 @@ def test_attributes_follow_skipped_files_and_the_flag_is_refused_elsewhere(tmp_p
         np.testing.assert_array_equal(splits.attributes[split][:, 0], labels)  # colour names sort as the classes
     with pytest.raises(ConfigError, match=r"^--attributes applies to --dataset images"):
         resolve(Config(dataset="mnist_sample", attributes=str(tmp_path / "shapes" / "attributes.csv")))
+
+
+def fake_celeba(monkeypatch, tmp_path, prepared=True):
+    """tensorflow-datasets' celeb_a stood in for by a few 218x178 faces with two attributes per split."""
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
+    folder = tmp_path / "tfds" / "celeb_a"
+    folder.mkdir(parents=True)
+    if prepared:
+        (folder / "dataset_info.json").write_text("{}")
+    sizes = {"train": 12, "validation": 4, "test": 4}
+
+    def load(name, split, data_dir=None):
+        n = sizes[split]
+        rng = np.random.default_rng(len(split))
+        images = rng.integers(0, 256, (n, 218, 178, 3)).astype(np.uint8)
+        images[:, 20:198, :, 0] = 255  # the centre square of the first channel, saturated
+        smiling = np.arange(n) % 2 == 1
+        return tf.data.Dataset.from_tensor_slices({"image": images, "attributes": {
+            "Smiling": smiling, "Male": np.arange(n) % 3 == 0}})
+
+    monkeypatch.setattr(tfds, "builder", lambda name, data_dir=None: type("B", (), {"data_dir": str(folder)})())
+    monkeypatch.setattr(tfds, "load", load)
+
+
+def test_celeb_a_comes_from_tensorflow_datasets_with_its_attributes(tmp_path, monkeypatch):
+    fake_celeba(monkeypatch, tmp_path)
+    splits = load_dataset("celeb_a", batch_size=4)
+    info = splits.info
+    assert not info.labelled and info.image_shape == (64, 64, 3)
+    assert (info.num_train, info.num_val, info.num_test) == (12, 4, 4)
+    assert info.attributes.to_json() == [{"name": "Male", "values": ["no", "yes"]},
+                                         {"name": "Smiling", "values": ["no", "yes"]}]
+    np.testing.assert_array_equal(splits.attributes["train"][:, 1], np.arange(12) % 2)
+    assert (splits.arrays["train"][0][:, :, :, 0] == 255).all()  # the centre crop: rows 20 to 197
+    splits = load_dataset("celeb_a", batch_size=4, image_size=32)
+    assert splits.info.image_shape == (32, 32, 3)
+
+
+def test_celeb_a_offline_names_the_folder_route(tmp_path, monkeypatch):
+    from amr_keras import sources
+
+    fake_celeba(monkeypatch, tmp_path, prepared=False)
+    monkeypatch.setattr(sources, "network_available", lambda: False)
+    with pytest.raises(DataError, match="no network.*--dataset images --data-dir DIR/img_align_celeba --attributes "
+                                        "DIR/list_attr_celeba.txt"):
+        load_dataset("celeb_a")
+    with pytest.raises(DataError, match="^--dataset celeb_a reads tensorflow-datasets; for CelebA's own files"):
+        load_dataset("celeb_a", data_dir=str(tmp_path))

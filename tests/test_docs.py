@@ -299,11 +299,15 @@ SEARCH_RESULT = ROOT / "results" / "search_mnist_sample_best_hyperparameters.jso
 
 def with_inputs(args, data):
     """``args`` with ``DIR`` placeholders replaced by folders under ``data``, and the inputs a user brings made in
-    the working folder: each data folder (empty) and a ``--config`` file (a search's result)."""
+    the working folder: each data folder (empty), an ``--attributes`` table and a ``--config`` file (a search's
+    result)."""
     args = [DATA_PLACEHOLDER.sub(lambda m: str(data / m.group(0)), arg) for arg in args]
     for flag, value in zip(args, args[1:]):
         if flag in DATA_FLAGS:
             Path(value.partition("=")[2] if "=" in value else value).mkdir(parents=True, exist_ok=True)
+        elif flag == "--attributes":  # an attribute table the user has
+            Path(value).parent.mkdir(parents=True, exist_ok=True)
+            Path(value).write_text("file,attribute\n")
         elif flag == "--config" and not Path(value).exists():
             Path(value).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(SEARCH_RESULT, value)

@@ -24,18 +24,20 @@ def test_every_builtin_dataset_has_shapes_splits_preset_and_networks():
         assert channels in (1, 3) and height == width, name
         assert 0 < spec.val_fraction < 1 and callable(spec.load) and spec.summary, name
         assert spec.preset in PRESETS and spec.arch in ARCHS, name
-        # The burgess networks take 64x64 images, the acai ones 28x28 or 32x32 (padded or resized to 32).
-        assert (spec.arch == "burgess") == (height == BURGESS_SIZE), name
+        # The burgess networks take 64x64 images (dSprites'), the acai ones 28x28 or 32x32 (padded or resized to
+        # 32), or 64x64 colour images (celeb_a).
+        assert (spec.arch == "burgess") == (height == BURGESS_SIZE and channels == 1), name
         assert default_preset(name) == spec.preset and default_arch(name) == spec.arch
     assert [n for n in dataset_names() if dataset_spec(n).factors] == ["dsprites", "dsprites_procedural"]
 
 
 def test_the_views_under_the_old_names_keep_their_values():
     assert data.TFDS_NAMES == {"mnist": "mnist", "kmnist": "kmnist", "fashion_mnist": "fashion_mnist",
-                               "svhn": "svhn_cropped", "cifar10": "cifar10", "dsprites": "dsprites"}
+                               "svhn": "svhn_cropped", "cifar10": "cifar10", "dsprites": "dsprites",
+                               "celeb_a": "celeb_a"}
     assert data.VAL_FRACTION == {"mnist": 1 / 6, "kmnist": 1 / 6, "fashion_mnist": 1 / 6, "svhn": 0.1, "cifar10": 0.1,
                                  "mnist_sample": 0.1, "dsprites": 1 / 13, "dsprites_procedural": 1 / 13,
-                                 "images": 0.1}
+                                 "images": 0.1, "celeb_a": 0.1}
     assert data.SOURCE_SHAPES["svhn"] == (32, 32, 3) and data.SOURCE_SHAPES["dsprites"] == (64, 64, 1)
     assert data.DSPRITES_DATASETS == ("dsprites", "dsprites_procedural")
     from amr_keras.config import DATASET_ARCHS, DATASET_PRESETS
