@@ -156,11 +156,11 @@ def test_bad_settings_get_one_line():
 def test_the_pipelines_carry_the_attributes():
     from amr_keras.data import load_dataset, train_pipeline
 
-    splits = load_dataset("dsprites_procedural", batch_size=16, train_size=64, with_attributes=True)
-    for ds in (splits.train, splits.val):
+    splits = load_dataset("mnist_sample", batch_size=16, train_size=64, with_attributes=True)
+    for ds in (splits.train, splits.val, splits.test):
         x, y, a = next(iter(ds))
-        assert a.shape == (x.shape[0], 4) and a.dtype == tf.int64
-        np.testing.assert_array_equal(a.numpy()[:, 0], y.numpy())  # the shape is the label
+        assert a.shape == (x.shape[0], 1) and a.dtype == tf.int64
+        np.testing.assert_array_equal(a.numpy()[:, 0], y.numpy())  # the class is the one attribute
     x, y, a = next(iter(train_pipeline(*splits.arrays["train"], 16, attributes=splits.attributes["train"])))
     np.testing.assert_array_equal(a.numpy()[:, 0], y.numpy())
 
