@@ -624,3 +624,6 @@ def test_a_ledger_line_written_before_a_setting_existed_still_records_its_run():
     assert not same_record(old, {**old, "settings": {**old["settings"], "lamb": 10.0}})
     assert not same_record(old, {**old, "results": {"acc": 0.8}})
     assert not same_record(None, old)
+    # Read in today's terms: a line without a probe had the batch-normalised one, so a whitening run differs.
+    assert not same_record(old, {**old, "settings": {**old["settings"], "probe": "whiten"}})
+    assert same_record(old, {**old, "settings": {**old["settings"], "probe": "batchnorm"}})

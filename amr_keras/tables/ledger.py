@@ -9,7 +9,7 @@ import dataclasses
 import json
 import os
 
-from amr_keras.config import RUN_KEYS, Config, ConfigError
+from amr_keras.config import RUN_KEYS, Config, ConfigError, upgrade_run_settings
 from amr_keras.metrics import result_keys
 from amr_keras.runfolder import append_line
 
@@ -79,16 +79,18 @@ def ledger_entry(name, settings, results):
 
 
 def same_record(recorded, entry):
-    """Whether ``recorded`` (a ledger line, or None) records ``entry``: the same results and settings, a setting
-    added after the line was written counting as the same when ``entry`` has its default (or none) for it."""
+    """Whether ``recorded`` (a ledger line, or None) records ``entry``: the same results and settings, the line's
+    settings read in today's terms (``upgrade_run_settings``: a run recorded before the probe was a setting had
+    the batch-normalised one), and a setting added since counting as the same when ``entry`` has its default (or
+    none) for it."""
     if recorded is None or recorded["run"] != entry["run"] or recorded["results"] != entry["results"]:
         return False
-    old, new = recorded["settings"], entry["settings"]
-    for key in set(old) | set(new):
-        if key in old and key in new:
-            if old[key] != new[key]:
+    old, new = upgrade_run_settings(dict(recorded["settings"])), entry["settings"]
+    for key, value in new.items():
+        if key in old:
+            if old[key] != value:
                 return False
-        elif new.get(key, old.get(key)) not in (None, getattr(Config, key, None)):
+        elif value not in (None, getattr(Config, key, None)):
             return False
     return True
 
