@@ -217,7 +217,7 @@ def test_export_without_linear_head_loads_without_the_endpoint(loaded_export):
 
 
 # Builds a second export, with a fitted head (seconds): run with -m slow. The default suite checks a linear
-# head's export and metadata in test_fit.py::test_fit_writes_results_export_and_figure.
+# head's export and metadata in test_image_sizes.py::test_fit_trains_a_64_pixel_folder_to_an_export_that_serves_at_64.
 @pytest.mark.slow
 def test_linear_export_metadata_names_both_heads(tiny_linear_export):
     meta = load_metadata(tiny_linear_export.path)

@@ -57,15 +57,12 @@ def tiny_args(data_dir, out, *extra):
             "--no-jit-compile", "--precision", "float32", "--out", out, "--verbose", "0", *extra]
 
 
-def test_fit_writes_results_export_and_figure(tiny_data, tmp_path, monkeypatch):
-    from amr_keras import evaluate
-
-    fits = []
-    original = evaluate.linear_evaluation
-    monkeypatch.setattr(evaluate, "linear_evaluation", lambda *a, **k: fits.append(original(*a, **k)) or fits[-1])
+def test_fit_writes_results_logs_and_checkpoints(tiny_data, tmp_path):
+    """fit.py on the official files of a tiny MNIST, a training subset and a 4x4x3 code; its export and figure
+    are the fast tier's 64x64 run's (tests/test_image_sizes.py) and the slow tier's (below)."""
     out = str(tmp_path / "run")
     # A 48-image subset of the 80 training images, a 4x4x3 code, 4 steps between validations.
-    extra = ["--train-size", "48", "--code-channels", "3", "--steps-per-epoch", "4"]
+    extra = ["--train-size", "48", "--code-channels", "3", "--steps-per-epoch", "4", "--no-export"]
     assert load_script("fit").main(tiny_args(tiny_data, out, *extra)) == 0
     with open(os.path.join(out, "results.json")) as f:
         results = json.load(f)
@@ -75,14 +72,30 @@ def test_fit_writes_results_export_and_figure(tiny_data, tmp_path, monkeypatch):
         48, 48, 3, 4)
     assert results["num_val"] == 16  # validation unchanged by the subset
     assert 0.0 <= results["test_probe_accuracy"] <= 1.0 and results["images_per_second"] > 0
-    for name in ("log.csv", "best.keras", "checkpoint/last.keras", "interpolations.png",
-                 "export/saved_model.pb", "export/metadata.json"):
+    assert 0.0 <= results["linear_eval_test_accuracy"] <= 1.0
+    for name in ("log.csv", "best.keras", "checkpoint/last.keras"):
         assert os.path.exists(os.path.join(out, name)), name
+    assert not os.path.exists(os.path.join(out, "export"))
     assert os.listdir(os.path.join(out, "logs"))
+
+
+@pytest.mark.slow
+def test_fit_writes_results_export_and_figure(tiny_data, tmp_path, monkeypatch):
+    from amr_keras import evaluate
+
+    fits = []
+    original = evaluate.linear_evaluation
+    monkeypatch.setattr(evaluate, "linear_evaluation", lambda *a, **k: fits.append(original(*a, **k)) or fits[-1])
+    out = str(tmp_path / "run")
+    extra = ["--train-size", "48", "--code-channels", "3", "--steps-per-epoch", "4"]
+    assert load_script("fit").main(tiny_args(tiny_data, out, *extra)) == 0
+    with open(os.path.join(out, "results.json")) as f:
+        results = json.load(f)
+    for name in ("interpolations.png", "export/saved_model.pb", "export/metadata.json"):
+        assert os.path.exists(os.path.join(out, name)), name
     import tensorflow as tf
 
     loaded = tf.saved_model.load(os.path.join(out, "export"))
-    assert hasattr(loaded, "encode") and hasattr(loaded, "classify")
     # The export serves the classifier of the linear evaluation, fitted once.
     assert len(fits) == 1
     x = np.random.default_rng(0).random((3, 28, 28, 1)).astype("float32")

@@ -98,10 +98,18 @@ def test_the_flags_parse():
         config_from_args(["--dataset", "images", "--data-dir", ".", "--image-size", "100"])
 
 
-def test_fit_trains_a_64_pixel_folder_to_an_export_that_serves_at_64(tmp_path):
+def test_fit_trains_a_64_pixel_folder_to_an_export_that_serves_at_64(tmp_path, monkeypatch):
+    """fit.py end to end on a folder of images at 64x64 RGB: results, figure, and an export that serves at that
+    size, names the classes and serves the post-hoc classifier fitted once (this is the fast tier's one fit.py run
+    to an export; tests/test_fit.py runs fit.py on the official files without one)."""
     import tensorflow as tf
     from test_fit import load_script
 
+    from amr_keras import evaluate
+
+    fits = []
+    original = evaluate.linear_evaluation
+    monkeypatch.setattr(evaluate, "linear_evaluation", lambda *a, **k: fits.append(original(*a, **k)) or fits[-1])
     folder = class_folder(tmp_path / "shapes", per_class=6)
     out = str(tmp_path / "run")
     args = ["--dataset", "images", "--data-dir", folder, "--image-size", "64", "--depth", "4", "--batch-size", "4",
@@ -119,9 +127,17 @@ def test_fit_trains_a_64_pixel_folder_to_an_export_that_serves_at_64(tmp_path):
     x = np.random.default_rng(0).random((2, 64, 64, 3)).astype("float32")
     assert served.encode(x).shape == (2, 4, 4, 2) and served.reconstruct(x).shape == (2, 64, 64, 3)
     assert served.classify(x).shape == (2, 3)
-    from amr_keras.export import load_metadata
-
-    assert load_metadata(os.path.join(out, "export"))["class_names"] == ["blue", "green", "red"]
+    # The export serves the classifier of the linear evaluation, fitted once, and reports both heads' scores.
+    assert len(fits) == 1
+    codes = served.encode(x).numpy().reshape(2, -1)
+    np.testing.assert_allclose(served.classify_linear(x).numpy(), fits[0]["classifier"].predict_proba(codes),
+                               atol=1e-4)
+    assert served.mix(x, x[::-1], np.ones((2, 2), "float32")).shape == (2, 64, 64, 3)
+    with open(os.path.join(out, "export", "metadata.json")) as f:
+        meta = json.load(f)
+    assert meta["class_names"] == ["blue", "green", "red"] and meta["code_shape"] == [4, 4, 2]
+    assert meta["heads"]["classify_linear"]["test_accuracy"] == results["linear_eval_test_accuracy"]
+    assert meta["heads"]["classify"]["test_accuracy"] == results["test_probe_accuracy"]
 
 
 # --------------------------------------------------------------------------- read from the files (--no-cache)

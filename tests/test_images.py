@@ -151,18 +151,6 @@ def test_no_folder_and_a_missing_folder_say_what_to_give(tmp_path):
         load_dataset("images", data_dir=str(tmp_path / "nowhere"))
 
 
-def test_an_image_folder_trains_the_model(tmp_path):
-    from amr_keras.model import AMR
-    from amr_keras.networks import build_networks
-
-    splits = load_dataset("images", data_dir=class_folder(tmp_path / "shapes", per_class=8), batch_size=8)
-    model = AMR(*build_networks(colors=3, depth=4))
-    model.compile(run_eagerly=True)
-    x, y = next(iter(splits.train))
-    logs = model.train_on_batch(x, y, return_dict=True)
-    assert np.isfinite(logs["g_loss"]) and x.shape == (8, 32, 32, 3)
-
-
 @pytest.mark.slow
 def test_fit_trains_on_a_folder_of_images_to_an_export_and_a_figure(tmp_path):
     import json
