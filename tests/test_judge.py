@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 from amr_keras.attributes import AttributeGroups
-from amr_keras.judge import Judge, judge_mixes, load_or_train_judge, mix_functions, train_judge
+from amr_keras.judge import Judge, judge_mixes, load_or_train_judge, mix_functions
 
 HALVES = AttributeGroups.of(top=("dark", "bright"), bottom=("dark", "bright"))
 
