@@ -15,9 +15,10 @@ Two mixers (``CLASS_MIXERS``):
 - ``official``: the released code's ``ClassMixer`` (``architectures/discriminators.py``, christopher-beckham/amr):
   the mask is an MLP of ``y_mix`` alone. Two departures, both stated: its last ReLU before the sigmoid (commented
   as a bug there; it keeps every mask value at 0.5 or above) is left out, and the mask is over the code's feature
-  maps as there. Since ``y_mix`` does not say which image supplies a group where the two differ (a has it and b
-  not gives the same ``y_mix`` as the reverse), this mixer cannot do better than chance on such groups: kept as
-  the baseline it is.
+  maps as there. ``y_mix`` does not say which image supplies a group where the two differ (a has it and b not
+  gives the same ``y_mix`` as the reverse, and a mask that picks one image's feature maps must then be opposite
+  in the two cases); a nonlinear decoder can escape this only by reading blends of codes in a way of its own.
+  Kept as the baseline it is.
 
 Losses, with the weights of the settings (``cls``, ``mask_prior``), as in the repository's older training loop
 (root ``swapgan.py`` at commit 34036c8) with softmax groups in place of its per-attribute sigmoids:

@@ -213,3 +213,28 @@ def test_the_export_serves_mix_attributes_and_names_the_groups(tmp_path):
     # A model without class-conditional mixing has neither endpoint.
     plain = AMR(*build_networks(depth=4))
     assert "mix_attributes" not in Endpoints(plain, (28, 28, 1)).names
+
+
+@pytest.mark.slow
+def test_a_short_run_s_informed_mixer_carries_the_asked_halves_far_above_chance():
+    """80 steps on images whose top and bottom halves are each dark or bright (the two attribute groups): judged
+    by a judge that reads the pixels exactly, the informed mixer carries most differing groups as asked, where
+    copying a carries half (seen here: 0.88 against 0.50, on a 2-core CPU)."""
+    from test_judge import HALVES, exact_judge, halves_images
+
+    from amr_keras.data import train_pipeline
+    from amr_keras.judge import judge_mixes, mix_functions
+
+    keras.utils.set_random_seed(0)
+    images, codes = halves_images(512)
+    model = AMR(*build_networks(depth=4), cls_weight=1.0, attribute_groups=HALVES, lamb=10.0, update_g_every=1,
+                mixer="none")
+    model.compile(ae_optimizer=keras.optimizers.Adam(2e-3, 0.5), d_optimizer=keras.optimizers.Adam(2e-3, 0.5),
+                  probe_optimizer=keras.optimizers.Adam(1e-2))
+    model.fit(train_pipeline(images, codes[:, 0], 32, attributes=codes), steps_per_epoch=80, epochs=1, verbose=0,
+              shuffle=False)
+    judge, fns = exact_judge(), mix_functions(model)
+    mixer = judge_mixes(judge, fns["mixer"], images, codes, pairs=500)
+    copied = judge_mixes(judge, fns["copy_a"], images, codes, pairs=500)
+    assert 0.4 < copied["carried"] < 0.6
+    assert mixer["carried"] > 0.75 and mixer["carried"] > copied["carried"] + 0.2, (mixer, copied)
