@@ -237,7 +237,8 @@ def test_fit_on_procedural_dsprites_trains_scores_and_exports(tmp_path, monkeypa
     assert saved["factorvae_score"] == pytest.approx(np.mean(list(saved["factorvae_per_factor"].values())))
 
 
-@pytest.mark.parametrize("model, trained", [("amr", "bernoulli"), ("bvae", "none")])
+@pytest.mark.parametrize("model, trained", [pytest.param("amr", "bernoulli", marks=pytest.mark.slow),
+                                            ("bvae", "none")])
 def test_bench_runs_the_64x64_step(model, trained):
     from test_fit import load_script
 

@@ -186,15 +186,39 @@ def test_fit_trains_a_class_conditional_model(tmp_path):
     assert {"attr_mix_accuracy", "attr_real_loss", "mask_prior_loss", "val_attr_mix_accuracy"} <= set(header)
 
 
-def test_the_export_serves_mix_attributes_and_names_the_groups(tmp_path):
-    from amr_keras.export import Endpoints, export_model, load_metadata
-
+def ones_mask_model():
+    """A class-conditional model whose mixer's mask is all ones: every feature map from a, the mix is a's
+    reconstruction."""
     model = AMR(*build_networks(depth=4, code_channels=3), cls_weight=1.0, attribute_groups=GROUPS)
     model.compile()
-    # A mixer whose mask is all ones takes every feature map from a: the mix is a's reconstruction.
     last = model.class_mixer.body[-1]
     last.kernel.assign(np.zeros(last.kernel.shape, np.float32))
     last.bias.assign(np.full(last.bias.shape, 50.0, np.float32))
+    return model
+
+
+def test_the_endpoints_mix_attributes_and_read_them():
+    from amr_keras.export import Endpoints
+
+    endpoints = Endpoints(ones_mask_model(), (28, 28, 1))
+    assert endpoints.names[-2:] == ("attributes", "mix_attributes")
+    rng = np.random.default_rng(0)
+    a, b = rng.random((3, 28, 28, 1)).astype("float32"), rng.random((3, 28, 28, 1)).astype("float32")
+    take = np.array([[1, 0], [0, 1], [0, 0]], np.float32)
+    np.testing.assert_allclose(endpoints.mix_attributes(a, b, take).numpy(), endpoints.reconstruct(a).numpy(),
+                               atol=1e-5)
+    probs = endpoints.attributes(a).numpy()
+    np.testing.assert_allclose(probs[:, :3].sum(axis=1), 1.0, rtol=1e-5)  # one softmax per group
+    np.testing.assert_allclose(probs[:, 3:].sum(axis=1), 1.0, rtol=1e-5)
+    # A model without class-conditional mixing has neither endpoint.
+    assert "mix_attributes" not in Endpoints(AMR(*build_networks(depth=4)), (28, 28, 1)).names
+
+
+@pytest.mark.slow
+def test_the_export_serves_mix_attributes_and_names_the_groups(tmp_path):
+    from amr_keras.export import Endpoints, export_model, load_metadata
+
+    model = ones_mask_model()
     path = export_model(model, str(tmp_path / "export"), (28, 28, 1))
     served = tf.saved_model.load(path)
     rng = np.random.default_rng(0)
