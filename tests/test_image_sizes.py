@@ -243,20 +243,20 @@ def test_bench_times_the_128_pixel_step_and_the_input_pipeline_beside_it(tmp_pat
 
 @pytest.mark.slow
 def test_fit_trains_a_larger_folder_read_from_its_files_at_64(tmp_path):
-    """400 images in four classes, of every size and format, read from the files every epoch (--no-cache), one
+    """240 images in four classes, of every size and format, read from the files every epoch (--no-cache), one
     epoch at 64x64 RGB, to an export that serves at that size and a post-hoc evaluation above chance."""
     import tensorflow as tf
     from test_fit import load_script
 
     classes = {"red": (230, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 230), "yellow": (230, 230, 30)}
-    folder = class_folder(tmp_path / "shapes", per_class=100, classes=classes)
+    folder = class_folder(tmp_path / "shapes", per_class=60, classes=classes)
     out = str(tmp_path / "run")
     args = ["--dataset", "images", "--data-dir", folder, "--image-size", "64", "--no-cache", "--depth", "8",
             "--batch-size", "16", "--epochs", "1", "--precision", "float32", "--out", out, "--verbose", "0"]
     assert load_script("fit").main(args) == 0
     with open(os.path.join(out, "results.json")) as f:
         results = json.load(f)
-    assert (results["num_train"], results["num_val"], results["num_test"]) == (320, 40, 40)
+    assert (results["num_train"], results["num_val"], results["num_test"]) == (192, 24, 24)
     assert results["linear_eval_test_accuracy"] > 0.5  # four colours, chance 0.25
     served = tf.saved_model.load(os.path.join(out, "export"))
     x = np.random.default_rng(0).random((2, 64, 64, 3)).astype("float32")
