@@ -128,7 +128,7 @@ def dsprites_attributes(classes):
                     axis=1).astype(np.int64)
 
 
-def class_attributes(labels, class_names):
-    """One group, ``class``, whose values are ``class_names``: the labels as attributes."""
-    groups = AttributeGroups.of(**{"class": tuple(str(c) for c in class_names)})
-    return groups, np.asarray(labels, np.int64).reshape(-1, 1)
+def class_group(class_names):
+    """One group, ``class``, whose values are ``class_names``: a dataset's labels as its attributes (their codes
+    are the labels, one column)."""
+    return AttributeGroups.of(**{"class": tuple(str(c) for c in class_names)})

@@ -45,7 +45,7 @@ import tensorflow as tf
 
 from amr_keras import celeba, dsprites
 from amr_keras import images as image_folder
-from amr_keras.attributes import AttributeGroups, class_attributes
+from amr_keras.attributes import AttributeGroups, class_group
 from amr_keras.images import ImageFiles, decode_file
 from amr_keras.networks import IMAGE_SIZE, input_size
 from amr_keras.readers import (CIFAR10_ARCHIVE, CIFAR10_BATCHES, CIFAR10_FOLDER, OFFICIAL_MD5,  # noqa: F401
@@ -121,16 +121,13 @@ def make_pipeline(images, labels, batch_size, shuffle, drop_remainder, seed=0, a
     Preprocessing runs once per batch (vectorised), after batching.
     """
     extra = () if attributes is None else (np.asarray(attributes, np.int64),)
-    if isinstance(images, ImageFiles):  # read from the files as the pipeline goes
-        ds = tf.data.Dataset.from_tensor_slices((images.paths, labels.astype(np.int32), *extra))
-        if shuffle:
-            ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
+    files = isinstance(images, ImageFiles)  # read from the files as the pipeline goes
+    ds = tf.data.Dataset.from_tensor_slices((images.paths if files else images, labels.astype(np.int32), *extra))
+    if shuffle:
+        ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
+    if files:
         ds = ds.map(lambda path, *rest: (decode_file(path, images.size, images.channels), *rest),
                     num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    else:
-        ds = tf.data.Dataset.from_tensor_slices((images, labels.astype(np.int32), *extra))
-        if shuffle:
-            ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     ds = ds.map(lambda x, *rest: (preprocess(x), *rest), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
@@ -175,7 +172,8 @@ def train_pipeline(images, labels, batch_size, seed=0, start_epoch=0, start_step
         ds = ds.unbatch().map(lambda i: (decode_file(images[i], files.size, files.channels), labels[i],
                                          *(a[i] for a in extra)),
                               num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        ds = ds.batch(batch_size, drop_remainder=True).map(lambda x, *rest: (preprocess(x), *rest))
+        ds = ds.batch(batch_size, drop_remainder=True).map(lambda x, *rest: (preprocess(x), *rest),
+                                                           num_parallel_calls=tf.data.AUTOTUNE)
     else:
         ds = ds.map(lambda idx: (preprocess(tf.gather(images, idx)), tf.gather(labels, idx),
                                  *(tf.gather(a, idx) for a in extra)),
@@ -446,8 +444,8 @@ def load_dataset(name, data_dir=None, batch_size=64, seed=0, tfds_data_dir=None,
         codes = {split: np.zeros((len(y), 0), np.int64) for split, (_, y) in arrays.items()}
     elif groups is None:  # the class as one attribute group
         names = class_names or [str(c) for c in range(int(max(y.max() for _, y in arrays.values())) + 1)]
-        groups = class_attributes([], names)[0]
-        codes = {split: class_attributes(y, names)[1] for split, (_, y) in arrays.items()}
+        groups = class_group(names)
+        codes = {split: np.asarray(y, np.int64).reshape(-1, 1) for split, (_, y) in arrays.items()}
     if "val" in arrays:  # a source with a validation split of its own (an image folder's val/)
         (x_tr, y_tr), (x_val, y_val) = arrays["train"], arrays["val"]
         a_tr, a_val = codes["train"], codes["val"]
